@@ -1,0 +1,87 @@
+"""otp-supervisor: Erlang/OTP-style supervision trees for Python worker processes.
+
+Every worker process imports this package, so it stays cheap: names load on first use.
+Note: the import name ``supervisor`` is also used by supervisord; they cannot share an
+environment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Worker",
+    "idempotent",
+    "child",
+    "Supervisor",
+    "Pool",
+    "ChildSpec",
+    "SupervisorSpec",
+    "PoolSpec",
+    "start",
+    "App",
+    "ChildInfo",
+    "errors",
+    "telemetry",
+    "SupervisorError",
+    "ConfigError",
+    "StartError",
+    "WorkerError",
+    "CallTimeout",
+    "WorkerCrashed",
+    "CommandError",
+    "CircuitOpen",
+    "EncodeError",
+    "ProtocolError",
+    "SessionLost",
+    "PoolExhausted",
+    "NoSuchChild",
+]
+
+_WHERE = {
+    "Worker": "worker",
+    "idempotent": "worker",
+    "child": "specs",
+    "Supervisor": "specs",
+    "Pool": "specs",
+    "ChildSpec": "specs",
+    "SupervisorSpec": "specs",
+    "PoolSpec": "specs",
+    "start": "app",
+    "App": "app",
+    "ChildInfo": "app",
+}
+_ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crashed", "Open",
+                                                       "Lost", "Exhausted", "Child"))}
+
+if TYPE_CHECKING:
+    from . import errors, telemetry
+    from .app import App, ChildInfo, start
+    from .errors import (
+        CallTimeout, CircuitOpen, CommandError, ConfigError, EncodeError, NoSuchChild,
+        PoolExhausted, ProtocolError, SessionLost, StartError, SupervisorError, WorkerCrashed,
+        WorkerError,
+    )
+    from .specs import ChildSpec, Pool, PoolSpec, Supervisor, SupervisorSpec, child
+    from .worker import Worker, idempotent
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in ("errors", "telemetry"):
+        return importlib.import_module(f".{name}", __name__)
+    module = _WHERE.get(name)
+    if module is None and name in _ERRORS:
+        module = "errors"
+    if module is None:
+        raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,152 @@
+"""The caller's end of a direct channel to one worker.
+
+Several threads may call through one channel at once. No helper thread reads it: the
+first waiting caller becomes the reader (leader), reads whatever replies arrive, files them
+by call id and wakes their callers; when its own reply is in it hands the reading role on.
+A lone caller therefore sends its frame and reads its own reply itself, with no thread
+hand-off on the path, which is where peers lose most of their per-call time.
+
+Writes take `send_lock`, reads happen outside the condition's lock: a writer blocked on a
+full socket never stops the reader from draining replies (the worker may be blocked writing
+those replies, waiting for us to read them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import socket
+import threading
+import time
+from typing import Any
+
+from . import protocol as P
+from ._framing import FrameReader
+from .errors import (
+    CommandError,
+    EncodeError,
+    ProtocolError,
+    WorkerCrashed,
+    WorkerError,
+)
+
+__all__ = ["CallChannel", "NotSent", "reply_value"]
+
+
+class NotSent(Exception):
+    """The call never left: the channel was already closed. Safe to send elsewhere."""
+
+
+class CallChannel:
+    def __init__(self, sock: socket.socket, path: str, pid: int | None = None) -> None:
+        self.sock = sock
+        self.path = path
+        self.pid = pid
+        self.reader = FrameReader(P.CALL_CODEC)
+        self.send_lock = threading.Lock()
+        self.cond = threading.Condition(threading.Lock())
+        self.reading = False
+        self.results: dict[int, Any] = {}
+        self.waiting: set[int] = set()
+        self.closed: str | None = None  # why the channel is dead, once it is
+        self._ids = itertools.count(1)
+
+    def send(self, msg_for_id: Any, expect_reply: bool = True) -> int:
+        """Encode and send; returns the call id. Raises EncodeError or NotSent."""
+        cid = next(self._ids)
+        frame = P.CALL_CODEC.encode(msg_for_id(cid))
+        with self.cond:
+            if self.closed is not None:
+                raise NotSent(self.closed)
+            if expect_reply:
+                self.waiting.add(cid)
+        try:
+            with self.send_lock:
+                self.sock.sendall(frame)
+        except OSError as exc:
+            self._mark_closed(f"send failed: {exc}")
+            with self.cond:
+                self.waiting.discard(cid)
+            raise NotSent(str(exc)) from exc
+        return cid
+
+    def wait(self, cid: int, deadline: float | None) -> Any:
+        """The reply for `cid`: a Reply or Fail message. Raises WorkerCrashed on EOF,
+        TimeoutError past the deadline (the caller turns it into CallTimeout)."""
+        with self.cond:
+            while True:
+                reply = self.results.pop(cid, None)
+                if reply is not None:
+                    return reply
+                if self.closed is not None:
+                    self.waiting.discard(cid)
+                    raise WorkerCrashed(
+                        f"worker {self.path!r} (pid {self.pid}) died while the call was in "
+                        f"flight ({self.closed})", path=self.path)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self.waiting.discard(cid)
+                    raise TimeoutError
+                if self.reading:
+                    self.cond.wait(remaining)
+                    continue
+                self.reading = True
+                self.cond.release()
+                try:
+                    msgs, why_closed = self._read(remaining)
+                finally:
+                    self.cond.acquire()
+                    self.reading = False
+                for msg in msgs:
+                    if msg.id in self.waiting:
+                        self.waiting.discard(msg.id)
+                        self.results[msg.id] = msg
+                if why_closed is not None and self.closed is None:
+                    self.closed = why_closed
+                self.cond.notify_all()
+
+    def _read(self, timeout: float | None) -> tuple[list[Any], str | None]:
+        try:
+            self.sock.settimeout(timeout)
+            data = self.sock.recv(262144)
+        except TimeoutError:
+            return [], None
+        except OSError as exc:
+            return [], f"channel error: {exc}"
+        if not data:
+            return [], "the channel closed"
+        try:
+            return self.reader.feed(data), None
+        except ProtocolError as exc:
+            self._shutdown_socket()
+            return [], f"bad frame from the worker: {exc}"
+
+    def _mark_closed(self, why: str) -> None:
+        with self.cond:
+            if self.closed is None:
+                self.closed = why
+            self.cond.notify_all()
+        self._shutdown_socket()
+
+    def _shutdown_socket(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already disconnected
+            pass
+
+    def close(self) -> None:
+        self._mark_closed("closed by the caller")
+        self.sock.close()
+
+
+def reply_value(msg: Any, path: str, method: str) -> Any:
+    """The result a Reply carries, or the classified error a Fail carries (raised)."""
+    if isinstance(msg, P.Reply):
+        return pickle.loads(msg.value) if msg.pickled else msg.value
+    if msg.category == "python_error":
+        raise CommandError(msg.message, remote_type=msg.type, remote_traceback=msg.traceback,
+                           path=path, context={"operation": method})
+    if msg.type == "EncodeError":
+        raise EncodeError(msg.message, path=path, context={"operation": method})
+    raise WorkerError(f"{msg.type}: {msg.message}", category=msg.category, path=path,
+                      context={"operation": method})

@@ -1,0 +1,134 @@
+"""A single-threaded event loop: one selector, a monotonic timer heap, a signal wake-up fd.
+
+The loop sleeps in `select()` until the next timer is due or an fd is ready; it never
+polls and never calls `time.sleep`. Signals are turned into fd events with
+`signal.set_wakeup_fd`, so a handler runs between events, not in the middle of one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Loop", "Timer"]
+
+
+class Timer:
+    """A scheduled callback; `cancel()` makes it a no-op."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._running = False
+        self._signal_handlers: dict[int, Callable[[int], Any]] = {}
+        self._wake_r: int | None = None
+
+    # fds -----------------------------------------------------------------------------
+    def add_reader(self, fileobj: Any, callback: Callable[[], Any]) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fileobj: Any) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):  # never registered, or its fd is already closed
+            pass
+
+    def fds(self) -> list[int]:
+        """Every fd this loop owns (for a forked child to close)."""
+        fds = [key.fd for key in self.selector.get_map().values()]
+        fd = getattr(self.selector, "fileno", None)
+        if fd is not None:
+            fds.append(fd())
+        return fds
+
+    # timers --------------------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def call_soon(self, callback: Callable[[], Any]) -> Timer:
+        return self.call_later(0.0, callback)
+
+    # signals -------------------------------------------------------------------------
+    def add_signal(self, signum: int, callback: Callable[[int], Any]) -> None:
+        """Run `callback(signum)` from the loop when `signum` arrives (main thread only)."""
+        if self._wake_r is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._wake_r = r
+            self._wake_w = w
+            signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            self.add_reader(r, self._read_signals)
+        self._signal_handlers[signum] = callback
+        # The Python-level handler does nothing: the wake-up fd carries the signal number.
+        signal.signal(signum, lambda *_: None)
+
+    def _read_signals(self) -> None:
+        try:
+            data = os.read(self._wake_r, 512)
+        except BlockingIOError:  # spurious wake-up
+            return
+        for signum in dict.fromkeys(data):
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler(signum)
+
+    # running -------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        """Run until `stop()` is called."""
+        self._running = True
+        while self._running:
+            self.run_once()
+
+    def run_once(self, max_wait: float | None = None) -> None:
+        timeout = self._next_timeout()
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        for key, _ in self.selector.select(timeout):
+            # An earlier callback in this batch may have unregistered (and closed) this
+            # fd; calling it anyway would read from a closed or reused descriptor.
+            if self.selector.get_map().get(key.fd) is not key:
+                continue
+            key.data()
+            if not self._running and max_wait is None:
+                return
+        self._run_due_timers()
+
+    def _next_timeout(self) -> float | None:
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()

@@ -1,0 +1,168 @@
+"""Process control: fork a child that dies with its parent, pidfds, subreaping, exit reasons.
+
+Linux fast paths (prctl, pidfd_open) with portable fallbacks: without PR_SET_PDEATHSIG a
+child still notices its parent's death as EOF on its control channel; without pidfds the
+supervisor loop learns of exits through SIGCHLD.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+
+import psutil
+
+__all__ = [
+    "fork_child",
+    "set_subreaper",
+    "set_parent_death_signal",
+    "pidfd_open",
+    "describe_status",
+    "exit_reason",
+    "kill_quietly",
+    "kill_strays",
+]
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+_libc: ctypes.CDLL | None = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:  # a libc that cannot be loaded: fall back to the portable paths
+        _libc = None
+
+
+def _prctl(option: int, value: int) -> bool:
+    if _libc is None:
+        return False
+    return _libc.prctl(option, value, 0, 0, 0) == 0
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send `sig` when the thread that forked us exits (Linux only)."""
+    return _prctl(_PR_SET_PDEATHSIG, int(sig))
+
+
+def set_subreaper() -> bool:
+    """Make orphaned descendants reparent to this process, so it can kill and reap them."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def pidfd_open(pid: int) -> int | None:
+    """A pidfd for `pid`, or None where the platform has none (then SIGCHLD wakes the loop)."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except ProcessLookupError:  # already gone and reaped: the caller sees it via waitpid
+        return None
+    except OSError:  # ENOSYS on old kernels
+        return None
+
+
+def fork_child(run: Callable[[], int], close: Iterable[int] = ()) -> int:
+    """Fork; in the child set the death signal, close `close` fds, call `run`, exit.
+
+    `run` returns the exit code. The child never returns into the parent's code: it
+    leaves with `os._exit` so no parent atexit handler or finalizer runs twice. The fds
+    in `close` are the parent's channels to other children: left open, the other side of
+    those channels would never see EOF when the parent dies.
+    """
+    parent = os.getpid()
+    close = list(close)
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        set_parent_death_signal()
+        # The race: the parent may have died between fork and prctl, in which case
+        # the signal will never come. Checking the parent pid after prctl closes it.
+        if os.getppid() != parent:
+            os._exit(1)
+        for fd in close:
+            try:
+                os.close(fd)
+            except OSError:  # EBADF: closed already; nothing to release
+                pass
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        code = run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # the child must never unwind into the parent's stack
+        import traceback
+
+        traceback.print_exc()
+        code = 70
+    finally:
+        _flush_std()
+        os._exit(code)
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken stream: nothing more to say
+            pass
+
+
+def describe_status(status: int) -> str:
+    """Human text for a wait status: ``exit code 3`` or ``killed by SIGKILL``."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exit code {os.WEXITSTATUS(status)}"
+    return f"wait status {status}"
+
+
+def exit_reason(status: int) -> str:
+    """The exit reason of a child that left without an Exit report: always abnormal."""
+    if os.WIFSIGNALED(status):
+        return "killed"
+    return "crashed"
+
+
+def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to `pid`, ignoring a process that is already gone."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:  # already exited
+        pass
+
+
+def kill_strays(known: Iterable[int]) -> list[int]:
+    """SIGKILL every child of this process that is not in `known`.
+
+    A subreaper inherits the orphans of a child that died (its subprocesses); they are not
+    ours to keep. Returns the pids that were killed (the SIGCHLD handler reaps them).
+    """
+    keep = set(known)
+    killed = []
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:  # our own process table entry is unreadable: nothing to scan
+        return killed
+    for proc in children:
+        if proc.pid in keep:
+            continue
+        try:
+            proc.kill()
+            killed.append(proc.pid)
+        except psutil.NoSuchProcess:  # exited between the scan and the kill
+            pass
+    return killed

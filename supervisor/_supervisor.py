@@ -1,0 +1,388 @@
+"""A supervisor process: OTP's supervisor behaviour over real processes.
+
+    parent (App or supervisor)
+        │ control: Stop, requests (+fds) ▼      ▲ Ready | StartFailed, Response, Event, Exit
+    SupervisorProcess  ── one selector loop: parent channel, child channels, pidfds, signals
+        │ fork per child
+        ├── worker      (`_worker_runtime.serve`)
+        └── supervisor  (another SupervisorProcess)
+
+Children start in list order, each waiting for the previous one's Ready; they stop in
+reverse order. A child's exit is noticed through its pidfd (or SIGCHLD) and decided as
+OTP's do_restart does: the restart type says whether to restart, intensity counts the
+restart when it is decided, the strategy says which siblings go with it. A restart that
+fails to start is retried from the loop (try_again), so requests and other children's
+events are handled in between. Past intensity the supervisor stops its children and exits
+with reason ``shutdown``; its parent decides what that means.
+
+Supervisors carry control traffic only: a call channel (one end of a socketpair) travels
+down the tree with `OpenChannel` and is handed to the worker, which serves it directly.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import os
+import pickle
+import signal
+import socket
+import time
+from typing import Any
+
+from loguru import logger
+
+from strategies.intensity import RestartIntensity
+from strategies.restart import plan_restart, should_restart
+
+from . import protocol as P
+from ._children import ChildSlot, StartFailure, await_ready, drain, reason_of, stop_process
+from ._framing import FrameReader, recv_some, send_frame
+from ._loop import Loop
+from ._proc import fork_child, kill_quietly, kill_strays, set_subreaper
+from .errors import ProtocolError
+
+__all__ = ["SupervisorProcess"]
+
+# How the supervisor ended -> what it tells its parent in Exit.message (the reason is
+# always "shutdown", as in OTP) and the exit code of its process.
+EXIT_CODES = {"normal": 0, "shutdown": 0, "auto_shutdown": 0,
+              "reached_max_restart_intensity": 1}
+
+
+def join(path: str, child_id: str) -> str:
+    return f"{path}/{child_id}" if path else child_id
+
+
+class SupervisorProcess:
+    def __init__(self, spec: Any, path: str, parent: socket.socket, *, root: bool = False):
+        self.spec = spec
+        self.path = path
+        self.parent = parent
+        self.parent_reader = FrameReader(P.CONTROL_CODEC)
+        self.root = root
+        self.loop = Loop()
+        self.children = [ChildSlot(spec=s, path=join(path, s.id)) for s in spec.children]
+        self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
+        self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
+        self._ids = itertools.count(1)
+        self._dynamic = itertools.count(1)
+        self.exit_detail: str | None = None
+
+    # ----------------------------------------------------------------------- lifecycle
+    def main(self) -> int:
+        """Start the children, serve until told to stop or giving up; the exit code."""
+        set_subreaper()
+        self.parent.setblocking(True)
+        self.loop.add_signal(signal.SIGCHLD, lambda _: self._reap())
+        self.loop.add_signal(signal.SIGTERM, lambda _: self.shutdown("normal"))
+        gc.freeze()  # forked children share our heap without copy-on-write faults at GC
+        failure = self._start_all()
+        if failure is not None:
+            self._send_up(P.StartFailed(path=failure.path, category=failure.category,
+                                        type=failure.type, message=failure.message,
+                                        traceback=failure.traceback))
+            return 1
+        self._send_up(P.Ready(pid=os.getpid()))
+        self.loop.add_reader(self.parent, self._on_parent)
+        if self.exit_detail is None:
+            self.loop.run()
+        detail = self.exit_detail or "normal"
+        self._send_up(P.Exit(reason="shutdown", message=detail))
+        return EXIT_CODES.get(detail, 0)
+
+    def _start_all(self) -> StartFailure | None:
+        started: list[ChildSlot] = []
+        for slot in self.children:
+            failure = self._start(slot)
+            if failure is not None:
+                for done in reversed(started):
+                    self._stop(done, "shutdown")
+                return failure
+            started.append(slot)
+        return None
+
+    def shutdown(self, detail: str) -> None:
+        """Stop every child in reverse start order, then leave the loop."""
+        if self.exit_detail is not None:
+            return
+        self.exit_detail = detail
+        for slot in reversed(self.children):
+            self._stop(slot, "shutdown")
+        self.loop.stop()
+
+    def _send_up(self, msg: Any) -> None:
+        try:
+            send_frame(self.parent, P.CONTROL_CODEC.encode(msg))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the parent is gone; PR_SET_PDEATHSIG or its EOF ends us soon
+
+    def emit(self, name: str, slot: ChildSlot, **metadata: Any) -> None:
+        meta = {"path": slot.path, "id": slot.id, "pid": slot.pid, "supervisor": self.path,
+                "reason": None, "category": None, "restarts": slot.restarts}
+        meta.update(metadata)
+        event = P.Event(name=["supervisor", "child", name],
+                        measurements={"time": time.time()}, metadata=meta)
+        self._send_up(event)
+
+    # ------------------------------------------------------------------ start and stop
+    def _owned_fds(self) -> list[int]:
+        fds = self.loop.fds() + [self.parent.fileno()]
+        for slot in self.children:
+            fds.extend(slot.fds())
+        return fds
+
+    def _fork(self, slot: ChildSlot) -> None:
+        mine, theirs = socket.socketpair()
+        close = self._owned_fds() + [mine.fileno()]
+        spec, path, restarts = slot.spec, slot.path, slot.restarts
+        if spec.kind == "supervisor":
+            def run() -> int:
+                return SupervisorProcess(spec, path, theirs).main()
+        else:
+            def run() -> int:
+                from ._worker_runtime import serve
+
+                return serve(spec, path, restarts, theirs)
+        pid = fork_child(run, close)
+        theirs.close()
+        slot.attach(pid, mine)
+
+    def _start(self, slot: ChildSlot) -> StartFailure | None:
+        """Fork the child and wait for it to be ready; on failure it is reaped."""
+        slot.state = "starting"
+        self._fork(slot)
+        failure = await_ready(slot, self._on_child_message)
+        if failure is not None:
+            slot.release()
+            slot.state = "stopped"
+            self.emit("start_failed", slot, reason=failure.type, category=failure.category,
+                      message=failure.message)
+            return failure
+        slot.state = "running"
+        slot.started_at = time.time()
+        self.loop.add_reader(slot.ctrl, lambda: self._on_child(slot))
+        if slot.pidfd is not None:
+            self.loop.add_reader(slot.pidfd, self._reap)
+        self.emit("started", slot)
+        return None
+
+    def _unwatch(self, slot: ChildSlot) -> None:
+        if slot.ctrl is not None:
+            self.loop.remove_reader(slot.ctrl)
+        if slot.pidfd is not None:
+            self.loop.remove_reader(slot.pidfd)
+
+    def _stop(self, slot: ChildSlot, reason: str) -> None:
+        """Stop a child per its shutdown spec (if it runs); it is never restarted for this."""
+        if slot.pid is None:
+            if slot.state != "stopped":
+                slot.state = "stopped"
+            return
+        slot.state = "stopping"
+        self._unwatch(slot)
+        status = stop_process(slot, reason, self._on_child_message)
+        why, category, detail = reason_of(slot, status)
+        self._forget(slot)
+        slot.state = "stopped"
+        self.emit("exited", slot, reason=why if slot.exit_msg else "shutdown",
+                  category=None, detail=detail)
+
+    def _forget(self, slot: ChildSlot) -> None:
+        """The child's process is reaped: fail what was forwarded to it, close its fds."""
+        for rid in list(slot.pending):
+            origin, origin_id, _ = self.forwarded.pop(rid, (None, 0, None))
+            if origin is not None:
+                self._reply_error(origin, origin_id, "NotRunning",
+                                  f"{slot.path} exited before it answered", state="stopped")
+        slot.pending.clear()
+        slot.release()
+        kill_strays(s.pid for s in self.children if s.pid is not None)
+
+    # ------------------------------------------------------------------ child events
+    def _on_child(self, slot: ChildSlot) -> None:
+        if drain(slot, self._on_child_message):
+            self.loop.remove_reader(slot.ctrl)
+            if slot.pidfd is None:
+                self._reap()
+
+    def _on_child_message(self, slot: ChildSlot, msg: Any) -> None:
+        match msg:
+            case P.Exit():
+                slot.exit_msg = msg
+            case P.Response(id=rid) | P.ErrorResponse(id=rid):
+                origin, origin_id, target = self.forwarded.pop(rid, (None, 0, None))
+                if target is not None:
+                    target.pending.discard(rid)
+                if origin is not None:
+                    self._relay(origin, _with_id(msg, origin_id))
+            case P.Event():
+                self._send_up(msg)
+            case _:
+                pass
+
+    def _reap(self) -> None:
+        """Reap every exited child: ours are decided, adopted orphans only reaped.
+
+        Children in a synchronous start or stop are skipped: that code reaps its own pid.
+        """
+        for slot in list(self.children):
+            if slot.pid is None or slot.state in ("stopping", "starting"):
+                continue
+            pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            if pid:
+                self._child_exited(slot, status)
+        known = {s.pid for s in self.children if s.pid is not None}
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # no children at all
+                return
+            # Stop at one of ours: it died after the scan above and its pidfd (or the
+            # next SIGCHLD) brings us back for it.
+            if info is None or info.si_pid == 0 or info.si_pid in known:
+                return
+            os.waitpid(info.si_pid, 0)
+
+    def _child_exited(self, slot: ChildSlot, status: int) -> None:
+        self._unwatch(slot)
+        drain(slot, self._on_child_message)
+        reason, category, detail = reason_of(slot, status)
+        pid = slot.pid
+        self._forget(slot)
+        slot.state = "restarting"
+        self.emit("exited", slot, pid=pid, reason=reason, category=category, detail=detail)
+        if self.exit_detail is not None:
+            slot.state = "stopped"
+            return
+        self._handle_exit(slot, reason)
+
+    def _handle_exit(self, slot: ChildSlot, reason: str) -> None:
+        """OTP's do_restart: restart type first, then intensity, then the strategy."""
+        if not should_restart(slot.spec.restart, reason):
+            if slot.spec.restart == "temporary":
+                self.children.remove(slot)
+            else:
+                slot.state = "stopped"
+            if slot.spec.significant:
+                self._check_auto_shutdown()
+            return
+        self._restart(slot)
+
+    def _restart(self, slot: ChildSlot) -> None:
+        if self.exit_detail is not None or slot not in self.children:
+            return
+        if self.intensity.record():
+            self.emit("gave_up", slot, reason="reached_max_restart_intensity")
+            logger.warning("supervisor {!r}: restart intensity exceeded ({} in {}s); giving up",
+                           self.path or self.spec.id, self.spec.max_restarts,
+                           self.spec.max_seconds)
+            self.shutdown("reached_max_restart_intensity")
+            return
+        ids = [s.id for s in self.children]
+        plan = plan_restart(
+            self.spec.strategy, ids, slot.id,
+            temporary=[s.id for s in self.children if s.spec.restart == "temporary"],
+            running=[s.id for s in self.children if s.pid is not None],
+        )
+        for child_id in plan.stop:
+            self._stop(self._slot(child_id), "shutdown")
+        for child_id in plan.remove:
+            removed = self._slot(child_id)
+            if removed is not None and removed.pid is None:
+                self.children.remove(removed)
+        for child_id in plan.start:
+            target = self._slot(child_id)
+            if target is None or target.pid is not None:
+                continue
+            target.restarts += 1
+            failure = self._start(target)
+            if failure is not None:
+                target.state = "restarting"
+                logger.warning("restart of {} failed ({}: {}); trying again", target.path,
+                               failure.type, failure.message)
+                self.loop.call_soon(lambda t=target: self._restart(t))
+                return
+            self.emit("restarted", target)
+
+    def _check_auto_shutdown(self) -> None:
+        significant = [s for s in self.children if s.spec.significant]
+        if self.spec.auto_shutdown == "any_significant" or (
+            self.spec.auto_shutdown == "all_significant"
+            and all(s.pid is None for s in significant)
+        ):
+            self.shutdown("auto_shutdown" if self.root else "shutdown")
+
+    def _slot(self, child_id: str) -> ChildSlot | None:
+        for slot in self.children:
+            if slot.id == child_id:
+                return slot
+        return None
+
+    # ------------------------------------------------------------------ requests
+    def _on_parent(self) -> None:
+        try:
+            msgs, fds, eof = recv_some(self.parent, self.parent_reader, maxfds=16)
+        except ProtocolError as exc:
+            # Garbage from above: the parent channel is closed, never trusted again.
+            logger.error("supervisor {!r}: bad frame from parent: {}", self.path, exc)
+            self.loop.remove_reader(self.parent)
+            self.shutdown("shutdown")
+            return
+        fds = list(fds)
+        for msg in msgs:
+            fd = fds.pop(0) if isinstance(msg, P.OpenChannel) and fds else None
+            self._request(msg, self.parent, fd)
+        for fd in fds:
+            os.close(fd)
+        if eof:
+            self.loop.remove_reader(self.parent)
+            self.shutdown("normal" if self.root else "shutdown")
+
+    def _request(self, msg: Any, origin: socket.socket, fd: int | None) -> None:
+        from ._requests import handle_request
+
+        handle_request(self, msg, origin, fd)
+
+    def _relay(self, origin: socket.socket, msg: Any) -> None:
+        try:
+            send_frame(origin, P.CONTROL_CODEC.encode(msg))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the requester left; nobody waits for this answer
+
+    def _reply_error(self, origin: socket.socket, rid: int, kind: str, message: str,
+                     **fields: Any) -> None:
+        self._relay(origin, P.ErrorResponse(id=rid, kind=kind, message=message, fields=fields))
+
+    def forward(self, slot: ChildSlot, msg: Any, origin: socket.socket, origin_id: int,
+                fd: int | None = None) -> None:
+        """Send a request to a child, remembering whom to answer."""
+        rid = next(self._ids)
+        self.forwarded[rid] = (origin, origin_id, slot)
+        slot.pending.add(rid)
+        data = P.CONTROL_CODEC.encode(_with_id(msg, rid))
+        try:
+            send_frame(slot.ctrl, data, fds=[fd] if fd is not None else ())
+        except OSError:
+            self.forwarded.pop(rid, None)
+            slot.pending.discard(rid)
+            self._reply_error(origin, origin_id, "NotRunning", f"{slot.path} is not running",
+                              state=slot.state)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def spec_blob(self, blob: bytes) -> Any:
+        return pickle.loads(blob)
+
+    def kill_all(self) -> None:
+        """Last resort when this process must leave at once: SIGKILL every child."""
+        for slot in self.children:
+            if slot.pid is not None:
+                kill_quietly(slot.pid)
+
+
+def _with_id(msg: Any, rid: int) -> Any:
+    import msgspec
+
+    return msgspec.structs.replace(msg, id=rid)

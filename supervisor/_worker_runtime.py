@@ -1,0 +1,271 @@
+"""The child side of a worker: init, then serve commands until stopped.
+
+    supervisor ──control──▶ worker        Stop, OpenChannel(+fd), Ping
+    supervisor ◀──control── worker        Ready | StartFailed, Response, Pong, Exit
+    caller     ──call────▶ worker         Call, Cast      (one socketpair per caller)
+    caller     ◀──call──── worker         Reply, Fail
+
+A command worker serves everything from one thread: it reads whatever frames are ready,
+runs the commands in order, and writes all replies of a batch with one `sendall`.
+A worker with `run()` runs it in the main thread and serves its channels from a second
+thread, so calls and stop requests still reach it while `run()` loops.
+
+A command that raises becomes a `Fail` reply and the worker keeps serving. A frame that
+does not decode means the channel can no longer be trusted: the worker exits with reason
+``protocol_error`` (a communication_error) and its supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import selectors
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from . import protocol as P
+from ._framing import FrameReader, recv_some, send_frame
+from .errors import EncodeError, ProtocolError
+from .worker import command_table
+
+__all__ = ["serve"]
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str]:
+    return type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc))
+
+
+def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket) -> int:
+    """Run a worker child to completion; returns the process exit code."""
+    ctrl.setblocking(True)
+    worker = spec.worker_class()
+    worker.id = spec.id
+    worker.path = path
+    worker.restarts = restarts
+    try:
+        worker.init(*spec.args, **dict(spec.kwargs))
+    except Exception as exc:  # any error in user init is an initialization_error
+        kind, message, tb = _describe(exc)
+        send_frame(ctrl, P.CONTROL_CODEC.encode(
+            P.StartFailed(path=path, category="initialization_error", type=kind,
+                          message=message, traceback=tb)))
+        return 1
+    send_frame(ctrl, P.CONTROL_CODEC.encode(P.Ready(pid=os.getpid())))
+    runtime = WorkerRuntime(worker, spec, ctrl)
+    if callable(getattr(worker, "run", None)):
+        return runtime.run_service()
+    runtime.loop()
+    return runtime.finish()
+
+
+class WorkerRuntime:
+    """Serves one worker's control channel and its callers' channels."""
+
+    def __init__(self, worker: Any, spec: Any, ctrl: socket.socket) -> None:
+        self.worker = worker
+        self.spec = spec
+        self.ctrl = ctrl
+        self.ctrl_reader = FrameReader(P.CONTROL_CODEC)
+        self.ctrl_lock = threading.Lock()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(ctrl, selectors.EVENT_READ, None)
+        self.commands = {name: getattr(worker, name) for name in command_table(type(worker))}
+        self.pickled = spec.serializer == "pickle"
+        self.calls = 0
+        self.exit_reason: str | None = None
+        self.exit_error: tuple[str, str, str] | None = None
+
+    # control channel -----------------------------------------------------------------
+    def send_control(self, msg: Any) -> None:
+        with self.ctrl_lock:
+            send_frame(self.ctrl, P.CONTROL_CODEC.encode(msg))
+
+    def _on_control(self) -> None:
+        try:
+            msgs, fds, eof = recv_some(self.ctrl, self.ctrl_reader, maxfds=16)
+        except ProtocolError:
+            # Our own supervisor sent garbage: nothing on this channel can be trusted.
+            os._exit(3)
+        if eof:
+            # The supervisor is gone; PR_SET_PDEATHSIG may not exist on this platform.
+            os._exit(2)
+        fds = list(fds)
+        for msg in msgs:
+            match msg:
+                case P.OpenChannel(id=rid):
+                    fd = fds.pop(0) if fds else None
+                    if fd is None:
+                        self.send_control(P.ErrorResponse(id=rid, kind="ProtocolError",
+                                                          message="OpenChannel without an fd"))
+                        continue
+                    self._add_channel(socket.socket(fileno=fd))
+                    self.send_control(P.Response(id=rid, value=os.getpid()))
+                case P.Stop(reason=reason):
+                    self.exit_reason = "shutdown"
+                    self.stop_requested = reason
+                    self.worker.stopping.set()
+                case P.Ping(seq=seq):
+                    self.send_control(P.Pong(seq=seq))
+                case _:
+                    pass
+        for fd in fds:  # fds with no message to claim them must not leak
+            os.close(fd)
+
+    # call channels -------------------------------------------------------------------
+    def _add_channel(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        self.selector.register(sock, selectors.EVENT_READ, FrameReader(P.CALL_CODEC))
+
+    def _drop_channel(self, sock: socket.socket) -> None:
+        self.selector.unregister(sock)
+        sock.close()
+
+    def _on_call_channel(self, sock: socket.socket, reader: FrameReader) -> None:
+        try:
+            data = sock.recv(262144)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self._drop_channel(sock)
+            return
+        try:
+            msgs = reader.feed(data)
+        except ProtocolError as exc:
+            self._drop_channel(sock)
+            self.exit_reason = "protocol_error"
+            self.exit_error = ("ProtocolError", str(exc), "")
+            return
+        out = []
+        for msg in msgs:
+            reply = self._handle(msg)
+            if reply is not None:
+                out.append(reply)
+            if self._should_leave():
+                break
+        if out:
+            try:
+                sock.sendall(b"".join(out))
+            except (BrokenPipeError, ConnectionResetError):  # the caller left; drop it
+                self._drop_channel(sock)
+
+    def _handle(self, msg: Any) -> bytes | None:
+        match msg:
+            case P.Call(id=cid, method=method, args=args, kwargs=kwargs, pickled=pickled):
+                self.calls += 1
+                return self._run_command(cid, method, args, kwargs, pickled)
+            case P.Cast(method=method, args=args, kwargs=kwargs, pickled=pickled):
+                self.calls += 1
+                self._run_command(None, method, args, kwargs, pickled)
+                return None
+            case _:
+                return None
+
+    def _run_command(self, cid: int | None, method: str, args: Any, kwargs: Any,
+                     pickled: bool) -> bytes | None:
+        fn = self.commands.get(method)
+        if fn is None:
+            names = ", ".join(sorted(self.commands)) or "none"
+            return self._fail(cid, "python_error", "UnknownCommand",
+                              f"{type(self.worker).__name__} has no command {method!r} "
+                              f"(commands: {names})", "")
+        try:
+            if pickled:
+                args, kwargs = pickle.loads(args)
+            value = fn(*args, **(kwargs or {}))
+        except Exception as exc:  # the command's own error goes back to its caller
+            return self._fail(cid, "python_error", *_describe(exc))
+        if cid is None:
+            return None
+        try:
+            if self.pickled:
+                return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(value),
+                                                   pickled=True))
+            return P.CALL_CODEC.encode(P.Reply(id=cid, value=value))
+        except EncodeError as exc:
+            return self._fail(cid, "communication_error", "EncodeError",
+                              f"cannot encode the result of {method!r}: {exc}", "")
+
+    def _fail(self, cid: int | None, category: str, kind: str, message: str,
+              tb: str) -> bytes | None:
+        if cid is None:
+            self.worker.log.warning("cast failed: {}: {}", kind, message)
+            return None
+        return P.CALL_CODEC.encode(P.Fail(id=cid, category=category, type=kind,
+                                          message=message, traceback=tb))
+
+    # lifecycle -----------------------------------------------------------------------
+    def _should_leave(self) -> bool:
+        if self.exit_reason is not None:
+            return True
+        if self.worker.stopping.is_set():
+            self.exit_reason = getattr(self.worker, "_stop_reason", "normal")
+            return True
+        if self.spec.max_calls is not None and self.calls >= self.spec.max_calls:
+            self.exit_reason = "normal"  # recycled after max_calls: a clean exit
+            return True
+        return False
+
+    def loop(self) -> None:
+        """Serve until a stop request, `self.stop()`, max_calls or a protocol error."""
+        while not self._should_leave():
+            for key, _ in self.selector.select():
+                if self.selector.get_map().get(key.fd) is not key:
+                    continue  # dropped earlier in this batch
+                if key.data is None:
+                    self._on_control()
+                else:
+                    self._on_call_channel(key.fileobj, key.data)
+                if self._should_leave():
+                    break
+
+    def finish(self) -> int:
+        """Run `terminate`, report the exit reason, return the exit code."""
+        reason = self.exit_reason or "normal"
+        if reason != "protocol_error":
+            hook_reason = getattr(self, "stop_requested", None) or reason
+            try:
+                self.worker.terminate(hook_reason)
+            except Exception as exc:  # a failing hook must not turn a clean stop into a crash
+                self.worker.log.exception("terminate({!r}) raised: {}", hook_reason, exc)
+        kind = message = tb = None
+        category = None
+        if self.exit_error is not None:
+            kind, message, tb = self.exit_error
+            category = "communication_error" if reason == "protocol_error" else "python_error"
+        try:
+            self.send_control(P.Exit(reason=reason, category=category, type=kind,
+                                     message=message, traceback=tb))
+        except OSError:  # the supervisor is gone; nobody to tell
+            pass
+        return 0
+
+    def run_service(self) -> int:
+        """A worker with `run()`: run it here, serve channels from a helper thread."""
+        thread = threading.Thread(target=self._serve_in_thread, name="worker-channels",
+                                  daemon=True)
+        thread.start()
+        try:
+            self.worker.run()
+        except Exception as exc:  # run() raising is a python_error exit
+            self.exit_reason = "python_exception"
+            self.exit_error = _describe(exc)
+            self.worker.log.error("run() raised {}: {}", type(exc).__name__, exc)
+            sys.stderr.flush()
+            try:
+                self.send_control(P.Exit(reason="python_exception", category="python_error",
+                                         type=self.exit_error[0], message=self.exit_error[1],
+                                         traceback=self.exit_error[2]))
+            except OSError:  # supervisor gone
+                pass
+            return 1
+        if self.exit_reason is None:
+            self.exit_reason = getattr(self.worker, "_stop_reason", "normal")
+        return self.finish()
+
+    def _serve_in_thread(self) -> None:
+        self.loop()
+        # The loop left because of a stop request: make run() see it.
+        self.worker.stopping.set()

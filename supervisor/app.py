@@ -1,0 +1,482 @@
+"""The caller's handle on a running tree: `start(spec) -> App`.
+
+    caller threads ──call──▶ CallChannel ──socketpair──▶ worker   (direct, no supervisor)
+    App._request   ──ctrl──▶ root supervisor ──▶ ... ──▶ target supervisor
+    reader thread  ◀─ctrl─── Responses, Events (to telemetry), the root's Exit
+
+The root supervisor is started by fork+exec from the App's own reader thread, which lives
+as long as the App: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
+so starting it from a short-lived caller thread would kill the tree with that thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import msgspec
+import psutil
+
+from . import protocol as P
+from . import telemetry
+from ._channel import CallChannel, NotSent, reply_value
+from ._framing import FrameReader, recv_some, send_frame
+from .errors import (
+    CallTimeout,
+    NoSuchChild,
+    StartError,
+    SupervisorError,
+    WorkerCrashed,
+    WorkerError,
+    error_from_wire,
+)
+from .specs import SupervisorSpec
+
+__all__ = ["App", "start", "ChildInfo", "WorkerProxy"]
+
+ChildInfo = P.ChildInfo
+DEFAULT_CALL_TIMEOUT = 60.0
+_RESERVED = ("timeout", "retry", "idempotent", "session")
+
+
+def start(spec: SupervisorSpec, *, timeout: float | None = 60.0) -> App:
+    """Start `spec` as a tree of processes; returns once every child's `init` returned.
+
+    Raises StartError (naming the child path, the category and the remote
+    ``Type: message``) when a child fails to start; no process is left behind then.
+    """
+    if not isinstance(spec, SupervisorSpec):
+        raise TypeError(f"start() expects a Supervisor(...) spec, got {type(spec).__name__}")
+    app = App(spec)
+    app._boot(timeout)
+    return app
+
+
+def _prep_data(blob: bytes) -> dict[str, Any] | None:
+    # Only a spec that refers to the caller's __main__ needs the main module re-imported
+    # in the root (as multiprocessing's spawn does); skipping it keeps start fast.
+    if b"__main__" not in blob:
+        return {"sys_path": list(sys.path), "dir": os.getcwd()}
+    import multiprocessing.spawn
+
+    return multiprocessing.spawn.get_preparation_data("supervisor-root")
+
+
+class App:
+    """A running tree. Use `supervisor.start(spec)`; a context manager that stops the tree."""
+
+    def __init__(self, spec: SupervisorSpec | None) -> None:
+        self.spec = spec
+        self.pid: int | None = None
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Future] = {}
+        self._ready: Future = Future()
+        self._exit_reason: str | None = None
+        self._exited = threading.Event()
+        self._state = threading.Condition()
+        self._generation: dict[str, int] = {}
+        self._channels: dict[str, CallChannel] = {}
+        self._channels_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ start / stop
+    def _boot(self, timeout: float | None) -> None:
+        blob = pickle.dumps(self.spec)
+        boot = pickle.dumps({"prep": _prep_data(blob), "spec": blob})
+        self._thread = threading.Thread(target=self._run_reader, args=(boot,),
+                                        name=f"supervisor-app-{self.spec.id}", daemon=True)
+        self._thread.start()
+        try:
+            self._ready.result(timeout)
+        except FutureTimeout:
+            self._kill_root()
+            raise StartError(f"the tree {self.spec.id!r} did not start within {timeout}s",
+                             path="", category="timeout_error") from None
+        except StartError:
+            self._wait_root_gone()
+            raise
+        _live_apps.add(self)
+
+    def _run_reader(self, boot: bytes) -> None:
+        mine, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor._boot", str(theirs.fileno()),
+                 str(os.getpid())],
+                pass_fds=[theirs.fileno()], close_fds=True,
+            )
+        except OSError as exc:
+            self._ready.set_exception(StartError(f"cannot start the root: {exc}"))
+            return
+        finally:
+            theirs.close()
+        self.pid = self._proc.pid
+        self._sock = mine
+        mine.sendall(struct.pack(">I", len(boot)) + boot)
+        self._read_forever(mine)
+
+    def _read_forever(self, sock: socket.socket) -> None:
+        reader = FrameReader(P.CONTROL_CODEC)
+        while True:
+            try:
+                msgs, _, eof = recv_some(sock, reader)
+            except SupervisorError:  # garbage from the root: treat as its death
+                msgs, eof = [], True
+            except OSError:
+                msgs, eof = [], True
+            for msg in msgs:
+                self._dispatch(msg)
+            if eof:
+                break
+        self._on_root_gone()
+
+    def _dispatch(self, msg: Any) -> None:
+        match msg:
+            case P.Response(id=rid, value=value):
+                fut = self._pending.pop(rid, None)
+                if fut is not None:
+                    fut.set_result(value)
+            case P.ErrorResponse(id=rid, kind=kind, message=message, fields=fields):
+                fut = self._pending.pop(rid, None)
+                if fut is not None:
+                    fut.set_exception(_wire_error(kind, message, fields))
+            case P.Event(name=name, measurements=measurements, metadata=metadata):
+                if tuple(name) == ("supervisor", "child", "started"):
+                    with self._state:
+                        path = metadata.get("path", "")
+                        self._generation[path] = self._generation.get(path, 0) + 1
+                        self._state.notify_all()
+                telemetry.execute(name, measurements, metadata)
+            case P.Ready():
+                self._ready.set_result(None)
+            case P.StartFailed():
+                self._ready.set_exception(StartError(
+                    f"child {msg.path!r} failed to start ({msg.category}): "
+                    f"{msg.type}: {msg.message}",
+                    path=msg.path, category=msg.category, remote_type=msg.type,
+                    remote_message=msg.message, remote_traceback=msg.traceback))
+            case P.Exit(message=detail):
+                self._exit_reason = "normal" if detail in (None, "shutdown") else detail
+            case _:
+                pass
+
+    def _on_root_gone(self) -> None:
+        proc = self._proc
+        code = proc.wait() if proc is not None else None
+        if self._exit_reason is None:
+            self._exit_reason = "crashed" if code else "normal"
+        if not self._ready.done():
+            self._ready.set_exception(StartError(f"the root supervisor exited (code {code}) "
+                                                 "before the tree was up"))
+        for fut in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(WorkerCrashed("the root supervisor exited", path=""))
+        self._pending.clear()
+        with self._channels_lock:
+            for chan in self._channels.values():
+                chan.close()
+            self._channels.clear()
+        with self._state:
+            self._state.notify_all()
+        self._exited.set()
+        _live_apps.discard(self)
+
+    def _kill_root(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._wait_root_gone()
+
+    def _wait_root_gone(self, timeout: float | None = None) -> bool:
+        return self._exited.wait(timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Shut the tree down (children stop in reverse order) and return when no
+        descendant is left. A no-op once the root has exited. Past `timeout`, the root is
+        SIGKILLed; its children die with it (PR_SET_PDEATHSIG, EOF)."""
+        if self._exited.is_set() or self._proc is None:
+            return
+        try:
+            descendants = psutil.Process(self._proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        try:
+            self._request(P.Shutdown(id=0), timeout=timeout)
+        except SupervisorError:
+            pass  # the root is already going; waiting for it below is what matters
+        if not self._wait_root_gone(timeout):
+            self._kill_root()
+        _, alive = psutil.wait_procs(descendants, timeout=5.0)
+        for proc in alive:
+            proc.kill()
+
+    def wait(self, timeout: float | None = None) -> str | None:
+        """The root's exit reason once it has exited ("normal", "auto_shutdown",
+        "reached_max_restart_intensity"), or None on timeout."""
+        if not self._wait_root_gone(timeout):
+            return None
+        return self._exit_reason
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ requests
+    def _request(self, msg: Any, *, fds: tuple[int, ...] = (),
+                 timeout: float | None = 30.0) -> Any:
+        if self._exited.is_set() or self._sock is None:
+            raise WorkerCrashed("the tree is not running", path="")
+        rid = next(self._ids)
+        fut: Future = Future()
+        self._pending[rid] = fut
+        try:
+            with self._send_lock:
+                send_frame(self._sock, P.CONTROL_CODEC.encode(
+                    msgspec.structs.replace(msg, id=rid)), fds)
+        except OSError as exc:
+            self._pending.pop(rid, None)
+            raise WorkerCrashed(f"the root supervisor is gone: {exc}", path="") from exc
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            self._pending.pop(rid, None)
+            raise CallTimeout(f"the supervisor did not answer within {timeout}s") from None
+
+    def which_children(self, path: str = "") -> list[ChildInfo]:
+        """The children of the supervisor at `path`, in start order."""
+        value = self._request(P.WhichChildren(id=0, path=path))
+        return msgspec.convert(value, list[ChildInfo])
+
+    def count_children(self, path: str = "") -> dict[str, int]:
+        """``{"specs", "active", "supervisors", "workers"}`` of the supervisor at `path`."""
+        return self._request(P.CountChildren(id=0, path=path))
+
+    def start_child(self, path: str, spec: Any = None, *, args: Any = (),
+                    kwargs: dict[str, Any] | None = None) -> str:
+        """Start a dynamic child under the supervisor at `path`; returns its id.
+
+        simple_one_for_one: `args` are appended to the template's, ids are
+        ``<template>-1, -2, ...``. Other strategies take a `child(...)` spec.
+        Raises StartError when its `init` fails, ConfigError for a duplicate id.
+        """
+        blob = pickle.dumps(spec) if spec is not None else None
+        return self._request(P.StartChild(id=0, path=path, spec=blob, args=list(args),
+                                          kwargs=kwargs), timeout=None)
+
+    def terminate_child(self, path: str, child_id: str) -> None:
+        """Stop a child (per its shutdown spec); it stays listed unless temporary or
+        dynamic (simple_one_for_one), and is not restarted."""
+        self._request(P.TerminateChild(id=0, path=path, child_id=child_id), timeout=None)
+
+    def restart_child(self, path: str, child_id: str) -> int:
+        """Start a stopped child again; returns its pid."""
+        return self._request(P.RestartChild(id=0, path=path, child_id=child_id),
+                             timeout=None)
+
+    def delete_child(self, path: str, child_id: str) -> None:
+        """Forget a stopped child's spec."""
+        self._request(P.DeleteChild(id=0, path=path, child_id=child_id))
+
+    def status(self) -> dict[str, Any]:
+        """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB)
+        and, for supervisors, its children."""
+        return self._status_of("")
+
+    def _status_of(self, path: str) -> dict[str, Any]:
+        raw = self._request(P.GetStatus(id=0, path=path))
+        node = {"id": raw["id"], "path": path, "kind": "supervisor", "state": "running",
+                "pid": raw["pid"], "strategy": raw["strategy"],
+                "recent_restarts": raw["recent_restarts"], "memory_mb": _rss_mb(raw["pid"]),
+                "children": []}
+        for info in msgspec.convert(raw["children"], list[ChildInfo]):
+            if info.kind == "supervisor" and info.state == "running":
+                sub = self._status_of(info.path)
+                sub["restarts"] = info.restarts
+                node["children"].append(sub)
+                continue
+            node["children"].append({
+                "id": info.id, "path": info.path, "kind": info.kind, "state": info.state,
+                "pid": info.pid, "restarts": info.restarts, "memory_mb": _rss_mb(info.pid),
+                "uptime": (time.time() - info.started_at) if info.started_at else None,
+            })
+        return node
+
+    # ------------------------------------------------------------------ calls
+    def call(self, path: str, method: str, *args: Any, timeout: float | None = None,
+             retry: bool = True, idempotent: bool = False, session: str | None = None,
+             **kwargs: Any) -> Any:
+        """Call `method` on the worker at `path` over a direct channel; returns its result.
+
+        Raises CommandError (the command raised), WorkerCrashed (the worker died with the
+        call in flight), CallTimeout, EncodeError, NoSuchChild. With `retry`, a call that
+        never reached a worker waits for the replacement within its timeout.
+        """
+        deadline = time.monotonic() + (timeout if timeout is not None
+                                       else DEFAULT_CALL_TIMEOUT)
+        while True:
+            chan = self._channel(path, deadline, retry)
+            try:
+                cid = chan.send(lambda i: P.Call(id=i, method=method, args=args,
+                                                 kwargs=kwargs or None, session=session))
+            except NotSent:
+                self._drop_channel(path, chan)
+                if not retry:
+                    raise WorkerCrashed(f"the channel to {path!r} is closed", path=path)
+                continue
+            try:
+                reply = chan.wait(cid, deadline)
+            except TimeoutError:
+                raise CallTimeout(f"call {method!r} to {path!r} got no answer within "
+                                  f"{timeout if timeout is not None else DEFAULT_CALL_TIMEOUT}s",
+                                  path=path, context={"operation": method}) from None
+            except WorkerCrashed:
+                self._drop_channel(path, chan)
+                raise
+            return reply_value(reply, path, method)
+
+    def cast(self, path: str, method: str, *args: Any, **kwargs: Any) -> None:
+        """Send `method` to the worker at `path` without waiting for a result."""
+        deadline = time.monotonic() + DEFAULT_CALL_TIMEOUT
+        while True:
+            chan = self._channel(path, deadline, True)
+            try:
+                chan.send(lambda i: P.Cast(method=method, args=args, kwargs=kwargs or None),
+                          expect_reply=False)
+                return
+            except NotSent:
+                self._drop_channel(path, chan)
+
+    def worker(self, path: str) -> WorkerProxy:
+        """A proxy whose attribute calls are `call(path, name, ...)`."""
+        return WorkerProxy(self, path, {})
+
+    def _drop_channel(self, path: str, chan: CallChannel) -> None:
+        with self._channels_lock:
+            if self._channels.get(path) is chan:
+                del self._channels[path]
+        chan.close()
+
+    def _channel(self, path: str, deadline: float, retry: bool) -> CallChannel:
+        with self._channels_lock:
+            chan = self._channels.get(path)
+        if chan is not None and chan.closed is None:
+            return chan
+        if chan is not None:
+            self._drop_channel(path, chan)
+        while True:
+            with self._state:
+                generation = self._generation.get(path, 0)
+            try:
+                chan = self._open_channel(path, deadline)
+            except _NotRunning as exc:
+                if not retry or exc.state == "stopped":
+                    raise WorkerCrashed(str(exc), path=path) from None
+                self._await_start(path, generation, deadline)
+                continue
+            with self._channels_lock:
+                current = self._channels.get(path)
+                if current is not None and current.closed is None:
+                    chan.close()  # another thread opened one first; share theirs
+                    return current
+                self._channels[path] = chan
+            return chan
+
+    def _open_channel(self, path: str, deadline: float) -> CallChannel:
+        mine, theirs = socket.socketpair()
+        try:
+            pid = self._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
+                                timeout=max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return CallChannel(mine, path, pid)
+
+    def _await_start(self, path: str, generation: int, deadline: float) -> None:
+        with self._state:
+            while self._generation.get(path, 0) == generation:
+                if self._exited.is_set():
+                    raise WorkerCrashed("the tree is not running", path=path)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CallTimeout(f"{path!r} was not running and did not come back "
+                                      "within the call's timeout", path=path)
+                self._state.wait(remaining)
+
+
+class _NotRunning(WorkerError):
+    def __init__(self, message: str, state: str | None, path: str | None) -> None:
+        super().__init__(message, category="connection_error", path=path)
+        self.state = state
+
+
+def _wire_error(kind: str, message: str, fields: dict[str, Any]) -> BaseException:
+    if kind == "NotRunning":
+        return _NotRunning(message, fields.get("state"), fields.get("path"))
+    if kind == "NoSuchChild":
+        return NoSuchChild(message, path=fields.get("path"))
+    return error_from_wire(kind, message, **fields)
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid).memory_info().rss / (1024 * 1024)
+    except psutil.Error:  # exited since it was listed
+        return None
+
+
+class WorkerProxy:
+    """``app.worker(path).incr(5)``; ``.options(timeout=2)`` sets the reserved keywords."""
+
+    def __init__(self, app: App, path: str, options: dict[str, Any]) -> None:
+        self._app = app
+        self._path = path
+        self._options = options
+
+    def options(self, **options: Any) -> WorkerProxy:
+        unknown = set(options) - set(_RESERVED)
+        if unknown:
+            raise TypeError(f"unknown call options {sorted(unknown)}; expected {_RESERVED}")
+        return WorkerProxy(self._app, self._path, {**self._options, **options})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return self._app.call(self._path, name, *args, **self._options, **kwargs)
+
+        method.__name__ = name
+        return method
+
+
+_live_apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # Interpreter exit: leave no tree behind, even when the user forgot stop().
+    for app in list(_live_apps):
+        try:
+            app.stop(timeout=10.0)
+        except SupervisorError:
+            pass

@@ -1,0 +1,334 @@
+"""The messages supervisors, workers and callers exchange, one tagged union per channel kind.
+
+Every message is a frozen msgspec Struct encoded as a MessagePack array whose first element
+is a one-letter tag (``["c", 7, "incr", [5]]``); `supervisor._framing` puts a 4-byte length in
+front of it. Two channel kinds, two unions, two codecs built once at import:
+
+Call channel (`CallMessage`, `CALL_CODEC`): a direct socketpair between a caller and a worker;
+supervisors never carry it (a supervisor that routes user traffic notices crashes late).
+
+    message   tag  direction           meaning
+    Call      c    caller -> worker    run `method`, answer with the same `id`
+    Cast      k    caller -> worker    run `method`, no answer
+    Reply     r    worker -> caller    the result of Call `id`
+    Fail      f    worker -> caller    Call `id` raised (category, remote type, message, tb)
+
+Control channel (`ControlMessage`, `CONTROL_CODEC`): supervisor <-> child, App <-> root.
+
+    message         tag  direction                 meaning
+    Ready           R    child -> supervisor       `init` returned (a supervisor: its children are up)
+    StartFailed     S    child -> supervisor       `init` raised / a child of it failed to start
+    Stop            s    supervisor -> child       stop gracefully with `reason`
+    Exit            X    child -> supervisor       a clean exit report, sent before leaving
+    Ping / Pong     p/P  supervisor <-> child      heartbeat, `seq` echoed back
+    OpenChannel     o    App -> supervisor -> ...  open a call channel to worker `path`
+                         (down the tree)           (one socketpair end rides as SCM_RIGHTS)
+    WhichChildren   w    App -> supervisor         requests: `id` is echoed in the answer,
+    CountChildren   n      "                       `path` names the target supervisor
+    GetStatus       g      "                       ("" = the receiver, "jobs/sub" = a descendant)
+    StartChild      a      "
+    TerminateChild  t      "
+    RestartChild    e      "
+    DeleteChild     d      "
+    Shutdown        z    App -> root               stop the whole tree
+    Response        y    supervisor -> App         the answer to request `id`
+    ErrorResponse   Y    supervisor -> App         request `id` failed: error class name + fields
+    Event           E    child/supervisor -> App   telemetry, forwarded up the tree
+
+`ChildInfo` is not a message: it is the record `which_children` returns, carried inside a
+`Response.value` as a map; rebuild it with ``msgspec.convert(value, list[ChildInfo])``.
+
+Compatibility rule: fields are append-only and every appended field has a default, so an
+older peer's shorter array still decodes.
+"""
+
+from typing import Any
+
+import msgspec
+
+from supervisor._framing import Codec
+
+__all__ = [
+    "Call",
+    "Cast",
+    "Reply",
+    "Fail",
+    "CallMessage",
+    "Ready",
+    "StartFailed",
+    "Stop",
+    "Exit",
+    "Ping",
+    "Pong",
+    "OpenChannel",
+    "WhichChildren",
+    "CountChildren",
+    "GetStatus",
+    "StartChild",
+    "TerminateChild",
+    "RestartChild",
+    "DeleteChild",
+    "Shutdown",
+    "Response",
+    "ErrorResponse",
+    "Event",
+    "ControlMessage",
+    "ChildInfo",
+    "CALL_CODEC",
+    "CONTROL_CODEC",
+]
+
+
+class _Message(
+    msgspec.Struct,
+    frozen=True,
+    tag_field="k",
+    array_like=True,
+    # Messages never take part in reference cycles (decoded ones are trees, and nothing in
+    # the runtime stores a message inside its own arguments), so keeping them out of the
+    # cyclic GC saves ~10% per message on the hot path and GC work in busy processes.
+    gc=False,
+):
+    """Base of every wire message (not itself on the wire)."""
+
+
+# --------------------------------------------------------------------------- call channel
+
+
+class Call(_Message, tag="c"):
+    """Run ``method(*args, **kwargs)`` on the worker and answer with `Reply`/`Fail` of `id`.
+
+    `session` pins the call to a pool session; `pickled` marks arguments that were pickled
+    (only for children that opted in with ``serializer="pickle"``; the runtime owns the layout).
+    `args` decodes as a tuple (msgspec allows one array-like type per field, not list | tuple).
+    """
+
+    id: int
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] | None = None
+    session: str | None = None
+    pickled: bool = False
+
+
+class Cast(_Message, tag="k"):
+    """Run ``method(*args, **kwargs)`` on the worker; nobody waits for an answer."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] | None = None
+    session: str | None = None
+    pickled: bool = False
+
+
+class Reply(_Message, tag="r"):
+    """The result of Call `id` (`value` is pickled bytes when `pickled`)."""
+
+    id: int
+    value: Any = None
+    pickled: bool = False
+
+
+class Fail(_Message, tag="f"):
+    """Call `id` failed: `category` is an ErrorCategory value, `type` the remote class name."""
+
+    id: int
+    category: str
+    type: str
+    message: str
+    traceback: str = ""
+
+
+CallMessage = Call | Cast | Reply | Fail
+
+# ------------------------------------------------------------------------ control channel
+
+
+class Ready(_Message, tag="R"):
+    """The child at the other end finished `init` (a supervisor: all its children are up)."""
+
+    pid: int
+
+
+class StartFailed(_Message, tag="S"):
+    """Starting the child at `path` failed; the remote error as category, type and message."""
+
+    path: str
+    category: str
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class Stop(_Message, tag="s"):
+    """Stop gracefully (run `terminate(reason)`), then send `Exit` and leave."""
+
+    reason: str = "shutdown"
+
+
+class Exit(_Message, tag="X"):
+    """A clean exit report, sent just before the process leaves.
+
+    A crash sends nothing: it is classified from the wait status instead. The error fields
+    are set when the exit reports a failure (e.g. `run` raised).
+    """
+
+    reason: str
+    category: str | None = None
+    type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+
+
+class Ping(_Message, tag="p"):
+    """Heartbeat request; the child answers `Pong` with the same `seq`."""
+
+    seq: int
+
+
+class Pong(_Message, tag="P"):
+    """Heartbeat answer to `Ping` `seq`."""
+
+    seq: int
+
+
+class OpenChannel(_Message, tag="o"):
+    """Open a call channel to the WORKER at `path`; one socketpair end travels with this
+    frame as SCM_RIGHTS ancillary data (see `supervisor._framing.recv_some`)."""
+
+    id: int
+    path: str
+
+
+class WhichChildren(_Message, tag="w"):
+    """List the children of supervisor `path`; answered with a list of `ChildInfo` maps."""
+
+    id: int
+    path: str
+
+
+class CountChildren(_Message, tag="n"):
+    """Count the children of supervisor `path` (specs, active, supervisors, workers)."""
+
+    id: int
+    path: str
+
+
+class GetStatus(_Message, tag="g"):
+    """The status of the subtree under supervisor `path`."""
+
+    id: int
+    path: str
+
+
+class StartChild(_Message, tag="a"):
+    """Start a child under supervisor `path`: from `spec` (an encoded spec) or, for
+    simple_one_for_one, from its template with `args` appended. Answered with the new id."""
+
+    id: int
+    path: str
+    spec: bytes | None = None
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] | None = None
+
+
+class TerminateChild(_Message, tag="t"):
+    """Stop child `child_id` of supervisor `path` (its spec stays, except simple_one_for_one)."""
+
+    id: int
+    path: str
+    child_id: str
+
+
+class RestartChild(_Message, tag="e"):
+    """Restart the stopped child `child_id` of supervisor `path`."""
+
+    id: int
+    path: str
+    child_id: str
+
+
+class DeleteChild(_Message, tag="d"):
+    """Delete the spec of the stopped child `child_id` of supervisor `path`."""
+
+    id: int
+    path: str
+    child_id: str
+
+
+class Shutdown(_Message, tag="z"):
+    """Shut the whole tree down (sent to the root)."""
+
+    id: int
+
+
+class Response(_Message, tag="y"):
+    """The successful answer to request `id`."""
+
+    id: int
+    value: Any = None
+
+
+class ErrorResponse(_Message, tag="Y"):
+    """Request `id` failed; `kind` is a class name from `supervisor.errors` and `fields` its
+    attributes, for `supervisor.errors.error_from_wire(kind, message, **fields)`."""
+
+    id: int
+    kind: str
+    message: str
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Event(_Message, tag="E"):
+    """A telemetry event (`name` like ``["supervisor", "child", "restarted"]``)."""
+
+    name: list[str]
+    measurements: dict[str, Any] = msgspec.field(default_factory=dict)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+ControlMessage = (
+    Ready
+    | StartFailed
+    | Stop
+    | Exit
+    | Ping
+    | Pong
+    | OpenChannel
+    | WhichChildren
+    | CountChildren
+    | GetStatus
+    | StartChild
+    | TerminateChild
+    | RestartChild
+    | DeleteChild
+    | Shutdown
+    | Response
+    | ErrorResponse
+    | Event
+)
+
+
+class ChildInfo(msgspec.Struct, frozen=True):
+    """One child as `which_children` reports it (a map on the wire, not a message).
+
+    `kind` is "worker" or "supervisor"; `state` is "starting", "running", "restarting",
+    "stopped" or "circuit_open"; `pid` is None while the child is not running; `started_at`
+    is the `time.time()` of its last start. Rebuild from a decoded `Response.value` with
+    ``msgspec.convert(value, ChildInfo)`` (raises `msgspec.ValidationError` on a bad shape).
+    """
+
+    id: str
+    pid: int | None
+    kind: str
+    state: str
+    restarts: int = 0
+    path: str = ""
+    started_at: float | None = None
+
+
+CALL_CODEC = Codec(CallMessage, name="call")
+"""Frames of the call channel (caller <-> worker)."""
+
+CONTROL_CODEC = Codec(ControlMessage, name="control")
+"""Frames of the control channel (supervisor <-> child, App <-> root)."""

@@ -1,0 +1,357 @@
+"""Child and supervisor specs: frozen values, validated when they are built.
+
+A spec never holds runtime state; the supervisor process keeps a runtime record beside
+each spec (see `_children`). Every invalid value raises `ConfigError` naming the field and
+the value, at construction, so a bad tree never reaches a process.
+
+    child("counter", Counter, kwargs={"start": 10})       -> ChildSpec
+    Supervisor("root", children=[...], strategy=...)      -> SupervisorSpec
+    Pool("py", PyWorker, size=4)                          -> PoolSpec (a supervisor of workers)
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from strategies.restart import RestartType, Strategy
+
+from .errors import ConfigError
+
+__all__ = ["ChildSpec", "SupervisorSpec", "PoolSpec", "child", "Supervisor", "Pool", "resolve_worker"]
+
+AUTO_SHUTDOWN = ("never", "any_significant", "all_significant")
+ON_TIMEOUT = ("restart", "ignore")
+SERIALIZERS = ("msgpack", "pickle")
+SHUTDOWN_WORDS = ("brutal_kill", "infinity")
+
+
+def _choice(field: str, value: Any, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(
+            f"expected one of {', '.join(allowed)}, got {value!r}", field=field, value=value
+        )
+    return value
+
+
+def _number(field: str, value: Any, *, minimum: float, strict: bool = False,
+            allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    if ok and (value > minimum if strict else value >= minimum):
+        return value
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+    raise ConfigError(f"expected a number {bound}, got {value!r}", field=field, value=value)
+
+
+def _integer(field: str, value: Any, *, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+        return value
+    raise ConfigError(f"expected an integer >= {minimum}, got {value!r}", field=field, value=value)
+
+
+def _check_id(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or "/" in value or value.strip() != value:
+        raise ConfigError(
+            f"expected a non-empty string without '/' or surrounding spaces, got {value!r}",
+            field=field,
+            value=value,
+        )
+    return value
+
+
+def _shutdown(field: str, value: Any) -> float | str:
+    if isinstance(value, str):
+        return _choice(field, value, SHUTDOWN_WORDS)
+    return _number(field, value, minimum=0)
+
+
+def resolve_worker(value: Any, field: str = "worker") -> type:
+    """Return the Worker subclass named by `value` (a class or ``"package.module:Class"``).
+
+    Raises ConfigError when the string does not import or the result is not a Worker subclass.
+    """
+    from .worker import Worker
+
+    obj = value
+    if isinstance(value, str):
+        module_name, sep, qualname = value.partition(":")
+        if not sep or not module_name or not qualname:
+            raise ConfigError(
+                f"expected an import string 'package.module:Class', got {value!r}",
+                field=field,
+                value=value,
+            )
+        try:
+            obj = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import {module_name!r}: {exc}", field=field, value=value
+            ) from exc
+        except AttributeError as exc:
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {qualname!r}", field=field, value=value
+            ) from exc
+    if not (isinstance(obj, type) and issubclass(obj, Worker)):
+        raise ConfigError(
+            f"expected a Worker subclass or an import string, got {value!r}",
+            field=field,
+            value=value,
+        )
+    return obj
+
+
+@attrs.frozen(kw_only=True)
+class ChildSpec:
+    """A worker child. Build it with `child(...)`; see that function for the fields."""
+
+    id: str
+    worker: type | str
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+    restart: str = "permanent"
+    shutdown: float | str = 5.0
+    significant: bool = False
+    errors: Mapping[str, Any] | None = None
+    heartbeat: float | None = None
+    heartbeat_timeout: float | None = None
+    max_memory_mb: float | None = None
+    max_calls: int | None = None
+    call_timeout: float | None = 60.0
+    on_timeout: str = "restart"
+    fallback: str | None = None
+    serializer: str = "msgpack"
+    stable_after: float = 5.0
+    circuit_timeout: float = 60.0
+    # The resolved Worker class; derived from `worker`, never given by the user.
+    worker_class: type = attrs.field(init=False, eq=False, repr=False)
+
+    kind = "worker"
+
+    def __attrs_post_init__(self) -> None:
+        _check_id("id", self.id)
+        object.__setattr__(self, "worker_class", resolve_worker(self.worker))
+        if not isinstance(self.args, tuple):
+            object.__setattr__(self, "args", tuple(self.args))
+        if not isinstance(self.kwargs, Mapping):
+            raise ConfigError(f"expected a mapping, got {self.kwargs!r}", field="kwargs")
+        _choice("restart", self.restart, tuple(RestartType))
+        _shutdown("shutdown", self.shutdown)
+        _check_significant(self.significant, self.restart)
+        _number("heartbeat", self.heartbeat, minimum=0, strict=True, allow_none=True)
+        _number("heartbeat_timeout", self.heartbeat_timeout, minimum=0, strict=True,
+                allow_none=True)
+        _number("max_memory_mb", self.max_memory_mb, minimum=0, strict=True, allow_none=True)
+        _integer("max_calls", self.max_calls, minimum=1, allow_none=True)
+        _number("call_timeout", self.call_timeout, minimum=0, strict=True, allow_none=True)
+        _choice("on_timeout", self.on_timeout, ON_TIMEOUT)
+        if self.fallback is not None:
+            _check_id("fallback", self.fallback)
+        _choice("serializer", self.serializer, SERIALIZERS)
+        _number("stable_after", self.stable_after, minimum=0)
+        _number("circuit_timeout", self.circuit_timeout, minimum=0)
+        _check_errors(self.errors)
+
+
+def _check_significant(significant: Any, restart: str) -> None:
+    if not isinstance(significant, bool):
+        raise ConfigError(f"expected true or false, got {significant!r}", field="significant")
+    if significant and restart == "permanent":
+        raise ConfigError(
+            "a significant child must be transient or temporary, got restart='permanent'",
+            field="significant",
+            value=significant,
+        )
+
+
+def _check_errors(errors: Any) -> None:
+    if errors is None:
+        return
+    from strategies.matrix import DEFAULT_MATRIX, MatrixError, override_matrix
+
+    try:
+        override_matrix(DEFAULT_MATRIX, errors)
+    except MatrixError as exc:
+        raise ConfigError(str(exc), field=None, value=errors) from exc
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorSpec:
+    """A supervisor child (or the root). Build it with `Supervisor(...)`."""
+
+    id: str
+    children: tuple = ()
+    strategy: str = "one_for_one"
+    max_restarts: int = 3
+    max_seconds: float = 5.0
+    restart: str = "permanent"
+    shutdown: float | str = "infinity"
+    template: ChildSpec | None = None
+    max_children: int | None = None
+    auto_shutdown: str = "never"
+    significant: bool = False
+    errors: Mapping[str, Any] | None = None
+
+    kind = "supervisor"
+
+    def __attrs_post_init__(self) -> None:
+        _check_id("id", self.id)
+        if not isinstance(self.children, tuple):
+            object.__setattr__(self, "children", tuple(self.children))
+        _choice("strategy", self.strategy, tuple(Strategy))
+        _integer("max_restarts", self.max_restarts, minimum=0)
+        _number("max_seconds", self.max_seconds, minimum=0, strict=True)
+        _choice("restart", self.restart, tuple(RestartType))
+        _shutdown("shutdown", self.shutdown)
+        _integer("max_children", self.max_children, minimum=1, allow_none=True)
+        _choice("auto_shutdown", self.auto_shutdown, AUTO_SHUTDOWN)
+        _check_significant(self.significant, self.restart)
+        _check_errors(self.errors)
+        self._check_children()
+
+    def _check_children(self) -> None:
+        seen: set[str] = set()
+        for index, spec in enumerate(self.children):
+            if not isinstance(spec, ChildSpec | SupervisorSpec):
+                raise ConfigError(
+                    f"expected a child(...), Supervisor(...) or Pool(...), got {spec!r}",
+                    field=f"children[{index}]",
+                )
+            if spec.id in seen:
+                raise ConfigError(
+                    f"duplicate child id {spec.id!r}", field=f"children[{index}].id", value=spec.id
+                )
+            seen.add(spec.id)
+            if spec.significant and self.auto_shutdown == "never":
+                raise ConfigError(
+                    "a significant child needs auto_shutdown='any_significant' or "
+                    "'all_significant' on its supervisor",
+                    field=f"children[{index}].significant",
+                    value=True,
+                )
+        if self.strategy == "simple_one_for_one":
+            if self.template is None:
+                raise ConfigError(
+                    "strategy 'simple_one_for_one' needs a template child spec", field="template"
+                )
+            if self.children:
+                raise ConfigError(
+                    "a simple_one_for_one supervisor starts with no children; use template",
+                    field="children",
+                )
+        elif self.template is not None:
+            raise ConfigError(
+                f"template is only for simple_one_for_one, got strategy={self.strategy!r}",
+                field="template",
+            )
+        if self.template is not None and not isinstance(self.template, ChildSpec):
+            raise ConfigError(f"expected a child(...) spec, got {self.template!r}",
+                              field="template")
+
+    def find(self, child_id: str) -> ChildSpec | SupervisorSpec | None:
+        """The direct child spec with this id, or None."""
+        for spec in self.children:
+            if spec.id == child_id:
+                return spec
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class PoolSpec(SupervisorSpec):
+    """A one_for_one supervisor of `size` identical workers ``id-0 .. id-{size-1}``.
+
+    Built with `Pool(...)`; the caller reaches it through `app.pool(path)`.
+    """
+
+    size: int = 4
+    max_overflow: int = 0
+    checkout_timeout: float = 5.0
+
+    def __attrs_post_init__(self) -> None:
+        _integer("size", self.size, minimum=1)
+        _integer("max_overflow", self.max_overflow, minimum=0)
+        _number("checkout_timeout", self.checkout_timeout, minimum=0, strict=True)
+        super().__attrs_post_init__()
+
+
+_CHILD_KEYS = tuple(a.name for a in attrs.fields(ChildSpec) if a.init)
+_SUPERVISOR_KEYS = tuple(a.name for a in attrs.fields(SupervisorSpec) if a.init)
+
+
+def _reject_unknown(unknown: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(
+            f"unknown key {name!r}; expected one of {', '.join(allowed)}",
+            field=name,
+            value=unknown[name],
+        )
+
+
+def child(id: str, worker: type | str, *, args: Sequence[Any] = (),
+          kwargs: Mapping[str, Any] | None = None, restart: str = "permanent",
+          shutdown: float | str = 5.0, significant: bool = False,
+          errors: Mapping[str, Any] | None = None, heartbeat: float | None = None,
+          heartbeat_timeout: float | None = None, max_memory_mb: float | None = None,
+          max_calls: int | None = None, call_timeout: float | None = 60.0,
+          on_timeout: str = "restart", fallback: str | None = None,
+          serializer: str = "msgpack", stable_after: float = 5.0,
+          circuit_timeout: float = 60.0, **unknown: Any) -> ChildSpec:
+    """A worker child spec.
+
+    `worker` is a Worker subclass or ``"package.module:Class"``; `args`/`kwargs` go to its
+    `init`. `restart`: permanent | transient | temporary. `shutdown`: seconds of grace,
+    ``"brutal_kill"`` or ``"infinity"``. Raises ConfigError for any invalid or unknown field.
+    """
+    _reject_unknown(unknown, _CHILD_KEYS)
+    return ChildSpec(
+        id=id, worker=worker, args=tuple(args), kwargs=dict(kwargs or {}), restart=restart,
+        shutdown=shutdown, significant=significant, errors=errors, heartbeat=heartbeat,
+        heartbeat_timeout=heartbeat_timeout, max_memory_mb=max_memory_mb, max_calls=max_calls,
+        call_timeout=call_timeout, on_timeout=on_timeout, fallback=fallback,
+        serializer=serializer, stable_after=stable_after, circuit_timeout=circuit_timeout,
+    )
+
+
+def Supervisor(id: str, children: Sequence[Any] = (), *, strategy: str = "one_for_one",
+               max_restarts: int = 3, max_seconds: float = 5.0, restart: str = "permanent",
+               shutdown: float | str = "infinity", template: ChildSpec | None = None,
+               max_children: int | None = None, auto_shutdown: str = "never",
+               significant: bool = False, errors: Mapping[str, Any] | None = None,
+               **unknown: Any) -> SupervisorSpec:
+    """A supervisor spec (the root of a tree, or a nested supervisor process).
+
+    Raises ConfigError for duplicate child ids, an unknown strategy, a missing template for
+    simple_one_for_one, ``max_restarts < 0``, ``max_seconds <= 0``, a significant child under
+    ``auto_shutdown="never"``, or any unknown key.
+    """
+    _reject_unknown(unknown, _SUPERVISOR_KEYS)
+    return SupervisorSpec(
+        id=id, children=tuple(children), strategy=strategy, max_restarts=max_restarts,
+        max_seconds=max_seconds, restart=restart, shutdown=shutdown, template=template,
+        max_children=max_children, auto_shutdown=auto_shutdown, significant=significant,
+        errors=errors,
+    )
+
+
+def Pool(id: str, worker: type | str, size: int = 4, *, max_overflow: int = 0,
+         checkout_timeout: float = 5.0, **child_options: Any) -> PoolSpec:
+    """A pool: a one_for_one supervisor of `size` identical workers ``id-0 .. id-{size-1}``.
+
+    `child_options` are `child(...)` options applied to every worker. Raises ConfigError.
+    """
+    _integer("size", size, minimum=1)
+    children = tuple(child(f"{id}-{i}", worker, **child_options) for i in range(size))
+    return PoolSpec(
+        id=id, children=children, size=size, max_overflow=max_overflow,
+        checkout_timeout=checkout_timeout,
+    )
