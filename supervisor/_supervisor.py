@@ -182,10 +182,11 @@ class SupervisorProcess:
         slot.state = "stopping"
         self._unwatch(slot)
         status = stop_process(slot, reason, self._on_child_message)
-        why, category, detail = reason_of(slot, status)
+        why, _, detail = reason_of(slot, status)
+        pid = slot.pid
         self._forget(slot)
         slot.state = "stopped"
-        self.emit("exited", slot, reason=why if slot.exit_msg else "shutdown",
+        self.emit("exited", slot, pid=pid, reason=why if slot.exit_msg else "shutdown",
                   category=None, detail=detail)
 
     def _forget(self, slot: ChildSlot) -> None:

@@ -1,0 +1,94 @@
+"""Workers used by the runtime tests (importable by the supervisor processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from supervisor import Worker, idempotent
+
+
+class Noted(Worker):
+    """Appends lifecycle notes to a file so tests can check hooks ran and in what order."""
+
+    def init(self, notes: str, fail: bool = False, ignore_term: bool = False) -> None:
+        self.notes = notes
+        if ignore_term:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._note(f"init {self.id}")
+        if fail:
+            raise RuntimeError(f"{self.id} refuses to start")
+
+    def _note(self, text: str) -> None:
+        with open(self.notes, "a") as fh:
+            fh.write(text + "\n")
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def terminate(self, reason: str) -> None:
+        self._note(f"terminate {self.id} {reason}")
+
+
+class Stubborn(Worker):
+    """Ignores SIGTERM and never finishes terminate: only SIGKILL stops it."""
+
+    def init(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def terminate(self, reason: str) -> None:
+        while True:
+            time.sleep(1)
+
+
+class Service(Worker):
+    """A worker with its own main loop."""
+
+    def init(self, mode: str = "wait") -> None:
+        self.mode = mode
+
+    def run(self) -> None:
+        if self.mode == "return":
+            return
+        if self.mode == "raise":
+            raise RuntimeError("service loop failed")
+        self.stopping.wait()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Spawner(Worker):
+    """Starts a grandchild process of its own (which a subreaper must clean up)."""
+
+    def spawn(self) -> int:
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+        return proc.pid
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Calc(Worker):
+    def init(self, base: int = 0) -> None:
+        self.base = base
+
+    def add(self, a: int, b: int = 0) -> int:
+        return self.base + a + b
+
+    @idempotent
+    def get(self) -> int:
+        return self.base
+
+    def unencodable(self) -> object:
+        return object()
+
+    def slow(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
