@@ -60,8 +60,18 @@ if TYPE_CHECKING:
     from . import errors, telemetry
     from .app import App, ChildInfo, start
     from .errors import (
-        CallTimeout, CircuitOpen, CommandError, ConfigError, EncodeError, NoSuchChild,
-        PoolExhausted, ProtocolError, SessionLost, StartError, SupervisorError, WorkerCrashed,
+        CallTimeout,
+        CircuitOpen,
+        CommandError,
+        ConfigError,
+        EncodeError,
+        NoSuchChild,
+        PoolExhausted,
+        ProtocolError,
+        SessionLost,
+        StartError,
+        SupervisorError,
+        WorkerCrashed,
         WorkerError,
     )
     from .specs import ChildSpec, Pool, PoolSpec, Supervisor, SupervisorSpec, child

@@ -1,6 +1,6 @@
 """Entry point of a root supervisor started by `supervisor.start()`.
 
-The App starts this module with fork+exec (`python -m supervisor._boot FD PPID`), which is
+The App starts this module with fork+exec (`python -c 'from supervisor._boot import main; ...' FD PPID`), which is
 safe from a process that has threads, unlike a bare fork. Over the inherited socket it
 sends one boot frame: 4-byte length + pickle of ``{"prep": ..., "spec": bytes}``. `prep` is
 multiprocessing's preparation data (sys.path, cwd, the main module), applied before the
@@ -31,7 +31,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def main() -> int:
-    fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    fd, parent = int(sys.argv[-2]), int(sys.argv[-1])
     from ._proc import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)

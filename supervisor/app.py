@@ -48,6 +48,10 @@ __all__ = ["App", "start", "ChildInfo", "WorkerProxy"]
 
 ChildInfo = P.ChildInfo
 DEFAULT_CALL_TIMEOUT = 60.0
+# The root imports this very copy of the package, wherever it was imported from here.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BOOT = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
+         "from supervisor._boot import main; sys.exit(main())")
 _RESERVED = ("timeout", "retry", "idempotent", "session")
 
 
@@ -71,7 +75,9 @@ def _prep_data(blob: bytes) -> dict[str, Any] | None:
         return {"sys_path": list(sys.path), "dir": os.getcwd()}
     import multiprocessing.spawn
 
-    return multiprocessing.spawn.get_preparation_data("supervisor-root")
+    data = multiprocessing.spawn.get_preparation_data("supervisor-root")
+    data.pop("authkey", None)  # multiprocessing's secret; the root has no use for it
+    return data
 
 
 class App:
@@ -116,8 +122,7 @@ class App:
         mine, theirs = socket.socketpair()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor._boot", str(theirs.fileno()),
-                 str(os.getpid())],
+                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()], close_fds=True,
             )
         except OSError as exc:
@@ -337,7 +342,8 @@ class App:
             except NotSent:
                 self._drop_channel(path, chan)
                 if not retry:
-                    raise WorkerCrashed(f"the channel to {path!r} is closed", path=path)
+                    raise WorkerCrashed(f"the channel to {path!r} is closed",
+                                        path=path) from None
                 continue
             try:
                 reply = chan.wait(cid, deadline)

@@ -69,7 +69,7 @@ class ConfigError(SupervisorError, ValueError):
         prefix = ""
         if file is not None:
             prefix = f"{file}:{line}: " if line is not None else f"{file}: "
-        if field is not None and not message.startswith(field):
+        if field is not None and not message.startswith(f"{field}:"):
             message = f"{field}: {message}"
         super().__init__(prefix + message)
 

@@ -92,3 +92,14 @@ class Calc(Worker):
     def slow(self, seconds: float) -> float:
         time.sleep(seconds)
         return seconds
+
+    def _signal(self, fifo: str) -> None:
+        fd = os.open(fifo, os.O_WRONLY)
+        os.write(fd, b"x")
+        os.close(fd)
+
+    def busy(self, fifo: str, seconds: float) -> float:
+        """Tell the test (through `fifo`) that the call arrived, then work for a while."""
+        self._signal(fifo)
+        time.sleep(seconds)
+        return seconds

@@ -1,0 +1,174 @@
+"""Tiny-call round trip: the raw floor, our App.call, and the peers, side by side.
+
+Every contender runs in this one process and is alive at once; after a warm-up the
+measured calls are interleaved in blocks (rotating which contender goes first), so drift
+in the machine's load lands on all of them alike. One sample = one blocking call of a
+tiny value (the int 1), timed with ``time.perf_counter_ns``.
+
+    raw floor        msgspec frame over an AF_UNIX socketpair to a forked child
+    ours             app.call("w", "echo", 1) on a one-worker tree (direct socketpair)
+    ProcessPool...   ProcessPoolExecutor(1).submit(echo, 1).result()
+    mp.Pool          multiprocessing.Pool(1).apply(echo, (1,))
+    loky             loky.get_reusable_executor(1).submit(echo, 1).result()
+    pebble           pebble.ProcessPool(1).schedule(echo, args=(1,)).result()
+
+Run: ``python -m benchmarks call [--quick]`` (or ``python -m benchmarks.bench_call``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from benchmarks._util import (
+    FrameClient,
+    echo,
+    fmt_ratio,
+    fmt_us,
+    fork_frame_server,
+    parse_args,
+    print_table,
+    ratio,
+    reap,
+    summarize,
+    write_json,
+)
+
+NAME = "call"
+FLOOR = "raw floor (msgspec/socketpair)"
+OURS = "ours: app.call"
+PPE = "ProcessPoolExecutor"
+
+
+@attrs.define
+class Contender:
+    name: str
+    call: Callable[[], Any]
+
+
+def _floor(stack: contextlib.ExitStack) -> Contender:
+    pid, sock = fork_frame_server()
+    stack.callback(reap, pid)
+    stack.callback(sock.close)  # EOF first: the child exits on its own
+    client = FrameClient(sock)
+    return Contender(FLOOR, lambda: client.call(1))
+
+
+def _ours(stack: contextlib.ExitStack) -> Contender:
+    import supervisor
+    from supervisor import Supervisor, child
+    from workers.echo import Echo
+
+    app = supervisor.start(Supervisor("root", children=[child("w", Echo)]))
+    stack.callback(app.stop)
+    return Contender(OURS, lambda: app.call("w", "echo", 1))
+
+
+def _ppe(stack: contextlib.ExitStack) -> Contender:
+    from concurrent.futures import ProcessPoolExecutor
+
+    ex = ProcessPoolExecutor(max_workers=1)
+    stack.callback(ex.shutdown, wait=True, cancel_futures=True)
+    return Contender(PPE, lambda: ex.submit(echo, 1).result())
+
+
+def _mp_pool(stack: contextlib.ExitStack) -> Contender:
+    import multiprocessing
+
+    pool = multiprocessing.Pool(1)
+    stack.callback(pool.join)
+    stack.callback(pool.terminate)
+    return Contender("multiprocessing.Pool", lambda: pool.apply(echo, (1,)))
+
+
+def _loky(stack: contextlib.ExitStack) -> Contender:
+    import loky
+
+    ex = loky.get_reusable_executor(max_workers=1)
+    stack.callback(ex.shutdown, wait=True, kill_workers=True)
+    return Contender("loky", lambda: ex.submit(echo, 1).result())
+
+
+def _pebble(stack: contextlib.ExitStack) -> Contender:
+    import pebble
+
+    pool = pebble.ProcessPool(max_workers=1)
+    stack.callback(pool.join)
+    stack.callback(pool.stop)
+    return Contender("pebble", lambda: pool.schedule(echo, args=(1,)).result())
+
+
+# The floor forks first, while this process has no threads yet; the peers that fork
+# (mp.Pool, ProcessPoolExecutor, pebble) come before those that fork+exec (loky, ours).
+SETUPS = [(FLOOR, _floor), ("multiprocessing.Pool", _mp_pool), (PPE, _ppe),
+          ("pebble", _pebble), ("loky", _loky), (OURS, _ours)]
+
+
+def measure(contenders: list[Contender], n: int, warmup: int, blocks: int
+            ) -> dict[str, list[int]]:
+    for c in contenders:
+        for _ in range(warmup):
+            value = c.call()
+            if value != 1:
+                raise RuntimeError(f"{c.name} returned {value!r}, expected 1")
+    samples: dict[str, list[int]] = {c.name: [] for c in contenders}
+    per_block = max(1, n // blocks)
+    clock = time.perf_counter_ns
+    for b in range(blocks):
+        k = b % len(contenders)
+        for c in contenders[k:] + contenders[:k]:
+            out, fn = samples[c.name], c.call
+            for _ in range(per_block):
+                t0 = clock()
+                fn()
+                out.append(clock() - t0)
+    return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    n, warmup, blocks = (500, 50, 5) if args.quick else (5000, 300, 10)
+    skipped: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        contenders = []
+        for name, setup in SETUPS:
+            try:
+                contenders.append(setup(stack))
+            except ImportError as exc:
+                print(f"{name}: skipped: not installed ({exc})")
+                skipped[name] = "not installed"
+        print(f"measuring {n} calls per contender after {warmup} warm-up calls, "
+              f"interleaved in {blocks} blocks")
+        samples = measure(contenders, n, warmup, blocks)
+    stats = {name: summarize(s) for name, s in samples.items()}
+    floor = stats[FLOOR]
+    rows = []
+    for c in contenders:
+        s = stats[c.name]
+        s["p50_vs_floor"] = ratio(s["p50_us"], floor["p50_us"])
+        s["p99_vs_floor"] = ratio(s["p99_us"], floor["p99_us"])
+        rows.append([c.name, fmt_us(s["p50_us"]), fmt_us(s["p99_us"]), fmt_us(s["mean_us"]),
+                     fmt_ratio(s["p50_vs_floor"]), fmt_ratio(s["p99_vs_floor"])])
+    print_table(f"tiny call round trip, {n} calls each (lower is better)",
+                ["contender", "p50", "p99", "mean", "p50/floor", "p99/floor"], rows)
+    ours = stats.get(OURS, {})
+    summary = {
+        "ours_vs_floor_p50": ratio(ours.get("p50_us"), floor["p50_us"]),
+        "ours_vs_floor_p99": ratio(ours.get("p99_us"), floor["p99_us"]),
+        "ppe_vs_ours_p50": ratio(stats.get(PPE, {}).get("p50_us"), ours.get("p50_us")),
+        "ppe_vs_ours_p99": ratio(stats.get(PPE, {}).get("p99_us"), ours.get("p99_us")),
+    }
+    print(f"\nsummary: ours/floor p50 {fmt_ratio(summary['ours_vs_floor_p50'])}, "
+          f"p99 {fmt_ratio(summary['ours_vs_floor_p99'])}; ProcessPoolExecutor/ours p50 "
+          f"{fmt_ratio(summary['ppe_vs_ours_p50'])}, p99 {fmt_ratio(summary['ppe_vs_ours_p99'])}")
+    write_json(NAME, {"quick": args.quick, "calls": n, "warmup": warmup, "blocks": blocks,
+                      "results": stats, "summary": summary, "skipped": skipped})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
