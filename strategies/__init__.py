@@ -6,6 +6,7 @@
     matrix     error category -> severity, recovery, retry budget, backoff
     circuit    a thread-safe circuit breaker
     retry      call again with backoff, optionally through a circuit breaker
+    recovery   the step a supervisor takes for one failed child (restart, escalate, ...)
 
 ``import strategies`` stays cheap (every worker process imports the supervisor, which
 imports this package): the modules that need attrs (restart, matrix) and intensity are
@@ -60,6 +61,10 @@ __all__ = [
     # retry
     "retry",
     "retrying",
+    # recovery
+    "Action",
+    "Step",
+    "next_step",
 ]
 
 _HOMES: dict[str, str] = {
@@ -93,6 +98,7 @@ _HOMES: dict[str, str] = {
         ),
         "matrix",
     ),
+    **dict.fromkeys(("Action", "Step", "next_step"), "recovery"),
 }
 
 
@@ -125,6 +131,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never runs
         override_matrix,
         retry_delay,
     )
+    from strategies.recovery import Action, Step, next_step
     from strategies.restart import (
         ExitKind,
         RestartPlan,

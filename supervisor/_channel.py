@@ -38,10 +38,14 @@ class NotSent(Exception):
 
 
 class CallChannel:
-    def __init__(self, sock: socket.socket, path: str, pid: int | None = None) -> None:
+    def __init__(self, sock: socket.socket, path: str,
+                 policy: dict[str, Any] | None = None) -> None:
         self.sock = sock
         self.path = path
-        self.pid = pid
+        # The worker's call policy (see `_worker_runtime.call_policy`): pid, idempotent
+        # commands, call_timeout, on_timeout, fallback, retry delays.
+        self.policy = policy or {}
+        self.pid = self.policy.get("pid")
         self.reader = FrameReader(P.CALL_CODEC)
         self.send_lock = threading.Lock()
         self.cond = threading.Condition(threading.Lock())

@@ -5,18 +5,22 @@
     caller     ──call────▶ worker         Call, Cast      (one socketpair per caller)
     caller     ◀──call──── worker         Reply, Fail
 
-A command worker serves everything from one thread: it reads whatever frames are ready,
-runs the commands in order, and writes all replies of a batch with one `sendall`.
-A worker with `run()` runs it in the main thread and serves its channels from a second
-thread, so calls and stop requests still reach it while `run()` loops.
+Threads:
+- the control thread reads the control channel: it answers heartbeats (so a missed
+  heartbeat means the process is wedged, not busy), hands new call channels to the serving
+  loop and turns a Stop into a flag plus a wake-up;
+- the serving loop reads the call channels, runs the commands in order and writes all the
+  replies of a batch with one `sendall`. It runs in the main thread, unless the worker has
+  `run()`: then `run()` has the main thread and the serving loop gets its own.
 
-A command that raises becomes a `Fail` reply and the worker keeps serving. A frame that
-does not decode means the channel can no longer be trusted: the worker exits with reason
+A command that raises becomes a `Fail` reply and the worker keeps serving. A frame that does
+not decode means the channel can no longer be trusted: the worker exits with reason
 ``protocol_error`` (a communication_error) and its supervisor restarts it.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import selectors
@@ -24,27 +28,52 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from . import protocol as P
 from ._framing import FrameReader, recv_some, send_frame
 from .errors import EncodeError, ProtocolError
-from .worker import command_table
+from .worker import command_table, is_idempotent
 
-__all__ = ["serve"]
+__all__ = ["serve", "call_policy"]
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
     return type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc))
 
 
-def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket) -> int:
+def call_policy(spec: Any, commands: Mapping[str, Any], matrix: Any) -> dict[str, Any]:
+    """What a caller needs to apply the matrix to its calls, sent with every new channel:
+    idempotent commands, timeouts, the fallback sibling, and the retry delays of the
+    connection_error and timeout_error rows (attempt 1 is immediate)."""
+    from strategies.matrix import DEFAULT_MATRIX, ErrorCategory, retry_delay
+
+    matrix = matrix or DEFAULT_MATRIX
+    retries = {}
+    for category in (ErrorCategory.connection_error, ErrorCategory.timeout_error):
+        rule = matrix[category]
+        retries[str(category)] = [0.0] + [retry_delay(rule, n)
+                                          for n in range(2, rule.max_retries + 1)]
+    return {
+        "pid": os.getpid(),
+        "idempotent": sorted(name for name, fn in commands.items() if is_idempotent(fn)),
+        "call_timeout": spec.call_timeout,
+        "on_timeout": spec.on_timeout,
+        "fallback": spec.fallback,
+        "retries": retries,
+    }
+
+
+def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
+          matrix: Any = None) -> int:
     """Run a worker child to completion; returns the process exit code."""
     ctrl.setblocking(True)
     worker = spec.worker_class()
     worker.id = spec.id
     worker.path = path
     worker.restarts = restarts
+    worker.session = {}
     try:
         worker.init(*spec.args, **dict(spec.kwargs))
     except Exception as exc:  # any error in user init is an initialization_error
@@ -53,8 +82,9 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket) -> int:
             P.StartFailed(path=path, category="initialization_error", type=kind,
                           message=message, traceback=tb)))
         return 1
+    runtime = WorkerRuntime(worker, spec, ctrl, matrix)
     send_frame(ctrl, P.CONTROL_CODEC.encode(P.Ready(pid=os.getpid())))
-    runtime = WorkerRuntime(worker, spec, ctrl)
+    threading.Thread(target=runtime.control_loop, name="worker-control", daemon=True).start()
     if callable(getattr(worker, "run", None)):
         return runtime.run_service()
     runtime.loop()
@@ -64,64 +94,98 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket) -> int:
 class WorkerRuntime:
     """Serves one worker's control channel and its callers' channels."""
 
-    def __init__(self, worker: Any, spec: Any, ctrl: socket.socket) -> None:
+    def __init__(self, worker: Any, spec: Any, ctrl: socket.socket, matrix: Any) -> None:
         self.worker = worker
         self.spec = spec
         self.ctrl = ctrl
-        self.ctrl_reader = FrameReader(P.CONTROL_CODEC)
         self.ctrl_lock = threading.Lock()
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(ctrl, selectors.EVENT_READ, None)
         self.commands = {name: getattr(worker, name) for name in command_table(type(worker))}
+        self.policy = call_policy(spec, self.commands, matrix)
+        self.health = getattr(worker, "health", None)
         self.pickled = spec.serializer == "pickle"
         self.calls = 0
         self.exit_reason: str | None = None
+        self.exit_message: str | None = None
         self.exit_error: tuple[str, str, str] | None = None
+        self.stop_requested: str | None = None
+        self.incoming: collections.deque[socket.socket] = collections.deque()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
 
-    # control channel -----------------------------------------------------------------
+    # control channel (its own thread) --------------------------------------------------
     def send_control(self, msg: Any) -> None:
         with self.ctrl_lock:
             send_frame(self.ctrl, P.CONTROL_CODEC.encode(msg))
 
-    def _on_control(self) -> None:
+    def _wake(self) -> None:
         try:
-            msgs, fds, eof = recv_some(self.ctrl, self.ctrl_reader, maxfds=16)
-        except ProtocolError:
-            # Our own supervisor sent garbage: nothing on this channel can be trusted.
-            os._exit(3)
-        if eof:
-            # The supervisor is gone; PR_SET_PDEATHSIG may not exist on this platform.
-            os._exit(2)
-        fds = list(fds)
-        for msg in msgs:
-            match msg:
-                case P.OpenChannel(id=rid):
-                    fd = fds.pop(0) if fds else None
-                    if fd is None:
-                        self.send_control(P.ErrorResponse(id=rid, kind="ProtocolError",
-                                                          message="OpenChannel without an fd"))
-                        continue
-                    self._add_channel(socket.socket(fileno=fd))
-                    self.send_control(P.Response(id=rid, value=os.getpid()))
-                case P.Stop(reason=reason):
-                    self.exit_reason = "shutdown"
-                    self.stop_requested = reason
-                    self.worker.stopping.set()
-                case P.Ping(seq=seq):
-                    self.send_control(P.Pong(seq=seq))
-                case _:
-                    pass
-        for fd in fds:  # fds with no message to claim them must not leak
-            os.close(fd)
+            os.write(self.wake_w, b"!")
+        except BlockingIOError:  # the pipe is full of wake-ups already; one is enough
+            pass
 
-    # call channels -------------------------------------------------------------------
-    def _add_channel(self, sock: socket.socket) -> None:
-        sock.setblocking(True)
-        self.selector.register(sock, selectors.EVENT_READ, FrameReader(P.CALL_CODEC))
+    def control_loop(self) -> None:
+        reader = FrameReader(P.CONTROL_CODEC)
+        while True:
+            try:
+                msgs, fds, eof = recv_some(self.ctrl, reader, maxfds=16)
+            except (ProtocolError, OSError):
+                # Garbage from our own supervisor, or the channel broke: nothing on it can
+                # be trusted, and without it we cannot be supervised.
+                os._exit(3)
+            if eof:
+                os._exit(2)  # the supervisor is gone (PR_SET_PDEATHSIG may not exist here)
+            fds = list(fds)
+            for msg in msgs:
+                self._on_control(msg, fds)
+            for fd in fds:  # fds that no message claimed must not leak
+                os.close(fd)
 
+    def _on_control(self, msg: Any, fds: list[int]) -> None:
+        match msg:
+            case P.OpenChannel(id=rid):
+                if not fds:
+                    self.send_control(P.ErrorResponse(id=rid, kind="ProtocolError",
+                                                      message="OpenChannel without an fd"))
+                    return
+                self.incoming.append(socket.socket(fileno=fds.pop(0)))
+                self._wake()
+                self.send_control(P.Response(id=rid, value=self.policy))
+            case P.Stop(reason=reason):
+                self.stop_requested = reason
+                self.exit_reason = "shutdown"
+                self.worker.stopping.set()
+                self._wake()
+            case P.Ping(seq=seq):
+                self.send_control(P.Pong(seq=seq, healthy=self._healthy()))
+            case _:
+                pass
+
+    def _healthy(self) -> bool:
+        if self.health is None:
+            return True
+        try:
+            return bool(self.health())
+        except Exception as exc:  # a health check that raises says "unhealthy"
+            self.worker.log.warning("health() raised {}: {}", type(exc).__name__, exc)
+            return False
+
+    # call channels (the serving loop) --------------------------------------------------
     def _drop_channel(self, sock: socket.socket) -> None:
         self.selector.unregister(sock)
         sock.close()
+
+    def _on_wake(self) -> None:
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:  # drained by an earlier wake-up
+            pass
+        while self.incoming:
+            sock = self.incoming.popleft()
+            sock.setblocking(True)
+            self.selector.register(sock, selectors.EVENT_READ, FrameReader(P.CALL_CODEC))
 
     def _on_call_channel(self, sock: socket.socket, reader: FrameReader) -> None:
         try:
@@ -204,7 +268,9 @@ class WorkerRuntime:
             self.exit_reason = getattr(self.worker, "_stop_reason", "normal")
             return True
         if self.spec.max_calls is not None and self.calls >= self.spec.max_calls:
-            self.exit_reason = "normal"  # recycled after max_calls: a clean exit
+            # Recycled like maxtasksperchild: a clean exit the supervisor does not count.
+            self.exit_reason = "normal"
+            self.exit_message = "max_calls"
             return True
         return False
 
@@ -215,7 +281,7 @@ class WorkerRuntime:
                 if self.selector.get_map().get(key.fd) is not key:
                     continue  # dropped earlier in this batch
                 if key.data is None:
-                    self._on_control()
+                    self._on_wake()
                 else:
                     self._on_call_channel(key.fileobj, key.data)
                 if self._should_leave():
@@ -225,7 +291,7 @@ class WorkerRuntime:
         """Run `terminate`, report the exit reason, return the exit code."""
         reason = self.exit_reason or "normal"
         if reason != "protocol_error":
-            hook_reason = getattr(self, "stop_requested", None) or reason
+            hook_reason = self.stop_requested or reason
             try:
                 self.worker.terminate(hook_reason)
             except Exception as exc:  # a failing hook must not turn a clean stop into a crash
@@ -237,20 +303,18 @@ class WorkerRuntime:
             category = "communication_error" if reason == "protocol_error" else "python_error"
         try:
             self.send_control(P.Exit(reason=reason, category=category, type=kind,
-                                     message=message, traceback=tb))
+                                     message=message or self.exit_message, traceback=tb))
         except OSError:  # the supervisor is gone; nobody to tell
             pass
         return 0
 
     def run_service(self) -> int:
         """A worker with `run()`: run it here, serve channels from a helper thread."""
-        thread = threading.Thread(target=self._serve_in_thread, name="worker-channels",
-                                  daemon=True)
-        thread.start()
+        threading.Thread(target=self._serve_in_thread, name="worker-channels",
+                         daemon=True).start()
         try:
             self.worker.run()
         except Exception as exc:  # run() raising is a python_error exit
-            self.exit_reason = "python_exception"
             self.exit_error = _describe(exc)
             self.worker.log.error("run() raised {}: {}", type(exc).__name__, exc)
             sys.stderr.flush()
@@ -267,5 +331,5 @@ class WorkerRuntime:
 
     def _serve_in_thread(self) -> None:
         self.loop()
-        # The loop left because of a stop request: make run() see it.
+        # The loop left because of a stop request or a protocol error: make run() see it.
         self.worker.stopping.set()

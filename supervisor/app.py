@@ -406,14 +406,14 @@ class App:
     def _open_channel(self, path: str, deadline: float) -> CallChannel:
         mine, theirs = socket.socketpair()
         try:
-            pid = self._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
-                                timeout=max(0.0, deadline - time.monotonic()))
+            policy = self._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
+                                   timeout=max(0.0, deadline - time.monotonic()))
         except BaseException:
             mine.close()
             raise
         finally:
             theirs.close()
-        return CallChannel(mine, path, pid)
+        return CallChannel(mine, path, policy)
 
     def _await_start(self, path: str, generation: int, deadline: float) -> None:
         with self._state:

@@ -187,9 +187,10 @@ class Ping(_Message, tag="p"):
 
 
 class Pong(_Message, tag="P"):
-    """Heartbeat answer to `Ping` `seq`."""
+    """Heartbeat answer to `Ping` `seq`; `healthy` is the worker's `health()` verdict."""
 
     seq: int
+    healthy: bool = True
 
 
 class OpenChannel(_Message, tag="o"):
@@ -262,6 +263,17 @@ class Shutdown(_Message, tag="z"):
     id: int
 
 
+class ReportFailure(_Message, tag="F"):
+    """A caller saw child `child_id` of the supervisor at `path` fail (a timed-out call):
+    the supervisor kills it and handles the exit as `category`."""
+
+    id: int
+    path: str
+    child_id: str
+    category: str
+    reason: str
+
+
 class Response(_Message, tag="y"):
     """The successful answer to request `id`."""
 
@@ -303,6 +315,7 @@ ControlMessage = (
     | RestartChild
     | DeleteChild
     | Shutdown
+    | ReportFailure
     | Response
     | ErrorResponse
     | Event
@@ -314,7 +327,8 @@ class ChildInfo(msgspec.Struct, frozen=True):
 
     `kind` is "worker" or "supervisor"; `state` is "starting", "running", "restarting",
     "stopped" or "circuit_open"; `pid` is None while the child is not running; `started_at`
-    is the `time.time()` of its last start. Rebuild from a decoded `Response.value` with
+    is the `time.time()` of its last start; `circuit` is "closed", "open" or "half_open",
+    and `retry_at` the `time.time()` of the next half-open trial while it is open. Rebuild from a decoded `Response.value` with
     ``msgspec.convert(value, ChildInfo)`` (raises `msgspec.ValidationError` on a bad shape).
     """
 
@@ -325,6 +339,8 @@ class ChildInfo(msgspec.Struct, frozen=True):
     restarts: int = 0
     path: str = ""
     started_at: float | None = None
+    circuit: str = "closed"
+    retry_at: float | None = None
 
 
 CALL_CODEC = Codec(CallMessage, name="call")

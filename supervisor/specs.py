@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,17 @@ from strategies.restart import RestartType, Strategy
 
 from .errors import ConfigError
 
-__all__ = ["ChildSpec", "SupervisorSpec", "PoolSpec", "child", "Supervisor", "Pool", "resolve_worker"]
+__all__ = [
+    "ChildSpec",
+    "ProgramSpec",
+    "SupervisorSpec",
+    "PoolSpec",
+    "child",
+    "program",
+    "Supervisor",
+    "Pool",
+    "resolve_worker",
+]
 
 AUTO_SHUTDOWN = ("never", "any_significant", "all_significant")
 ON_TIMEOUT = ("restart", "ignore")
@@ -184,6 +195,71 @@ def _check_errors(errors: Any) -> None:
         raise ConfigError(str(exc), field=None, value=errors) from exc
 
 
+def _signal(field: str, value: Any) -> int:
+    if isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
+        if sig is not None:
+            return int(sig)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return int(signal.Signals(value))
+        except ValueError:
+            pass
+    raise ConfigError(f"expected a signal name such as 'SIGTERM', got {value!r}",
+                      field=field, value=value)
+
+
+@attrs.frozen(kw_only=True)
+class ProgramSpec:
+    """An external program child. Build it with `program(...)`.
+
+    It runs in its own process group; stopping it sends `stop_signal` to the group, then
+    SIGKILL when the `shutdown` grace runs out. Exit code 0 is exit reason ``normal``; any
+    other exit is abnormal.
+    """
+
+    id: str
+    command: tuple[str, ...]
+    cwd: str | None = None
+    env: Mapping[str, str] | None = None
+    stop_signal: str | int = "SIGTERM"
+    restart: str = "permanent"
+    shutdown: float | str = 5.0
+    significant: bool = False
+    errors: Mapping[str, Any] | None = None
+    stable_after: float = 5.0
+    circuit_timeout: float = 60.0
+
+    kind = "worker"
+
+    def __attrs_post_init__(self) -> None:
+        _check_id("id", self.id)
+        command = self.command
+        if isinstance(command, str) or not isinstance(command, Sequence) or not command or \
+                not all(isinstance(part, str) for part in command):
+            raise ConfigError(f"expected a non-empty list of strings, got {command!r}",
+                              field="command", value=command)
+        object.__setattr__(self, "command", tuple(command))
+        if self.cwd is not None and not isinstance(self.cwd, str):
+            raise ConfigError(f"expected a path string, got {self.cwd!r}", field="cwd")
+        if self.env is not None and (not isinstance(self.env, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.env.items())):
+            raise ConfigError(f"expected a table of strings, got {self.env!r}", field="env")
+        _signal("stop_signal", self.stop_signal)
+        _choice("restart", self.restart, tuple(RestartType))
+        _shutdown("shutdown", self.shutdown)
+        _check_significant(self.significant, self.restart)
+        _check_errors(self.errors)
+        _number("stable_after", self.stable_after, minimum=0)
+        _number("circuit_timeout", self.circuit_timeout, minimum=0)
+
+    @property
+    def signal_number(self) -> int:
+        return _signal("stop_signal", self.stop_signal)
+
+
 @attrs.frozen(kw_only=True)
 class SupervisorSpec:
     """A supervisor child (or the root). Build it with `Supervisor(...)`."""
@@ -221,7 +297,7 @@ class SupervisorSpec:
     def _check_children(self) -> None:
         seen: set[str] = set()
         for index, spec in enumerate(self.children):
-            if not isinstance(spec, ChildSpec | SupervisorSpec):
+            if not isinstance(spec, ChildSpec | ProgramSpec | SupervisorSpec):
                 raise ConfigError(
                     f"expected a child(...), Supervisor(...) or Pool(...), got {spec!r}",
                     field=f"children[{index}]",
@@ -284,6 +360,7 @@ class PoolSpec(SupervisorSpec):
 
 
 _CHILD_KEYS = tuple(a.name for a in attrs.fields(ChildSpec) if a.init)
+_PROGRAM_KEYS = tuple(a.name for a in attrs.fields(ProgramSpec) if a.init)
 _SUPERVISOR_KEYS = tuple(a.name for a in attrs.fields(SupervisorSpec) if a.init)
 
 
@@ -319,6 +396,25 @@ def child(id: str, worker: type | str, *, args: Sequence[Any] = (),
         heartbeat_timeout=heartbeat_timeout, max_memory_mb=max_memory_mb, max_calls=max_calls,
         call_timeout=call_timeout, on_timeout=on_timeout, fallback=fallback,
         serializer=serializer, stable_after=stable_after, circuit_timeout=circuit_timeout,
+    )
+
+
+def program(id: str, command: Sequence[str], *, cwd: str | None = None,
+            env: Mapping[str, str] | None = None, stop_signal: str | int = "SIGTERM",
+            restart: str = "permanent", shutdown: float | str = 5.0,
+            significant: bool = False, errors: Mapping[str, Any] | None = None,
+            stable_after: float = 5.0, circuit_timeout: float = 60.0,
+            **unknown: Any) -> ProgramSpec:
+    """An external program supervised like any child: ``program("db", ["redis-server"])``.
+
+    `env` is added to the supervisor's environment; `stop_signal` goes to the program's
+    process group on a graceful stop. Raises ConfigError for any invalid or unknown field.
+    """
+    _reject_unknown(unknown, _PROGRAM_KEYS)
+    return ProgramSpec(
+        id=id, command=command, cwd=cwd, env=dict(env) if env is not None else None,
+        stop_signal=stop_signal, restart=restart, shutdown=shutdown, significant=significant,
+        errors=errors, stable_after=stable_after, circuit_timeout=circuit_timeout,
     )
 
 

@@ -64,6 +64,7 @@ CONTROL_SAMPLES = [
     p.RestartChild(_int(), _path(), _word()),
     p.DeleteChild(_int(), _path(), _word()),
     p.Shutdown(_int()),
+    p.ReportFailure(_int(), _path(), _word(), "timeout_error", "timeout"),
     p.Response(_int(), [_payload(), fake.pyint()]),
     p.ErrorResponse(_int(), "NoSuchChild", fake.sentence(), {"path": _path()}),
     p.Event(["supervisor", "child", "restarted"], {"duration": fake.pyfloat()}, _payload()),
@@ -171,6 +172,8 @@ def test_child_info_round_trips_as_a_map_inside_a_response():
         "restarts": 0,
         "path": "",
         "started_at": None,
+        "circuit": "closed",
+        "retry_at": None,
     }
     assert infos == msgspec.convert(decoded.value, list[p.ChildInfo])
 

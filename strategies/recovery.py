@@ -1,0 +1,93 @@
+"""What a supervisor does about one failed child: the matrix turned into a step.
+
+The steps of DESIGN.md "How a failed child is handled", after the restart type said the
+child is restarted at all and intensity counted the restart:
+
+    recovery (after the severity rules)  budget left   ->  action
+    immediate_retry / backoff_retry      yes               restart after the row's delay
+                                         no                escalate (give up as if intensity)
+    circuit_break                        yes               restart after the row's delay
+                                         no                open the child's circuit
+    failover                             -                 restart at once (calls go to the
+                                                           fallback meanwhile)
+    abandon                              -                 give up at once
+
+`failures` is the child's count of consecutive failures, this one included (the runtime
+resets it once the child has run `stable_after` seconds). The budget is left while
+``failures <= max_retries``. The first restart after a healthy run (failures == 1) is always
+immediate, as in OTP: a worker that crashes once a day must be back in milliseconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Mapping
+
+import attrs
+
+from strategies.matrix import (
+    DEFAULT_MATRIX,
+    Decision,
+    ErrorCategory,
+    Recovery,
+    Rule,
+    decide,
+    retry_delay,
+)
+
+__all__ = ["Action", "Step", "ACTIONS", "next_step"]
+
+
+class Action(enum.StrEnum):
+    restart = "restart"
+    escalate = "escalate"
+    open_circuit = "open_circuit"
+    abandon = "abandon"
+
+
+# (recovery, retry budget left) -> action
+ACTIONS: Mapping[tuple[Recovery, bool], Action] = {
+    (Recovery.immediate_retry, True): Action.restart,
+    (Recovery.immediate_retry, False): Action.escalate,
+    (Recovery.backoff_retry, True): Action.restart,
+    (Recovery.backoff_retry, False): Action.escalate,
+    (Recovery.circuit_break, True): Action.restart,
+    (Recovery.circuit_break, False): Action.open_circuit,
+    (Recovery.failover, True): Action.restart,
+    (Recovery.failover, False): Action.restart,
+    (Recovery.abandon, True): Action.abandon,
+    (Recovery.abandon, False): Action.abandon,
+}
+
+
+@attrs.frozen(kw_only=True)
+class Step:
+    """The decided action, the delay before a restart (0 otherwise) and the decision."""
+
+    action: Action
+    delay: float
+    decision: Decision
+
+
+def next_step(
+    category: ErrorCategory | str,
+    failures: int,
+    *,
+    affecting_all: bool = False,
+    matrix: Mapping[ErrorCategory, Rule] = DEFAULT_MATRIX,
+    base_delay: float = 1.0,
+    max_delay: float = 30.0,
+    rng: random.Random | None = None,
+) -> Step:
+    """The step for a child's `failures`-th consecutive failure of `category`.
+
+    Raises MatrixError for an unknown category and ValueError for failures < 1.
+    """
+    decision = decide(category, failures, affecting_all=affecting_all, matrix=matrix)
+    action = ACTIONS[(decision.recovery, failures <= decision.max_retries)]
+    delay = 0.0
+    if action is Action.restart and failures > 1 and decision.recovery != Recovery.failover:
+        delay = retry_delay(decision, failures, base_delay=base_delay, max_delay=max_delay,
+                            rng=rng)
+    return Step(action=action, delay=delay, decision=decision)
