@@ -21,6 +21,7 @@ import resource
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,7 @@ __all__ = [
     "raise_nofile",
     "ratio",
     "reap",
+    "report_leftovers",
     "summarize",
     "write_json",
 ]
@@ -127,7 +129,40 @@ def machine_info() -> dict[str, Any]:
         else None,
         "loadavg": load,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git": _git_state(),
+        # No .pyc files means every module a forked worker imports is compiled anew.
+        "env": {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")},
     }
+
+
+def _git_state() -> dict[str, Any] | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"head": head or None, "modified_files": dirty.split()[1::2]}
+
+
+def report_leftovers() -> None:
+    """Print any descendant still alive a moment after cleanup (honesty, not a test).
+
+    loky and multiprocessing leave their resource trackers running until this process
+    exits (they leave on EOF from us); anything else here is a leak worth a look.
+    """
+    import psutil
+
+    alive = psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(alive, timeout=3.0)
+    for proc in alive:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        print(f"note: still running after cleanup: pid {proc.pid}: {cmd[:100]}")
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:

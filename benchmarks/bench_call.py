@@ -34,6 +34,7 @@ from benchmarks._util import (
     print_table,
     ratio,
     reap,
+    report_leftovers,
     summarize,
     write_json,
 )
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measuring {n} calls per contender after {warmup} warm-up calls, "
               f"interleaved in {blocks} blocks")
         samples = measure(contenders, n, warmup, blocks)
+    report_leftovers()
     stats = {name: summarize(s) for name, s in samples.items()}
     floor = stats[FLOOR]
     rows = []

@@ -23,7 +23,6 @@ Run: ``python -m benchmarks restart [--quick]`` (or ``python -m benchmarks.bench
 
 from __future__ import annotations
 
-import contextlib
 import os
 import selectors
 import signal
@@ -44,6 +43,7 @@ from benchmarks._util import (
     print_table,
     ratio,
     reap,
+    report_leftovers,
     summarize,
     write_json,
 )
@@ -307,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         except TimeoutError:
             print(f"{name}: no result within {RESULT_TIMEOUT}s after the kill: hung")
             skipped[name] = f"hung: no result within {RESULT_TIMEOUT}s"
-    with contextlib.suppress(Exception):
-        _report_leftovers()
+    report_leftovers()
 
     floor = results[FLOOR]
     rows = []
@@ -344,13 +343,6 @@ def main(argv: list[str] | None = None) -> int:
     write_json(NAME, {"quick": args.quick, "gap_s": GAP, "stable_after_s": STABLE_AFTER,
                       "results": results, "summary": summary, "skipped": skipped})
     return 0
-
-
-def _report_leftovers() -> None:
-    alive = psutil.Process().children(recursive=True)
-    _, alive = psutil.wait_procs(alive, timeout=3.0)
-    for proc in alive:
-        print(f"note: still running after cleanup: pid {proc.pid} {' '.join(proc.cmdline())}")
 
 
 if __name__ == "__main__":

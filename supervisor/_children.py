@@ -35,15 +35,26 @@ __all__ = ["ChildSlot", "StartFailure", "await_ready", "stop_process", "drain"]
 class ChildSlot:
     spec: Any
     path: str
-    state: str = "stopped"  # starting | running | stopping | restarting | stopped
+    matrix: Any = None  # this child's error matrix: defaults, then ancestors', then its own
+    state: str = "stopped"  # starting | running | stopping | restarting | stopped | circuit_open
     restarts: int = 0
     pid: int | None = None  # None unless a process exists (running, starting, stopping)
     ctrl: socket.socket | None = None  # None unless pid is set
     reader: FrameReader | None = None
     pidfd: int | None = None
     started_at: float | None = None  # wall clock, set once Ready arrived
+    ran_since: float | None = None  # monotonic, set once Ready arrived
     exit_msg: Any = None  # the last Exit report from the running process
     pending: set[int] = attrs.field(factory=set)  # request ids forwarded to it
+    failures: int = 0  # consecutive failures; reset after `stable_after` s of running
+    circuit: str = "closed"  # closed | open | half_open
+    retry_at: float | None = None  # wall clock of the next half-open trial, while open
+    # A failure the supervisor itself saw or caused (heartbeat missed, memory limit, a
+    # caller's timeout): (category, reason). It names the exit when the process is reaped.
+    pending_failure: tuple[str, str] | None = None
+    timers: list[Any] = attrs.field(factory=list)  # cancelled when the process is released
+    restart_timer: Any = None  # a scheduled restart or circuit trial (no process exists)
+    ping_seq: int | None = None  # the heartbeat awaiting its Pong, if any
 
     @property
     def id(self) -> str:
@@ -67,20 +78,33 @@ class ChildSlot:
         self.reader = FrameReader(P.CONTROL_CODEC)
         self.pidfd = pidfd_open(pid)
         self.exit_msg = None
+        self.pending_failure = None
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        if self.restart_timer is not None:
+            self.restart_timer.cancel()
+            self.restart_timer = None
 
     def release(self) -> None:
-        """Forget the process (after it was reaped): close its fds."""
+        """Forget the process (after it was reaped): close its fds, cancel its timers."""
         if self.ctrl is not None:
             self.ctrl.close()
         if self.pidfd is not None:
             os.close(self.pidfd)
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
         self.pid = self.ctrl = self.reader = self.pidfd = None
-        self.started_at = None
+        self.started_at = self.ran_since = None
 
     def info(self) -> P.ChildInfo:
         return P.ChildInfo(id=self.id, pid=self.pid if self.state == "running" else None,
                            kind=self.kind, state=self.state, restarts=self.restarts,
-                           path=self.path, started_at=self.started_at)
+                           path=self.path, started_at=self.started_at, circuit=self.circuit,
+                           retry_at=self.retry_at)
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -38,7 +39,7 @@ def handle_request(sup: SupervisorProcess, msg: Any, origin: socket.socket,
         case P.OpenChannel():
             _route(sup, msg, origin, fd, to_worker=True)
         case P.WhichChildren() | P.CountChildren() | P.GetStatus() | P.StartChild() | \
-                P.TerminateChild() | P.RestartChild() | P.DeleteChild():
+                P.TerminateChild() | P.RestartChild() | P.DeleteChild() | P.ReportFailure():
             _route(sup, msg, origin, None, to_worker=False)
         case _:
             if fd is not None:
@@ -68,15 +69,27 @@ def _route(sup: SupervisorProcess, msg: Any, origin: socket.socket, fd: int | No
         error = ("NoSuchChild", f"{slot.path!r} is a worker, not a supervisor")
     elif rest and slot.kind != "supervisor":
         error = ("NoSuchChild", f"no child {full!r}: {slot.path!r} is a worker")
+    elif slot.state == "circuit_open":
+        error = ("CircuitOpen", f"the circuit of {slot.path!r} is open after "
+                 f"{slot.failures} failures; next trial at {_clock(slot.retry_at)}")
     elif slot.pid is None or slot.state != "running":
         error = ("NotRunning", f"{slot.path!r} is not running (state {slot.state})")
     if error is not None:
         if fd is not None:
             os.close(fd)
-        sup._reply_error(origin, msg.id, error[0], error[1], path=full,
-                         state=slot.state if slot is not None else None)
+        fields = {"path": full, "state": slot.state if slot is not None else None}
+        if slot is not None:
+            fields["retry_at"] = slot.retry_at
+            fields["fallback"] = getattr(slot.spec, "fallback", None)
+        sup._reply_error(origin, msg.id, error[0], error[1], **fields)
         return
     sup.forward(slot, msgspec.structs.replace(msg, path=rest), origin, msg.id, fd)
+
+
+def _clock(when: float | None) -> str:
+    if when is None:
+        return "unknown"
+    return time.strftime("%H:%M:%S", time.localtime(when)) + f" (in {when - time.time():.1f}s)"
 
 
 def _local(sup: SupervisorProcess, msg: Any, origin: socket.socket) -> None:
@@ -119,6 +132,7 @@ def _status(sup: SupervisorProcess, msg: Any) -> dict[str, Any]:
         "max_restarts": spec.max_restarts,
         "max_seconds": spec.max_seconds,
         "recent_restarts": sup.intensity.count(),
+        "recovery": dict(sup.metrics),
         "children": [slot.info() for slot in sup.children],
     }
 
@@ -170,6 +184,8 @@ def _start_error_text(failure: Any) -> str:
 
 def _terminate_child(sup: SupervisorProcess, msg: Any) -> None:
     slot = _find(sup, msg.child_id)
+    slot.cancel_timers()  # a scheduled restart or circuit trial is void once terminated
+    slot.circuit, slot.retry_at, slot.failures = "closed", None, 0
     sup._stop(slot, "shutdown")
     if sup.spec.strategy == "simple_one_for_one" or slot.spec.restart == "temporary":
         sup.children.remove(slot)
@@ -200,6 +216,14 @@ def _delete_child(sup: SupervisorProcess, msg: Any) -> None:
     sup.children.remove(slot)
 
 
+def _report_failure(sup: SupervisorProcess, msg: Any) -> None:
+    from ._health import fail_running
+
+    slot = _find(sup, msg.child_id)
+    # The caller saw it fail (a timed-out call): its state is unknown, so no grace.
+    fail_running(sup, slot, msg.category, msg.reason, graceful=False)
+
+
 _LOCAL = {
     P.WhichChildren: _which,
     P.CountChildren: _count,
@@ -208,4 +232,5 @@ _LOCAL = {
     P.TerminateChild: _terminate_child,
     P.RestartChild: _restart_child,
     P.DeleteChild: _delete_child,
+    P.ReportFailure: _report_failure,
 }

@@ -1,4 +1,4 @@
-"""A supervisor process: OTP's supervisor behaviour over real processes.
+"""A supervisor process: OTP's supervisor behaviour over real processes, plus the matrix.
 
     parent (App or supervisor)
         │ control: Stop, requests (+fds) ▼      ▲ Ready | StartFailed, Response, Event, Exit
@@ -8,15 +8,20 @@
         └── supervisor  (another SupervisorProcess)
 
 Children start in list order, each waiting for the previous one's Ready; they stop in
-reverse order. A child's exit is noticed through its pidfd (or SIGCHLD) and decided as
-OTP's do_restart does: the restart type says whether to restart, intensity counts the
-restart when it is decided, the strategy says which siblings go with it. A restart that
-fails to start is retried from the loop (try_again), so requests and other children's
-events are handled in between. Past intensity the supervisor stops its children and exits
-with reason ``shutdown``; its parent decides what that means.
+reverse order. A child's exit is noticed through its pidfd (or SIGCHLD) and handled step
+by step (DESIGN.md "How a failed child is handled"):
 
-Supervisors carry control traffic only: a call channel (one end of a socketpair) travels
-down the tree with `OpenChannel` and is handed to the worker, which serves it directly.
+  1. the restart type says whether it is restarted at all (OTP's do_restart);
+  2. a restart counts toward intensity when it is decided; past intensity the supervisor
+     stops its children and exits with reason ``shutdown`` and its parent decides;
+  3. for a failure (not a clean exit), the error matrix gives the step for the child's
+     consecutive-failure count: restart after the row's delay (a loop timer, never a
+     sleep), escalate, open the child's circuit, or abandon.
+
+A restart that fails to start is itself a failure of that child and goes through the same
+steps from the loop (OTP's try_again), so requests and other children's events are handled
+in between. Supervisors carry control traffic only: a call channel (one end of a
+socketpair) travels down the tree with `OpenChannel` and is handed to the worker.
 """
 
 from __future__ import annotations
@@ -33,19 +38,22 @@ from typing import Any
 from loguru import logger
 
 from strategies.intensity import RestartIntensity
+from strategies.matrix import DEFAULT_MATRIX, classify, override_matrix
+from strategies.recovery import Action, next_step
 from strategies.restart import plan_restart, should_restart
 
 from . import protocol as P
 from ._children import ChildSlot, StartFailure, await_ready, drain, reason_of, stop_process
 from ._framing import FrameReader, recv_some, send_frame
+from ._health import on_pong, start_monitors
 from ._loop import Loop
 from ._proc import fork_child, kill_quietly, kill_strays, set_subreaper
 from .errors import ProtocolError
 
 __all__ = ["SupervisorProcess"]
 
-# How the supervisor ended -> what it tells its parent in Exit.message (the reason is
-# always "shutdown", as in OTP) and the exit code of its process.
+# How the supervisor ended -> its exit code. Its parent always sees reason "shutdown" (as in
+# OTP) with this detail in Exit.message; the root's App reports the detail from wait().
 EXIT_CODES = {"normal": 0, "shutdown": 0, "auto_shutdown": 0,
               "reached_max_restart_intensity": 1}
 
@@ -54,20 +62,32 @@ def join(path: str, child_id: str) -> str:
     return f"{path}/{child_id}" if path else child_id
 
 
+def child_matrix(base: Any, spec: Any) -> Any:
+    errors = getattr(spec, "errors", None)
+    return override_matrix(base, errors) if errors else base
+
+
 class SupervisorProcess:
-    def __init__(self, spec: Any, path: str, parent: socket.socket, *, root: bool = False):
+    def __init__(self, spec: Any, path: str, parent: socket.socket, *, root: bool = False,
+                 matrix: Any = None) -> None:
         self.spec = spec
         self.path = path
         self.parent = parent
         self.parent_reader = FrameReader(P.CONTROL_CODEC)
         self.root = root
         self.loop = Loop()
-        self.children = [ChildSlot(spec=s, path=join(path, s.id)) for s in spec.children]
+        self.matrix = child_matrix(matrix or DEFAULT_MATRIX, spec)
+        self.children = [self.new_slot(s) for s in spec.children]
         self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
         self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
+        self.metrics = {"initiated": 0, "succeeded": 0, "failed": 0}
         self._ids = itertools.count(1)
         self._dynamic = itertools.count(1)
         self.exit_detail: str | None = None
+
+    def new_slot(self, spec: Any) -> ChildSlot:
+        return ChildSlot(spec=spec, path=join(self.path, spec.id),
+                         matrix=child_matrix(self.matrix, spec))
 
     # ----------------------------------------------------------------------- lifecycle
     def main(self) -> int:
@@ -108,8 +128,17 @@ class SupervisorProcess:
             return
         self.exit_detail = detail
         for slot in reversed(self.children):
+            slot.cancel_timers()
             self._stop(slot, "shutdown")
         self.loop.stop()
+
+    def give_up(self, slot: ChildSlot, why: str) -> None:
+        self.metrics["failed"] += 1
+        self.emit("gave_up", slot, reason=why)
+        self.emit("exceeded", slot, group="intensity", reason=why)
+        logger.warning("supervisor {!r} gives up ({}) after a failure of {}",
+                       self.path or self.spec.id, why, slot.path)
+        self.shutdown("reached_max_restart_intensity")
 
     def _send_up(self, msg: Any) -> None:
         try:
@@ -117,13 +146,13 @@ class SupervisorProcess:
         except (BrokenPipeError, ConnectionResetError):
             pass  # the parent is gone; PR_SET_PDEATHSIG or its EOF ends us soon
 
-    def emit(self, name: str, slot: ChildSlot, **metadata: Any) -> None:
+    def emit(self, name: str, slot: ChildSlot, *, group: str = "child",
+             **metadata: Any) -> None:
         meta = {"path": slot.path, "id": slot.id, "pid": slot.pid, "supervisor": self.path,
                 "reason": None, "category": None, "restarts": slot.restarts}
         meta.update(metadata)
-        event = P.Event(name=["supervisor", "child", name],
-                        measurements={"time": time.time()}, metadata=meta)
-        self._send_up(event)
+        self._send_up(P.Event(name=["supervisor", group, name],
+                              measurements={"time": time.time()}, metadata=meta))
 
     # ------------------------------------------------------------------ start and stop
     def _owned_fds(self) -> list[int]:
@@ -135,15 +164,15 @@ class SupervisorProcess:
     def _fork(self, slot: ChildSlot) -> None:
         mine, theirs = socket.socketpair()
         close = self._owned_fds() + [mine.fileno()]
-        spec, path, restarts = slot.spec, slot.path, slot.restarts
+        spec, path, restarts, matrix = slot.spec, slot.path, slot.restarts, slot.matrix
         if spec.kind == "supervisor":
             def run() -> int:
-                return SupervisorProcess(spec, path, theirs).main()
+                return SupervisorProcess(spec, path, theirs, matrix=matrix).main()
         else:
             def run() -> int:
                 from ._worker_runtime import serve
 
-                return serve(spec, path, restarts, theirs)
+                return serve(spec, path, restarts, theirs, matrix)
         pid = fork_child(run, close)
         theirs.close()
         slot.attach(pid, mine)
@@ -161,9 +190,11 @@ class SupervisorProcess:
             return failure
         slot.state = "running"
         slot.started_at = time.time()
+        slot.ran_since = time.monotonic()
         self.loop.add_reader(slot.ctrl, lambda: self._on_child(slot))
         if slot.pidfd is not None:
             self.loop.add_reader(slot.pidfd, self._reap)
+        start_monitors(self, slot)
         self.emit("started", slot)
         return None
 
@@ -176,7 +207,12 @@ class SupervisorProcess:
     def _stop(self, slot: ChildSlot, reason: str) -> None:
         """Stop a child per its shutdown spec (if it runs); it is never restarted for this."""
         if slot.pid is None:
-            if slot.state != "stopped":
+            # A child whose circuit is open stays down and keeps its trial timer: a
+            # bystander stop does not touch it. Any other scheduled restart is void now.
+            if slot.circuit != "open":
+                if slot.restart_timer is not None:
+                    slot.restart_timer.cancel()
+                    slot.restart_timer = None
                 slot.state = "stopped"
             return
         slot.state = "stopping"
@@ -195,7 +231,7 @@ class SupervisorProcess:
             origin, origin_id, _ = self.forwarded.pop(rid, (None, 0, None))
             if origin is not None:
                 self._reply_error(origin, origin_id, "NotRunning",
-                                  f"{slot.path} exited before it answered", state="stopped")
+                                  f"{slot.path} exited before it answered", state="restarting")
         slot.pending.clear()
         slot.release()
         kill_strays(s.pid for s in self.children if s.pid is not None)
@@ -211,6 +247,8 @@ class SupervisorProcess:
         match msg:
             case P.Exit():
                 slot.exit_msg = msg
+            case P.Pong():
+                on_pong(self, slot, msg)
             case P.Response(id=rid) | P.ErrorResponse(id=rid):
                 origin, origin_id, target = self.forwarded.pop(rid, (None, 0, None))
                 if target is not None:
@@ -249,6 +287,10 @@ class SupervisorProcess:
         self._unwatch(slot)
         drain(slot, self._on_child_message)
         reason, category, detail = reason_of(slot, status)
+        if slot.pending_failure is not None:
+            category, reason = slot.pending_failure
+        recycled = (reason == "normal" and slot.exit_msg is not None
+                    and slot.exit_msg.message == "max_calls")
         pid = slot.pid
         self._forget(slot)
         slot.state = "restarting"
@@ -256,10 +298,15 @@ class SupervisorProcess:
         if self.exit_detail is not None:
             slot.state = "stopped"
             return
-        self._handle_exit(slot, reason)
+        self._handle_exit(slot, reason, category, recycled)
 
-    def _handle_exit(self, slot: ChildSlot, reason: str) -> None:
-        """OTP's do_restart: restart type first, then intensity, then the strategy."""
+    def _handle_exit(self, slot: ChildSlot, reason: str, category: str | None,
+                     recycled: bool) -> None:
+        """Step 1: the restart type decides whether the child is restarted at all."""
+        if recycled and slot.spec.restart != "temporary":
+            # max_calls reached: a planned replacement, not a restart (no intensity).
+            self._restart_group(slot)
+            return
         if not should_restart(slot.spec.restart, reason):
             if slot.spec.restart == "temporary":
                 self.children.remove(slot)
@@ -268,21 +315,55 @@ class SupervisorProcess:
             if slot.spec.significant:
                 self._check_auto_shutdown()
             return
-        self._restart(slot)
+        if classify(reason) is None:
+            # A clean exit of a permanent child: OTP restarts it; not a failure.
+            if self.intensity.record():
+                self.give_up(slot, "reached_max_restart_intensity")
+                return
+            self._restart_group(slot)
+            return
+        self.on_failure(slot, category or str(classify(reason)))
 
-    def _restart(self, slot: ChildSlot) -> None:
+    def on_failure(self, slot: ChildSlot, category: str) -> None:
+        """Steps 2 and 3 for a failure of `slot`: count it, then take the matrix's step."""
+        if slot.circuit == "half_open":
+            self._open_circuit(slot)  # the trial failed before it was stable
+            return
+        now = time.monotonic()
+        if slot.ran_since is not None and now - slot.ran_since >= slot.spec.stable_after:
+            slot.failures = 0
+        slot.failures += 1
+        self.metrics["initiated"] += 1
+        if self.intensity.record():
+            self.give_up(slot, "reached_max_restart_intensity")
+            return
+        all_down = len(self.children) > 1 and all(s.pid is None for s in self.children)
+        step = next_step(category, slot.failures, affecting_all=all_down, matrix=slot.matrix)
+        d = step.decision
+        self.emit("failure", slot, category=category, severity=str(d.severity),
+                  recovery=str(d.recovery), attempt=slot.failures, action=str(step.action),
+                  delay=step.delay)
+        if step.action is Action.restart:
+            if step.delay <= 0:
+                self._restart_group(slot)
+                return
+            slot.state = "restarting"
+            self.emit("restart_scheduled", slot, category=category, delay=step.delay,
+                      attempt=slot.failures)
+            slot.restart_timer = self.loop.call_later(step.delay,
+                                                      lambda: self._restart_group(slot))
+        elif step.action is Action.open_circuit:
+            self._open_circuit(slot)
+        else:  # escalate or abandon: the supervisor gives up at once
+            self.give_up(slot, str(step.action))
+
+    def _restart_group(self, slot: ChildSlot) -> None:
+        """Restart `slot` with the siblings its strategy names (stop, remove, start)."""
+        slot.restart_timer = None
         if self.exit_detail is not None or slot not in self.children:
             return
-        if self.intensity.record():
-            self.emit("gave_up", slot, reason="reached_max_restart_intensity")
-            logger.warning("supervisor {!r}: restart intensity exceeded ({} in {}s); giving up",
-                           self.path or self.spec.id, self.spec.max_restarts,
-                           self.spec.max_seconds)
-            self.shutdown("reached_max_restart_intensity")
-            return
-        ids = [s.id for s in self.children]
         plan = plan_restart(
-            self.spec.strategy, ids, slot.id,
+            self.spec.strategy, [s.id for s in self.children], slot.id,
             temporary=[s.id for s in self.children if s.spec.restart == "temporary"],
             running=[s.id for s in self.children if s.pid is not None],
         )
@@ -294,18 +375,61 @@ class SupervisorProcess:
                 self.children.remove(removed)
         for child_id in plan.start:
             target = self._slot(child_id)
-            if target is None or target.pid is not None:
+            if target is None or target.pid is not None or target.circuit == "open":
                 continue
             target.restarts += 1
             failure = self._start(target)
             if failure is not None:
                 target.state = "restarting"
-                logger.warning("restart of {} failed ({}: {}); trying again", target.path,
-                               failure.type, failure.message)
-                self.loop.call_soon(lambda t=target: self._restart(t))
+                self.metrics["failed"] += 1
+                logger.warning("restart of {} failed ({}: {})", target.path, failure.type,
+                               failure.message)
+                self.loop.call_soon(lambda t=target, c=failure.category: self.on_failure(t, c))
                 return
             self.emit("restarted", target)
+        self.metrics["succeeded"] += 1
+        self.emit("complete", slot, group="recovery", result="succeeded")
 
+    # ------------------------------------------------------------------ circuits
+    def _open_circuit(self, slot: ChildSlot) -> None:
+        timeout = slot.spec.circuit_timeout
+        slot.state = "circuit_open"
+        slot.circuit = "open"
+        slot.retry_at = time.time() + timeout
+        self.metrics["failed"] += 1
+        self.emit("circuit_opened", slot, retry_at=slot.retry_at, failures=slot.failures)
+        slot.restart_timer = self.loop.call_later(timeout, lambda: self._trial(slot))
+
+    def _trial(self, slot: ChildSlot) -> None:
+        """The half-open trial: one start; closed once it stays up `stable_after`."""
+        slot.restart_timer = None
+        if self.exit_detail is not None or slot not in self.children:
+            return
+        if self.intensity.record():
+            self.give_up(slot, "reached_max_restart_intensity")
+            return
+        slot.circuit = "half_open"
+        slot.retry_at = None
+        self.emit("circuit_half_open", slot)
+        slot.restarts += 1
+        failure = self._start(slot)
+        if failure is not None:
+            self._open_circuit(slot)
+            return
+        pid = slot.pid
+        slot.timers.append(self.loop.call_later(slot.spec.stable_after,
+                                                lambda: self._close_circuit(slot, pid)))
+
+    def _close_circuit(self, slot: ChildSlot, pid: int | None) -> None:
+        if slot.pid != pid or slot.circuit != "half_open":
+            return
+        slot.circuit = "closed"
+        slot.failures = 0
+        self.metrics["succeeded"] += 1
+        self.emit("circuit_closed", slot)
+        self.emit("complete", slot, group="recovery", result="succeeded")
+
+    # ------------------------------------------------------------------ significant
     def _check_auto_shutdown(self) -> None:
         significant = [s for s in self.children if s.spec.significant]
         if self.spec.auto_shutdown == "any_significant" or (

@@ -100,18 +100,16 @@ def _parse(text: str, file: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        reason = str(exc)
+        reason, line, where = str(exc), None, ""
         match = _POSITION.search(reason)
-        column = None
         if match is not None:
             reason = reason[: match.start()]
-            column = int(match.group(2)) if match.group(2) else None
-        if column is not None:
-            line, where = int(match.group(1)), f"at column {column}"
-        else:
-            # Off the end: the last line with text on it is where the reader looks.
-            line, where = max(1, len(text.rstrip().splitlines())), "at the end of the file"
-        raise ConfigError(f"invalid TOML {where}: {reason}", file=file, line=line) from exc
+            if match.group(1):
+                line, where = int(match.group(1)), f" at column {match.group(2)}"
+            else:
+                # Off the end: the last line with text on it is where the reader looks.
+                line, where = max(1, len(text.rstrip().splitlines())), " at the end of the file"
+        raise ConfigError(f"invalid TOML{where}: {reason}", file=file, line=line) from exc
 
 
 def _message(exc: ConfigError) -> str:

@@ -66,6 +66,7 @@ class ConfigError(SupervisorError, ValueError):
         self.value = value
         self.file = file
         self.line = line
+        self.message = message  # without the file, line and field prefixes
         prefix = ""
         if file is not None:
             prefix = f"{file}:{line}: " if line is not None else f"{file}: "

@@ -112,6 +112,11 @@ def resolve_worker(value: Any, field: str = "worker") -> type:
             raise ConfigError(
                 f"module {module_name!r} has no attribute {qualname!r}", field=field, value=value
             ) from exc
+        except Exception as exc:  # the module itself raised while importing (or a bad name)
+            raise ConfigError(
+                f"importing {value!r} failed: {type(exc).__name__}: {exc}",
+                field=field, value=value,
+            ) from exc
     if not (isinstance(obj, type) and issubclass(obj, Worker)):
         raise ConfigError(
             f"expected a Worker subclass or an import string, got {value!r}",

@@ -133,11 +133,25 @@ def test_transient_child_that_crashes_is_restarted(start_tree, events):
 
 
 def test_transient_child_stopping_abnormally_is_restarted(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("t", Echo, restart="transient")]))
+    # A reason that names no category is a system_error; its default row abandons, so
+    # this child overrides the row to get restarts.
+    app = start_tree(Supervisor("root", children=[child(
+        "t", Echo, restart="transient",
+        errors={"system_error": {"severity": "minor", "recovery": "backoff_retry",
+                                 "max_retries": 2}})]))
     app.call("t", "exit", "gave up on the world")
     exited = events.wait_count("exited", 1, "t")
     assert exited[0]["reason"] == "gave up on the world"
     events.wait_count("restarted", 1, "t")
+
+
+def test_unclassified_abnormal_exit_is_abandoned_by_the_default_matrix(start_tree, events):
+    app = start_tree(Supervisor("root", children=[child("t", Echo, restart="transient")]))
+    app.call("t", "exit", "gave up on the world")
+    assert app.wait(timeout=10) == "reached_max_restart_intensity"
+    (failure,) = events.named("failure", "t")
+    assert (failure["category"], failure["recovery"], failure["action"]) == (
+        "system_error", "abandon", "abandon")
 
 
 def test_temporary_child_is_never_restarted_and_is_removed(start_tree, events):
