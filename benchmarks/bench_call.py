@@ -5,6 +5,11 @@ measured calls are interleaved in blocks (rotating which contender goes first), 
 in the machine's load lands on all of them alike. One sample = one blocking call of a
 tiny value (the int 1), timed with ``time.perf_counter_ns``.
 
+Where the processes run decides most of a tiny call's cost (waking another CPU costs more
+than the codec), so the same contenders are measured under three placements: free (the
+scheduler decides, as users run it), same (every thread of every process on one CPU) and
+split (the caller on one CPU, every child on another).
+
     raw floor        msgspec frame over an AF_UNIX socketpair to a forked child
     ours             app.call("w", "echo", 1) on a one-worker tree (direct socketpair)
     ProcessPool...   ProcessPoolExecutor(1).submit(echo, 1).result()
@@ -18,11 +23,13 @@ Run: ``python -m benchmarks call [--quick]`` (or ``python -m benchmarks.bench_ca
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+import psutil
 
 from benchmarks._util import (
     FrameClient,
@@ -109,6 +116,34 @@ SETUPS = [(FLOOR, _floor), ("multiprocessing.Pool", _mp_pool), (PPE, _ppe),
           ("pebble", _pebble), ("loky", _loky), (OURS, _ours)]
 
 
+def place(mode: str, cpus: list[int]) -> dict[str, list[int]]:
+    """Pin every thread of this process and of every descendant for `mode`.
+
+    free: all CPUs, as a user would run it. same: everything on one CPU (a round trip is
+    two context switches, no cross-CPU wake-up). split: the caller on one CPU, every
+    child process on another (each round trip wakes the other CPU).
+    """
+    one, other = cpus[0], cpus[-1]
+    mine, theirs = {"free": (cpus, cpus), "same": ([one], [one]),
+                    "split": ([one], [other])}[mode]
+    _pin(os.getpid(), mine)
+    for proc in psutil.Process().children(recursive=True):
+        _pin(proc.pid, theirs)
+    return {"caller": mine, "children": theirs}
+
+
+def _pin(pid: int, cpus: list[int]) -> None:
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # exited
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # that thread has exited
+            pass
+
+
 def measure(contenders: list[Contender], n: int, warmup: int, blocks: int
             ) -> dict[str, list[int]]:
     for c in contenders:
@@ -133,7 +168,11 @@ def measure(contenders: list[Contender], n: int, warmup: int, blocks: int
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     n, warmup, blocks = (500, 50, 5) if args.quick else (5000, 300, 10)
+    cpus = sorted(os.sched_getaffinity(0))
+    modes = ["free", "same", "split"] if len(cpus) > 1 else ["free", "same"]
     skipped: dict[str, str] = {}
+    samples: dict[str, dict[str, list[int]]] = {}
+    placement: dict[str, dict[str, list[int]]] = {}
     with contextlib.ExitStack() as stack:
         contenders = []
         for name, setup in SETUPS:
@@ -142,11 +181,31 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as exc:
                 print(f"{name}: skipped: not installed ({exc})")
                 skipped[name] = "not installed"
-        print(f"measuring {n} calls per contender after {warmup} warm-up calls, "
-              f"interleaved in {blocks} blocks")
-        samples = measure(contenders, n, warmup, blocks)
+        for mode in modes:
+            placement[mode] = place(mode, cpus)
+            print(f"[{mode}] measuring {n} calls per contender after {warmup} warm-up calls,"
+                  f" interleaved in {blocks} blocks; CPUs {placement[mode]}", flush=True)
+            samples[mode] = measure(contenders, n, warmup, blocks)
+        place("free", cpus)
     report_leftovers()
-    stats = {name: summarize(s) for name, s in samples.items()}
+    stats: dict[str, dict[str, dict[str, Any]]] = {}
+    summary: dict[str, dict[str, float | None]] = {}
+    for mode in modes:
+        stats[mode] = {name: summarize(s) for name, s in samples[mode].items()}
+        summary[mode] = _report(mode, stats[mode], n, contenders)
+    write_json(NAME, {"quick": args.quick, "calls": n, "warmup": warmup, "blocks": blocks,
+                      "placement": placement, "results": stats, "summary": summary,
+                      "skipped": skipped})
+    return 0
+
+
+PLACEMENT_TITLE = {"free": "free placement (the scheduler decides)",
+                   "same": "caller and children pinned to one CPU",
+                   "split": "caller on one CPU, children on the other"}
+
+
+def _report(mode: str, stats: dict[str, dict[str, Any]], n: int,
+            contenders: list[Contender]) -> dict[str, float | None]:
     floor = stats[FLOOR]
     rows = []
     for c in contenders:
@@ -155,21 +214,20 @@ def main(argv: list[str] | None = None) -> int:
         s["p99_vs_floor"] = ratio(s["p99_us"], floor["p99_us"])
         rows.append([c.name, fmt_us(s["p50_us"]), fmt_us(s["p99_us"]), fmt_us(s["mean_us"]),
                      fmt_ratio(s["p50_vs_floor"]), fmt_ratio(s["p99_vs_floor"])])
-    print_table(f"tiny call round trip, {n} calls each (lower is better)",
+    print_table(f"[{mode}] tiny call round trip, {n} calls each, {PLACEMENT_TITLE[mode]} "
+                "(lower is better)",
                 ["contender", "p50", "p99", "mean", "p50/floor", "p99/floor"], rows)
-    ours = stats.get(OURS, {})
+    ours, ppe = stats.get(OURS, {}), stats.get(PPE, {})
     summary = {
         "ours_vs_floor_p50": ratio(ours.get("p50_us"), floor["p50_us"]),
         "ours_vs_floor_p99": ratio(ours.get("p99_us"), floor["p99_us"]),
-        "ppe_vs_ours_p50": ratio(stats.get(PPE, {}).get("p50_us"), ours.get("p50_us")),
-        "ppe_vs_ours_p99": ratio(stats.get(PPE, {}).get("p99_us"), ours.get("p99_us")),
+        "ppe_vs_ours_p50": ratio(ppe.get("p50_us"), ours.get("p50_us")),
+        "ppe_vs_ours_p99": ratio(ppe.get("p99_us"), ours.get("p99_us")),
     }
-    print(f"\nsummary: ours/floor p50 {fmt_ratio(summary['ours_vs_floor_p50'])}, "
+    print(f"summary [{mode}]: ours/floor p50 {fmt_ratio(summary['ours_vs_floor_p50'])}, "
           f"p99 {fmt_ratio(summary['ours_vs_floor_p99'])}; ProcessPoolExecutor/ours p50 "
           f"{fmt_ratio(summary['ppe_vs_ours_p50'])}, p99 {fmt_ratio(summary['ppe_vs_ours_p99'])}")
-    write_json(NAME, {"quick": args.quick, "calls": n, "warmup": warmup, "blocks": blocks,
-                      "results": stats, "summary": summary, "skipped": skipped})
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

@@ -204,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                 fmt_ratio(ratio(o, f))]
 
     rows = [
-        row("start (s)", "start_s", ".2f"),
-        row("  + one call to every worker (s)", "first_call_all_s", ".2f"),
-        row("  a second call to every worker (s)", "second_call_all_s", ".3f"),
+        row("start: fork all / start() returns (s)", "start_s", ".2f"),
+        row("then one call to every worker (s)", "first_call_all_s", ".2f"),
+        row("start until every worker answered (s)", "start_and_call_all_s", ".2f"),
+        row("a second call to every worker (s)", "second_call_all_s", ".3f"),
         row("stop (s)", "stop_s", ".2f"),
         row(f"USS per child (MiB, mean of {SAMPLE})", "uss_mib", ".2f"),
         row("fds per child", "fds_per_child", ".1f"),

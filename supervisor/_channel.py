@@ -53,6 +53,7 @@ class CallChannel:
         self.results: dict[int, Any] = {}
         self.waiting: set[int] = set()
         self.closed: str | None = None  # why the channel is dead, once it is
+        self.draining: str | None = None  # set once the worker said it is leaving
         self._ids = itertools.count(1)
 
     def send(self, msg_for_id: Any, expect_reply: bool = True) -> int:
@@ -60,8 +61,8 @@ class CallChannel:
         cid = next(self._ids)
         frame = P.CALL_CODEC.encode(msg_for_id(cid))
         with self.cond:
-            if self.closed is not None:
-                raise NotSent(self.closed)
+            if self.closed is not None or self.draining is not None:
+                raise NotSent(self.closed or self.draining)
             if expect_reply:
                 self.waiting.add(cid)
         try:
@@ -102,6 +103,9 @@ class CallChannel:
                     self.cond.acquire()
                     self.reading = False
                 for msg in msgs:
+                    if msg.id == 0:
+                        self._closing(msg)
+                        continue
                     if msg.id in self.waiting:
                         self.waiting.discard(msg.id)
                         self.results[msg.id] = msg
@@ -124,6 +128,16 @@ class CallChannel:
         except ProtocolError as exc:
             self._shutdown_socket()
             return [], f"bad frame from the worker: {exc}"
+
+    def _closing(self, notice: Any) -> None:
+        """The worker is leaving: send nothing more here (new calls go to its replacement)
+        and close our side, which tells the worker we have seen the notice. Replies to
+        calls sent before are still read."""
+        self.draining = notice.message
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:  # already disconnected
+            pass
 
     def _mark_closed(self, why: str) -> None:
         with self.cond:

@@ -44,6 +44,7 @@ class ChildSlot:
     pidfd: int | None = None
     started_at: float | None = None  # wall clock, set once Ready arrived
     ran_since: float | None = None  # monotonic, set once Ready arrived
+    last_run: float = 0.0  # seconds the last process ran after Ready (set when released)
     exit_msg: Any = None  # the last Exit report from the running process
     pending: set[int] = attrs.field(factory=set)  # request ids forwarded to it
     failures: int = 0  # consecutive failures; reset after `stable_after` s of running
@@ -97,6 +98,7 @@ class ChildSlot:
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
+        self.last_run = time.monotonic() - self.ran_since if self.ran_since is not None else 0.0
         self.pid = self.ctrl = self.reader = self.pidfd = None
         self.started_at = self.ran_since = None
 

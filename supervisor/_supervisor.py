@@ -265,12 +265,20 @@ class SupervisorProcess:
 
         Children in a synchronous start or stop are skipped: that code reaps its own pid.
         """
-        for slot in list(self.children):
+        exited = []
+        for slot in self.children:
             if slot.pid is None or slot.state in ("stopping", "starting"):
                 continue
             pid, status = os.waitpid(slot.pid, os.WNOHANG)
             if pid:
-                self._child_exited(slot, status)
+                exited.append((slot, self._record_exit(slot, status)))
+        # Decide only once every exit of this pass is recorded: a failure that took down
+        # every child at once must see them all down (it is critical, then).
+        for slot, (reason, category, recycled) in exited:
+            if self.exit_detail is not None:
+                slot.state = "stopped"
+            elif slot in self.children and slot.pid is None:
+                self._handle_exit(slot, reason, category, recycled)
         known = {s.pid for s in self.children if s.pid is not None}
         while True:
             try:
@@ -283,7 +291,8 @@ class SupervisorProcess:
                 return
             os.waitpid(info.si_pid, 0)
 
-    def _child_exited(self, slot: ChildSlot, status: int) -> None:
+    def _record_exit(self, slot: ChildSlot, status: int) -> tuple[str, str | None, bool]:
+        """Reaped: read its last words, release it, report it; (reason, category, recycled)."""
         self._unwatch(slot)
         drain(slot, self._on_child_message)
         reason, category, detail = reason_of(slot, status)
@@ -295,10 +304,7 @@ class SupervisorProcess:
         self._forget(slot)
         slot.state = "restarting"
         self.emit("exited", slot, pid=pid, reason=reason, category=category, detail=detail)
-        if self.exit_detail is not None:
-            slot.state = "stopped"
-            return
-        self._handle_exit(slot, reason, category, recycled)
+        return reason, category, recycled
 
     def _handle_exit(self, slot: ChildSlot, reason: str, category: str | None,
                      recycled: bool) -> None:
@@ -329,9 +335,8 @@ class SupervisorProcess:
         if slot.circuit == "half_open":
             self._open_circuit(slot)  # the trial failed before it was stable
             return
-        now = time.monotonic()
-        if slot.ran_since is not None and now - slot.ran_since >= slot.spec.stable_after:
-            slot.failures = 0
+        if slot.last_run >= slot.spec.stable_after:
+            slot.failures = 0  # it ran long enough to count as healthy: start over
         slot.failures += 1
         self.metrics["initiated"] += 1
         if self.intensity.record():

@@ -109,6 +109,8 @@ class WorkerRuntime:
         self.exit_error: tuple[str, str, str] | None = None
         self.stop_requested: str | None = None
         self.incoming: collections.deque[socket.socket] = collections.deque()
+        self.leaving = False  # set (under leave_lock) once no new channel may be accepted
+        self.leave_lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -150,7 +152,18 @@ class WorkerRuntime:
                     self.send_control(P.ErrorResponse(id=rid, kind="ProtocolError",
                                                       message="OpenChannel without an fd"))
                     return
-                self.incoming.append(socket.socket(fileno=fds.pop(0)))
+                sock = socket.socket(fileno=fds.pop(0))
+                with self.leave_lock:
+                    if not self.leaving:
+                        self.incoming.append(sock)
+                if self.leaving:
+                    # No channel may be accepted that the serving loop will never read:
+                    # the caller waits for our replacement instead.
+                    sock.close()
+                    self.send_control(P.ErrorResponse(
+                        id=rid, kind="NotRunning", message="the worker is leaving",
+                        fields={"state": "restarting"}))
+                    return
                 self._wake()
                 self.send_control(P.Response(id=rid, value=self.policy))
             case P.Stop(reason=reason):
@@ -204,11 +217,14 @@ class WorkerRuntime:
             return
         out = []
         for msg in msgs:
+            if self._should_leave():
+                # Received but never run: say so, so the caller may safely send it again.
+                out.append(self._not_run(msg))
+                continue
             reply = self._handle(msg)
             if reply is not None:
                 out.append(reply)
-            if self._should_leave():
-                break
+        out = [frame for frame in out if frame is not None]
         if out:
             try:
                 sock.sendall(b"".join(out))
@@ -252,6 +268,13 @@ class WorkerRuntime:
             return self._fail(cid, "communication_error", "EncodeError",
                               f"cannot encode the result of {method!r}: {exc}", "")
 
+    def _not_run(self, msg: Any) -> bytes | None:
+        if not isinstance(msg, P.Call):
+            return None
+        return self._fail(msg.id, "connection_error", "NotRun",
+                          f"the worker is leaving ({self.exit_reason}); the call did not run",
+                          "")
+
     def _fail(self, cid: int | None, category: str, kind: str, message: str,
               tb: str) -> bytes | None:
         if cid is None:
@@ -287,9 +310,55 @@ class WorkerRuntime:
                 if self._should_leave():
                     break
 
+    def _close_channels(self, grace: float) -> None:
+        """Leave without losing a call: tell every caller we are closing, then answer
+        whatever still arrives with NotRun until each caller has closed its side (or the
+        grace runs out). A caller that saw the notice sends nothing more here; a call it
+        sent before seeing it comes back NotRun, which is safe to send elsewhere."""
+        import time
+
+        with self.leave_lock:
+            self.leaving = True
+        self._on_wake()  # channels accepted before that still get the notice
+        notice = P.CALL_CODEC.encode(P.Fail(id=0, category="connection_error", type="Closing",
+                                            message=f"the worker is leaving ({self.exit_reason})"))
+        for key in list(self.selector.get_map().values()):
+            if key.data is not None:
+                try:
+                    key.fileobj.sendall(notice)
+                except OSError:  # that caller is gone already
+                    self._drop_channel(key.fileobj)
+        deadline = time.monotonic() + grace
+        while any(k.data is not None for k in self.selector.get_map().values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for key, _ in self.selector.select(remaining):
+                if self.selector.get_map().get(key.fd) is not key:
+                    continue
+                if key.data is None:
+                    self._on_wake()  # a stale wake-up; nothing new can be queued now
+                    continue
+                self._refuse(key.fileobj, key.data)
+
+    def _refuse(self, sock: socket.socket, reader: FrameReader) -> None:
+        try:
+            data = sock.recv(262144)
+            frames = [f for f in map(self._not_run, reader.feed(data) if data else [])
+                      if f is not None]
+            if frames:
+                sock.sendall(b"".join(frames))
+        except (ProtocolError, OSError):
+            data = b""  # a broken channel: nothing more to answer on it
+        if not data:
+            self._drop_channel(sock)
+
     def finish(self) -> int:
         """Run `terminate`, report the exit reason, return the exit code."""
         reason = self.exit_reason or "normal"
+        if self.exit_message == "max_calls":
+            # A planned recycle: its callers are live and must not lose a call to it.
+            self._close_channels(grace=0.5)
         if reason != "protocol_error":
             hook_reason = self.stop_requested or reason
             try:

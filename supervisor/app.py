@@ -31,15 +31,15 @@ import psutil
 
 from . import protocol as P
 from . import telemetry
-from ._channel import CallChannel, NotSent, reply_value
 from ._framing import FrameReader, recv_some, send_frame
+from ._router import NotRunning, Router
 from .errors import (
     CallTimeout,
+    CircuitOpen,
     NoSuchChild,
     StartError,
     SupervisorError,
     WorkerCrashed,
-    WorkerError,
     error_from_wire,
 )
 from .specs import SupervisorSpec
@@ -47,7 +47,6 @@ from .specs import SupervisorSpec
 __all__ = ["App", "start", "ChildInfo", "WorkerProxy"]
 
 ChildInfo = P.ChildInfo
-DEFAULT_CALL_TIMEOUT = 60.0
 # The root imports this very copy of the package, wherever it was imported from here.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOT = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
@@ -63,6 +62,7 @@ def start(spec: SupervisorSpec, *, timeout: float | None = 60.0) -> App:
     """
     if not isinstance(spec, SupervisorSpec):
         raise TypeError(f"start() expects a Supervisor(...) spec, got {type(spec).__name__}")
+    telemetry.attach_default_reporter()
     app = App(spec)
     app._boot(timeout)
     return app
@@ -96,8 +96,7 @@ class App:
         self._exited = threading.Event()
         self._state = threading.Condition()
         self._generation: dict[str, int] = {}
-        self._channels: dict[str, CallChannel] = {}
-        self._channels_lock = threading.Lock()
+        self._router = Router(self)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ start / stop
@@ -192,10 +191,7 @@ class App:
             if not fut.done():
                 fut.set_exception(WorkerCrashed("the root supervisor exited", path=""))
         self._pending.clear()
-        with self._channels_lock:
-            for chan in self._channels.values():
-                chan.close()
-            self._channels.clear()
+        self._router.close_all()
         with self._state:
             self._state.notify_all()
         self._exited.set()
@@ -299,16 +295,17 @@ class App:
         self._request(P.DeleteChild(id=0, path=path, child_id=child_id))
 
     def status(self) -> dict[str, Any]:
-        """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB)
-        and, for supervisors, its children."""
+        """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB),
+        circuit state and next trial; for supervisors, their recovery metrics
+        (initiated, succeeded, failed) and their children."""
         return self._status_of("")
 
     def _status_of(self, path: str) -> dict[str, Any]:
         raw = self._request(P.GetStatus(id=0, path=path))
         node = {"id": raw["id"], "path": path, "kind": "supervisor", "state": "running",
                 "pid": raw["pid"], "strategy": raw["strategy"],
-                "recent_restarts": raw["recent_restarts"], "memory_mb": _rss_mb(raw["pid"]),
-                "children": []}
+                "recent_restarts": raw["recent_restarts"], "recovery": raw["recovery"],
+                "memory_mb": _rss_mb(raw["pid"]), "children": []}
         for info in msgspec.convert(raw["children"], list[ChildInfo]):
             if info.kind == "supervisor" and info.state == "running":
                 sub = self._status_of(info.path)
@@ -319,6 +316,7 @@ class App:
                 "id": info.id, "path": info.path, "kind": info.kind, "state": info.state,
                 "pid": info.pid, "restarts": info.restarts, "memory_mb": _rss_mb(info.pid),
                 "uptime": (time.time() - info.started_at) if info.started_at else None,
+                "circuit": info.circuit, "retry_at": info.retry_at,
             })
         return node
 
@@ -328,92 +326,28 @@ class App:
              **kwargs: Any) -> Any:
         """Call `method` on the worker at `path` over a direct channel; returns its result.
 
-        Raises CommandError (the command raised), WorkerCrashed (the worker died with the
-        call in flight), CallTimeout, EncodeError, NoSuchChild. With `retry`, a call that
-        never reached a worker waits for the replacement within its timeout.
+        `timeout` defaults to the child's `call_timeout`. Raises CommandError (the command
+        raised), WorkerCrashed (the worker died with the call in flight), CallTimeout,
+        CircuitOpen, EncodeError, NoSuchChild. With `retry` (the default), a call that
+        never reached a worker waits for the replacement (or goes to the child's
+        `fallback`), and an idempotent call (`idempotent=True` or a method marked with
+        `@supervisor.idempotent`) is re-sent after WorkerCrashed or CallTimeout with the
+        matrix row's delays.
         """
-        deadline = time.monotonic() + (timeout if timeout is not None
-                                       else DEFAULT_CALL_TIMEOUT)
-        while True:
-            chan = self._channel(path, deadline, retry)
-            try:
-                cid = chan.send(lambda i: P.Call(id=i, method=method, args=args,
-                                                 kwargs=kwargs or None, session=session))
-            except NotSent:
-                self._drop_channel(path, chan)
-                if not retry:
-                    raise WorkerCrashed(f"the channel to {path!r} is closed",
-                                        path=path) from None
-                continue
-            try:
-                reply = chan.wait(cid, deadline)
-            except TimeoutError:
-                raise CallTimeout(f"call {method!r} to {path!r} got no answer within "
-                                  f"{timeout if timeout is not None else DEFAULT_CALL_TIMEOUT}s",
-                                  path=path, context={"operation": method}) from None
-            except WorkerCrashed:
-                self._drop_channel(path, chan)
-                raise
-            return reply_value(reply, path, method)
+        return self._router.call(path, method, args, kwargs, timeout=timeout, retry=retry,
+                                 idempotent=idempotent, session=session)
 
     def cast(self, path: str, method: str, *args: Any, **kwargs: Any) -> None:
         """Send `method` to the worker at `path` without waiting for a result."""
-        deadline = time.monotonic() + DEFAULT_CALL_TIMEOUT
-        while True:
-            chan = self._channel(path, deadline, True)
-            try:
-                chan.send(lambda i: P.Cast(method=method, args=args, kwargs=kwargs or None),
-                          expect_reply=False)
-                return
-            except NotSent:
-                self._drop_channel(path, chan)
+        self._router.cast(path, method, args, kwargs)
 
     def worker(self, path: str) -> WorkerProxy:
         """A proxy whose attribute calls are `call(path, name, ...)`."""
         return WorkerProxy(self, path, {})
 
-    def _drop_channel(self, path: str, chan: CallChannel) -> None:
-        with self._channels_lock:
-            if self._channels.get(path) is chan:
-                del self._channels[path]
-        chan.close()
-
-    def _channel(self, path: str, deadline: float, retry: bool) -> CallChannel:
-        with self._channels_lock:
-            chan = self._channels.get(path)
-        if chan is not None and chan.closed is None:
-            return chan
-        if chan is not None:
-            self._drop_channel(path, chan)
-        while True:
-            with self._state:
-                generation = self._generation.get(path, 0)
-            try:
-                chan = self._open_channel(path, deadline)
-            except _NotRunning as exc:
-                if not retry or exc.state == "stopped":
-                    raise WorkerCrashed(str(exc), path=path) from None
-                self._await_start(path, generation, deadline)
-                continue
-            with self._channels_lock:
-                current = self._channels.get(path)
-                if current is not None and current.closed is None:
-                    chan.close()  # another thread opened one first; share theirs
-                    return current
-                self._channels[path] = chan
-            return chan
-
-    def _open_channel(self, path: str, deadline: float) -> CallChannel:
-        mine, theirs = socket.socketpair()
-        try:
-            policy = self._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
-                                   timeout=max(0.0, deadline - time.monotonic()))
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        return CallChannel(mine, path, policy)
+    def _generation_of(self, path: str) -> int:
+        with self._state:
+            return self._generation.get(path, 0)
 
     def _await_start(self, path: str, generation: int, deadline: float) -> None:
         with self._state:
@@ -427,15 +361,14 @@ class App:
                 self._state.wait(remaining)
 
 
-class _NotRunning(WorkerError):
-    def __init__(self, message: str, state: str | None, path: str | None) -> None:
-        super().__init__(message, category="connection_error", path=path)
-        self.state = state
-
-
 def _wire_error(kind: str, message: str, fields: dict[str, Any]) -> BaseException:
     if kind == "NotRunning":
-        return _NotRunning(message, fields.get("state"), fields.get("path"))
+        return NotRunning(message, fields.get("state"), fields.get("path"),
+                          fields.get("fallback"))
+    if kind == "CircuitOpen":
+        exc = CircuitOpen(message, retry_at=fields.get("retry_at"), path=fields.get("path"))
+        exc.fallback = fields.get("fallback")
+        return exc
     if kind == "NoSuchChild":
         return NoSuchChild(message, path=fields.get("path"))
     return error_from_wire(kind, message, **fields)

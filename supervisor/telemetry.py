@@ -18,7 +18,16 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["attach", "detach", "execute", "handlers"]
+__all__ = [
+    "attach",
+    "detach",
+    "execute",
+    "handlers",
+    "attach_default_reporter",
+    "DEFAULT_REPORTER",
+    "circuit_breaker",
+    "retry_reporter",
+]
 
 Handler = Callable[[tuple[str, ...], Mapping[str, Any], Mapping[str, Any]], Any]
 
@@ -67,3 +76,72 @@ def execute(event: Iterable[str], measurements: Mapping[str, Any],
             logger.error("telemetry handler {!r} raised {!r} on {}; detached", handler_id,
                          exc, name)
             detach(handler_id)
+
+
+# ---------------------------------------------------------------------- default reporter
+DEFAULT_REPORTER = "supervisor-default-reporter"
+
+# Lifecycle facts are INFO; anything that is a failure or a recovery decision is WARNING.
+_WARNINGS = {"failure", "gave_up", "exceeded", "circuit_opened", "restart_scheduled",
+             "start_failed", "memory_exceeded", "error", "state_change"}
+
+
+def _report(event: tuple[str, ...], measurements: Mapping[str, Any],
+            metadata: Mapping[str, Any]) -> None:
+    from loguru import logger
+
+    name = ".".join(event[1:])
+    level = "WARNING" if event[-1] in _WARNINGS else "INFO"
+    if event[-1] == "exited" and metadata.get("category") is None:
+        level = "INFO"  # a clean exit or a stop we asked for
+    facts = " ".join(f"{key}={value}" for key, value in metadata.items()
+                     if value is not None and key not in ("path", "id", "supervisor"))
+    logger.bind(event=name, **{k: v for k, v in metadata.items() if k != "message"}).log(
+        level, "{} {} {}", name, metadata.get("path", ""), facts)
+
+
+def attach_default_reporter() -> None:
+    """Log every event with loguru, one structured line each (idempotent).
+
+    Attached by `supervisor.start()` and the command line; `detach(DEFAULT_REPORTER)`
+    silences it.
+    """
+    with _lock:
+        if DEFAULT_REPORTER in _handlers:
+            return
+        _handlers[DEFAULT_REPORTER] = ((("supervisor",),), _report)
+
+
+# ---------------------------------------------------------------------- policy objects
+def circuit_breaker(name: str, **options: Any):
+    """A `strategies.circuit.CircuitBreaker` whose state changes are telemetry events
+    ``("supervisor", "circuit_breaker", "state_change")`` with `name`, `old`, `new`."""
+    from strategies.circuit import CircuitBreaker
+
+    user_callback = options.pop("on_state_change", None)
+
+    def on_change(old: Any, new: Any) -> None:
+        execute(("supervisor", "circuit_breaker", "state_change"), {"time": _now()},
+                {"name": name, "old": str(old), "new": str(new), "path": name})
+        if user_callback is not None:
+            user_callback(old, new)
+
+    return CircuitBreaker(on_state_change=on_change, name=name, **options)
+
+
+def retry_reporter(name: str):
+    """An `on_retry` hook for `strategies.retry.retry`: each retry becomes the event
+    ``("supervisor", "retry", "attempt")`` with `name`, `attempt`, `error`, `delay`."""
+
+    def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+        execute(("supervisor", "retry", "attempt"), {"time": _now(), "delay": delay},
+                {"name": name, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}",
+                 "path": name})
+
+    return on_retry
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -103,3 +103,55 @@ class Calc(Worker):
         self._signal(fifo)
         time.sleep(seconds)
         return seconds
+
+
+class Flaky(Worker):
+    """Fails its `init` while `marker` exists; can balloon its memory on demand."""
+
+    def init(self, marker: str) -> None:
+        if os.path.exists(marker):
+            raise RuntimeError(f"{marker} is present")
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def balloon(self, mb: int) -> int:
+        self.blob = bytearray(b"\x01") * (mb * 1024 * 1024)  # touched pages count in RSS
+        return len(self.blob)
+
+    def slow(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+class Moody(Worker):
+    """Healthy until told otherwise; `health()` is what its heartbeats report."""
+
+    def init(self) -> None:
+        self.ok = True
+
+    def health(self) -> bool:
+        return self.ok
+
+    def sicken(self) -> None:
+        self.ok = False
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Once(Worker):
+    """Dies (SIGKILL) the first time a command runs with a fresh marker, then answers."""
+
+    @idempotent
+    def once(self, marker: str) -> str:
+        return self._once(marker)
+
+    def once_plain(self, marker: str) -> str:
+        return self._once(marker)
+
+    def _once(self, marker: str) -> str:
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return f"ok from {os.getpid()}"

@@ -1,0 +1,233 @@
+"""Routing calls to workers, and applying the error matrix on the caller's side.
+
+One `CallChannel` per worker path, opened on first use by asking the tree to hand the
+worker one end of a socketpair. What is safe to retry, and how:
+
+    the call never reached a worker    (child restarting, channel already closed)
+        -> wait for the replacement's "started" event, within the call's timeout;
+           a child with a `fallback` sibling is served by that sibling meanwhile
+    the worker died with the call in flight
+        -> WorkerCrashed, at most once; re-sent only when the method is idempotent,
+           after the connection_error row's delays (the first re-send is immediate)
+    no answer within the timeout
+        -> CallTimeout; with on_timeout="restart" the worker is reported to its
+           supervisor (its state is unknown) and restarted as a timeout_error;
+           re-sent only when idempotent, after the timeout_error row's delays
+    the child's circuit is open
+        -> CircuitOpen at once, naming the next trial (or its fallback serves)
+
+``retry=False`` turns all of it off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import protocol as P
+from . import telemetry
+from ._channel import CallChannel, NotSent, reply_value
+from .errors import (
+    CallTimeout,
+    CircuitOpen,
+    SupervisorError,
+    WorkerCrashed,
+    WorkerError,
+)
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["Router", "NotRunning", "DEFAULT_CALL_TIMEOUT"]
+
+DEFAULT_CALL_TIMEOUT = 60.0
+
+
+class NotRunning(WorkerError):
+    """Internal: the child exists but is not running now (restarting, stopped)."""
+
+    def __init__(self, message: str, state: str | None, path: str | None,
+                 fallback: str | None = None) -> None:
+        super().__init__(message, category="connection_error", path=path)
+        self.state = state
+        self.fallback = fallback
+
+
+def sibling(path: str, child_id: str) -> str:
+    parent, _, _ = path.rpartition("/")
+    return f"{parent}/{child_id}" if parent else child_id
+
+
+class Router:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.channels: dict[str, CallChannel] = {}
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------------ calls
+    def call(self, path: str, method: str, args: tuple, kwargs: dict[str, Any], *,
+             timeout: float | None, retry: bool, idempotent: bool,
+             session: str | None) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return self._call_once(path, method, args, kwargs, timeout, retry, session)
+            except (WorkerCrashed, CallTimeout) as exc:
+                delays = self._retry_delays(exc, method, idempotent)
+                exc.attempt = attempt
+                exc.context.update({"operation": method, "session_id": session})
+                self._report(exc, method)
+                if not retry or delays is None or attempt > len(delays):
+                    raise
+                self._pause(delays[attempt - 1])
+                attempt += 1
+            except SupervisorError as exc:
+                if isinstance(exc, WorkerError):
+                    exc.attempt = attempt
+                    exc.context.update({"operation": method, "session_id": session})
+                self._report(exc, method)
+                raise
+
+    def _retry_delays(self, exc: WorkerError, method: str, idempotent: bool
+                      ) -> list[float] | None:
+        policy = getattr(exc, "policy", None) or {}
+        if not (idempotent or method in policy.get("idempotent", ())):
+            return None
+        return policy.get("retries", {}).get(exc.category)
+
+    def _pause(self, delay: float) -> None:
+        # A caller-side wait (never in a supervisor): it ends early if the tree goes away.
+        if delay > 0 and self.app._exited.wait(delay):
+            raise WorkerCrashed("the tree is not running", path="")
+
+    def _report(self, exc: SupervisorError, method: str) -> None:
+        telemetry.execute(("supervisor", "call", "error"), {"time": time.time()}, {
+            "path": getattr(exc, "path", None), "method": method, "error": type(exc).__name__,
+            "category": getattr(exc, "category", None), "attempt": getattr(exc, "attempt", 1),
+            "reason": str(exc).split("\n", 1)[0],
+        })
+
+    def _call_once(self, path: str, method: str, args: tuple, kwargs: dict[str, Any],
+                   timeout: float | None, retry: bool, session: str | None) -> Any:
+        started = time.monotonic()
+        deadline = started + (timeout if timeout is not None else DEFAULT_CALL_TIMEOUT)
+        while True:
+            chan = self.channel(path, deadline, retry)
+            if timeout is None:
+                limit = chan.policy.get("call_timeout", DEFAULT_CALL_TIMEOUT)
+                deadline = None if limit is None else started + limit
+            try:
+                cid = chan.send(lambda i: P.Call(id=i, method=method, args=args,
+                                                 kwargs=kwargs or None, session=session))
+            except NotSent:
+                self.drop(chan)
+                if not retry:
+                    raise WorkerCrashed(f"the channel to {path!r} is closed",
+                                        path=path) from None
+                continue
+            try:
+                reply = chan.wait(cid, deadline)
+            except TimeoutError:
+                raise self._timed_out(chan, method, deadline - started) from None
+            except WorkerCrashed as exc:
+                self.drop(chan)
+                exc.policy = chan.policy
+                raise
+            if isinstance(reply, P.Fail) and reply.type == "NotRun":
+                # The worker was leaving (recycled, stopping) and did not run it: as safe to
+                # send again as a call that never left.
+                self.drop(chan)
+                if not retry:
+                    raise WorkerCrashed(reply.message, path=chan.path)
+                continue
+            return reply_value(reply, chan.path, method)
+
+    def _timed_out(self, chan: CallChannel, method: str, limit: float) -> CallTimeout:
+        exc = CallTimeout(f"call {method!r} to {chan.path!r} got no answer within "
+                          f"{limit:.3g}s", path=chan.path)
+        exc.policy = chan.policy
+        if chan.policy.get("on_timeout", "restart") == "restart":
+            # The worker's state is unknown after a call it did not finish: its supervisor
+            # replaces it, and this channel is finished with it.
+            self.drop(chan)
+            parent, _, child_id = chan.path.rpartition("/")
+            try:
+                self.app._request(P.ReportFailure(id=0, path=parent, child_id=child_id,
+                                                  category="timeout_error", reason="timeout"),
+                                  timeout=5.0)
+            except SupervisorError:
+                pass  # already gone or restarting: the supervisor handles that on its own
+        return exc
+
+    def cast(self, path: str, method: str, args: tuple, kwargs: dict[str, Any]) -> None:
+        deadline = time.monotonic() + DEFAULT_CALL_TIMEOUT
+        while True:
+            chan = self.channel(path, deadline, True)
+            try:
+                chan.send(lambda i: P.Cast(method=method, args=args, kwargs=kwargs or None),
+                          expect_reply=False)
+                return
+            except NotSent:
+                self.drop(chan)
+
+    # ------------------------------------------------------------------ channels
+    def drop(self, chan: CallChannel) -> None:
+        with self.lock:
+            if self.channels.get(chan.path) is chan:
+                del self.channels[chan.path]
+        chan.close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            channels = list(self.channels.values())
+            self.channels.clear()
+        for chan in channels:
+            chan.close()
+
+    def channel(self, path: str, deadline: float, retry: bool,
+                via_fallback: bool = True) -> CallChannel:
+        """An open channel to `path` (or, while it is down, to its fallback sibling)."""
+        with self.lock:
+            chan = self.channels.get(path)
+        if chan is not None and chan.closed is None:
+            return chan
+        if chan is not None:
+            self.drop(chan)
+        while True:
+            generation = self.app._generation_of(path)
+            try:
+                chan = self._open(path, deadline)
+            except NotRunning as exc:
+                if retry and via_fallback and exc.fallback:
+                    return self.channel(sibling(path, exc.fallback), deadline, retry, False)
+                if not retry or exc.state == "stopped":
+                    raise WorkerCrashed(str(exc), path=path) from None
+                self.app._await_start(path, generation, deadline)
+                continue
+            except CircuitOpen as exc:
+                fallback = getattr(exc, "fallback", None)
+                if retry and via_fallback and fallback:
+                    return self.channel(sibling(path, fallback), deadline, retry, False)
+                raise
+            with self.lock:
+                current = self.channels.get(path)
+                if current is not None and current.closed is None:
+                    chan.close()  # another thread opened one first; share theirs
+                    return current
+                self.channels[path] = chan
+            return chan
+
+    def _open(self, path: str, deadline: float) -> CallChannel:
+        import socket
+
+        mine, theirs = socket.socketpair()
+        try:
+            policy = self.app._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
+                                       timeout=max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return CallChannel(mine, path, policy)
