@@ -13,6 +13,7 @@ import pytest
 from supervisor import (
     CallTimeout,
     CircuitOpen,
+    CommandError,
     Supervisor,
     WorkerCrashed,
     child,
@@ -354,7 +355,7 @@ def test_events_of_a_nested_tree_arrive_in_order_with_metadata(start_tree, event
 
 def test_call_errors_are_events_in_the_callers_process(start_tree, events):
     app = start_tree(Supervisor("root", children=[child("w", Echo)]))
-    with pytest.raises(Exception):
+    with pytest.raises(CommandError):
         app.call("w", "fail", "boom")
     (meta,) = [m for n, _, m in events.events if n == ("supervisor", "call", "error")]
     assert (meta["path"], meta["method"], meta["error"], meta["category"]) == (
@@ -372,7 +373,7 @@ def test_standalone_circuit_breaker_reports_state_changes(events):
 
 def test_format_for_logging_names_every_fact(start_tree):
     app = start_tree(Supervisor("root", children=[child("w", Echo)]))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(CommandError) as info:
         app.call("w", "fail", "boom", session="s-1")
     text = info.value.format_for_logging()
     for line in ("Category: python_error", "Severity: major", "Recovery: failover",
