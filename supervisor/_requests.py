@@ -58,7 +58,7 @@ def _route(sup: SupervisorProcess, msg: Any, origin: socket.socket, fd: int | No
         _local(sup, msg, origin)
         return
     first, _, rest = msg.path.partition("/")
-    slot = sup._slot(first)
+    slot = sup.find_slot(first)
     full = f"{sup.path}/{msg.path}" if sup.path else msg.path
     error = None
     if slot is None:
@@ -138,7 +138,7 @@ def _status(sup: SupervisorProcess, msg: Any) -> dict[str, Any]:
 
 
 def _find(sup: SupervisorProcess, child_id: str) -> ChildSlot:
-    slot = sup._slot(child_id)
+    slot = sup.find_slot(child_id)
     if slot is None:
         where = sup.path or "the root"
         raise _Refused("NoSuchChild", f"{where} has no child {child_id!r}",
@@ -163,12 +163,12 @@ def _start_child(sup: SupervisorProcess, msg: Any) -> str:
             raise _Refused("ConfigError", "start_child needs a spec for a "
                            f"{spec.strategy} supervisor", field="spec")
         child_spec = sup.spec_blob(msg.spec)
-        if sup._slot(child_spec.id) is not None:
+        if sup.find_slot(child_spec.id) is not None:
             raise _Refused("ConfigError", f"duplicate child id {child_spec.id!r}", field="id")
     slot = ChildSlot(spec=child_spec,
                      path=f"{sup.path}/{child_spec.id}" if sup.path else child_spec.id)
     sup.children.append(slot)
-    failure = sup._start(slot)
+    failure = sup.start_slot(slot)
     if failure is not None:
         sup.children.remove(slot)
         raise _Refused("StartError", _start_error_text(failure), path=failure.path,
@@ -186,7 +186,7 @@ def _terminate_child(sup: SupervisorProcess, msg: Any) -> None:
     slot = _find(sup, msg.child_id)
     slot.cancel_timers()  # a scheduled restart or circuit trial is void once terminated
     slot.circuit, slot.retry_at, slot.failures = "closed", None, 0
-    sup._stop(slot, "shutdown")
+    sup.stop_slot(slot, "shutdown")
     if sup.spec.strategy == "simple_one_for_one" or slot.spec.restart == "temporary":
         sup.children.remove(slot)
 
@@ -198,7 +198,7 @@ def _restart_child(sup: SupervisorProcess, msg: Any) -> int | None:
                        path=slot.path)
     if slot.pid is not None:
         raise _Refused("WorkerError", f"{slot.path!r} is running", path=slot.path)
-    failure = sup._start(slot)
+    failure = sup.start_slot(slot)
     if failure is not None:
         raise _Refused("StartError", _start_error_text(failure), path=failure.path,
                        category=failure.category, remote_type=failure.type,

@@ -38,9 +38,7 @@ from typing import Any
 from loguru import logger
 
 from strategies.intensity import RestartIntensity
-from strategies.matrix import DEFAULT_MATRIX, classify, override_matrix
-from strategies.recovery import Action, next_step
-from strategies.restart import plan_restart, should_restart
+from strategies.matrix import DEFAULT_MATRIX, override_matrix
 
 from . import protocol as P
 from ._children import ChildSlot, StartFailure, await_ready, drain, reason_of, stop_process
@@ -48,6 +46,7 @@ from ._framing import FrameReader, recv_some, send_frame
 from ._health import on_pong, start_monitors
 from ._loop import Loop
 from ._proc import fork_child, kill_quietly, kill_strays, set_subreaper
+from ._recovery import handle_exit
 from .errors import ProtocolError
 
 __all__ = ["SupervisorProcess"]
@@ -114,10 +113,10 @@ class SupervisorProcess:
     def _start_all(self) -> StartFailure | None:
         started: list[ChildSlot] = []
         for slot in self.children:
-            failure = self._start(slot)
+            failure = self.start_slot(slot)
             if failure is not None:
                 for done in reversed(started):
-                    self._stop(done, "shutdown")
+                    self.stop_slot(done, "shutdown")
                 return failure
             started.append(slot)
         return None
@@ -129,16 +128,8 @@ class SupervisorProcess:
         self.exit_detail = detail
         for slot in reversed(self.children):
             slot.cancel_timers()
-            self._stop(slot, "shutdown")
+            self.stop_slot(slot, "shutdown")
         self.loop.stop()
-
-    def give_up(self, slot: ChildSlot, why: str) -> None:
-        self.metrics["failed"] += 1
-        self.emit("gave_up", slot, reason=why)
-        self.emit("exceeded", slot, group="intensity", reason=why)
-        logger.warning("supervisor {!r} gives up ({}) after a failure of {}",
-                       self.path or self.spec.id, why, slot.path)
-        self.shutdown("reached_max_restart_intensity")
 
     def _send_up(self, msg: Any) -> None:
         try:
@@ -177,7 +168,7 @@ class SupervisorProcess:
         theirs.close()
         slot.attach(pid, mine)
 
-    def _start(self, slot: ChildSlot) -> StartFailure | None:
+    def start_slot(self, slot: ChildSlot) -> StartFailure | None:
         """Fork the child and wait for it to be ready; on failure it is reaped."""
         slot.state = "starting"
         self._fork(slot)
@@ -204,7 +195,7 @@ class SupervisorProcess:
         if slot.pidfd is not None:
             self.loop.remove_reader(slot.pidfd)
 
-    def _stop(self, slot: ChildSlot, reason: str) -> None:
+    def stop_slot(self, slot: ChildSlot, reason: str) -> None:
         """Stop a child per its shutdown spec (if it runs); it is never restarted for this."""
         if slot.pid is None:
             # A child whose circuit is open stays down and keeps its trial timer: a
@@ -278,7 +269,7 @@ class SupervisorProcess:
             if self.exit_detail is not None:
                 slot.state = "stopped"
             elif slot in self.children and slot.pid is None:
-                self._handle_exit(slot, reason, category, recycled)
+                handle_exit(self, slot, reason, category, recycled)
         known = {s.pid for s in self.children if s.pid is not None}
         while True:
             try:
@@ -306,144 +297,7 @@ class SupervisorProcess:
         self.emit("exited", slot, pid=pid, reason=reason, category=category, detail=detail)
         return reason, category, recycled
 
-    def _handle_exit(self, slot: ChildSlot, reason: str, category: str | None,
-                     recycled: bool) -> None:
-        """Step 1: the restart type decides whether the child is restarted at all."""
-        if recycled and slot.spec.restart != "temporary":
-            # max_calls reached: a planned replacement, not a restart (no intensity).
-            self._restart_group(slot)
-            return
-        if not should_restart(slot.spec.restart, reason):
-            if slot.spec.restart == "temporary":
-                self.children.remove(slot)
-            else:
-                slot.state = "stopped"
-            if slot.spec.significant:
-                self._check_auto_shutdown()
-            return
-        if classify(reason) is None:
-            # A clean exit of a permanent child: OTP restarts it; not a failure.
-            if self.intensity.record():
-                self.give_up(slot, "reached_max_restart_intensity")
-                return
-            self._restart_group(slot)
-            return
-        self.on_failure(slot, category or str(classify(reason)))
-
-    def on_failure(self, slot: ChildSlot, category: str) -> None:
-        """Steps 2 and 3 for a failure of `slot`: count it, then take the matrix's step."""
-        if slot.circuit == "half_open":
-            self._open_circuit(slot)  # the trial failed before it was stable
-            return
-        if slot.last_run >= slot.spec.stable_after:
-            slot.failures = 0  # it ran long enough to count as healthy: start over
-        slot.failures += 1
-        self.metrics["initiated"] += 1
-        if self.intensity.record():
-            self.give_up(slot, "reached_max_restart_intensity")
-            return
-        all_down = len(self.children) > 1 and all(s.pid is None for s in self.children)
-        step = next_step(category, slot.failures, affecting_all=all_down, matrix=slot.matrix)
-        d = step.decision
-        self.emit("failure", slot, category=category, severity=str(d.severity),
-                  recovery=str(d.recovery), attempt=slot.failures, action=str(step.action),
-                  delay=step.delay)
-        if step.action is Action.restart:
-            if step.delay <= 0:
-                self._restart_group(slot)
-                return
-            slot.state = "restarting"
-            self.emit("restart_scheduled", slot, category=category, delay=step.delay,
-                      attempt=slot.failures)
-            slot.restart_timer = self.loop.call_later(step.delay,
-                                                      lambda: self._restart_group(slot))
-        elif step.action is Action.open_circuit:
-            self._open_circuit(slot)
-        else:  # escalate or abandon: the supervisor gives up at once
-            self.give_up(slot, str(step.action))
-
-    def _restart_group(self, slot: ChildSlot) -> None:
-        """Restart `slot` with the siblings its strategy names (stop, remove, start)."""
-        slot.restart_timer = None
-        if self.exit_detail is not None or slot not in self.children:
-            return
-        plan = plan_restart(
-            self.spec.strategy, [s.id for s in self.children], slot.id,
-            temporary=[s.id for s in self.children if s.spec.restart == "temporary"],
-            running=[s.id for s in self.children if s.pid is not None],
-        )
-        for child_id in plan.stop:
-            self._stop(self._slot(child_id), "shutdown")
-        for child_id in plan.remove:
-            removed = self._slot(child_id)
-            if removed is not None and removed.pid is None:
-                self.children.remove(removed)
-        for child_id in plan.start:
-            target = self._slot(child_id)
-            if target is None or target.pid is not None or target.circuit == "open":
-                continue
-            target.restarts += 1
-            failure = self._start(target)
-            if failure is not None:
-                target.state = "restarting"
-                self.metrics["failed"] += 1
-                logger.warning("restart of {} failed ({}: {})", target.path, failure.type,
-                               failure.message)
-                self.loop.call_soon(lambda t=target, c=failure.category: self.on_failure(t, c))
-                return
-            self.emit("restarted", target)
-        self.metrics["succeeded"] += 1
-        self.emit("complete", slot, group="recovery", result="succeeded")
-
-    # ------------------------------------------------------------------ circuits
-    def _open_circuit(self, slot: ChildSlot) -> None:
-        timeout = slot.spec.circuit_timeout
-        slot.state = "circuit_open"
-        slot.circuit = "open"
-        slot.retry_at = time.time() + timeout
-        self.metrics["failed"] += 1
-        self.emit("circuit_opened", slot, retry_at=slot.retry_at, failures=slot.failures)
-        slot.restart_timer = self.loop.call_later(timeout, lambda: self._trial(slot))
-
-    def _trial(self, slot: ChildSlot) -> None:
-        """The half-open trial: one start; closed once it stays up `stable_after`."""
-        slot.restart_timer = None
-        if self.exit_detail is not None or slot not in self.children:
-            return
-        if self.intensity.record():
-            self.give_up(slot, "reached_max_restart_intensity")
-            return
-        slot.circuit = "half_open"
-        slot.retry_at = None
-        self.emit("circuit_half_open", slot)
-        slot.restarts += 1
-        failure = self._start(slot)
-        if failure is not None:
-            self._open_circuit(slot)
-            return
-        pid = slot.pid
-        slot.timers.append(self.loop.call_later(slot.spec.stable_after,
-                                                lambda: self._close_circuit(slot, pid)))
-
-    def _close_circuit(self, slot: ChildSlot, pid: int | None) -> None:
-        if slot.pid != pid or slot.circuit != "half_open":
-            return
-        slot.circuit = "closed"
-        slot.failures = 0
-        self.metrics["succeeded"] += 1
-        self.emit("circuit_closed", slot)
-        self.emit("complete", slot, group="recovery", result="succeeded")
-
-    # ------------------------------------------------------------------ significant
-    def _check_auto_shutdown(self) -> None:
-        significant = [s for s in self.children if s.spec.significant]
-        if self.spec.auto_shutdown == "any_significant" or (
-            self.spec.auto_shutdown == "all_significant"
-            and all(s.pid is None for s in significant)
-        ):
-            self.shutdown("auto_shutdown" if self.root else "shutdown")
-
-    def _slot(self, child_id: str) -> ChildSlot | None:
+    def find_slot(self, child_id: str) -> ChildSlot | None:
         for slot in self.children:
             if slot.id == child_id:
                 return slot
