@@ -45,7 +45,7 @@ from ._children import ChildSlot, StartFailure, await_ready, drain, reason_of, s
 from ._framing import FrameReader, recv_some, send_frame
 from ._health import on_pong, start_monitors
 from ._loop import Loop
-from ._proc import fork_child, kill_quietly, kill_strays, set_subreaper
+from ._proc import fork_child, kill_strays, set_subreaper
 from ._recovery import handle_exit
 from .errors import ProtocolError
 
@@ -358,12 +358,6 @@ class SupervisorProcess:
 
     def spec_blob(self, blob: bytes) -> Any:
         return pickle.loads(blob)
-
-    def kill_all(self) -> None:
-        """Last resort when this process must leave at once: SIGKILL every child."""
-        for slot in self.children:
-            if slot.pid is not None:
-                kill_quietly(slot.pid)
 
 
 def _with_id(msg: Any, rid: int) -> Any:
