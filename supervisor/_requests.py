@@ -9,6 +9,7 @@ directly.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -133,6 +134,9 @@ def _status(sup: SupervisorProcess, msg: Any) -> dict[str, Any]:
         "max_seconds": spec.max_seconds,
         "recent_restarts": sup.intensity.count(),
         "recovery": dict(sup.metrics),
+        "pool": ({"size": spec.size, "max_overflow": spec.max_overflow,
+                  "checkout_timeout": spec.checkout_timeout}
+                 if getattr(spec, "worker_template", None) is not None else None),
         "children": [slot.info() for slot in sup.children],
     }
 
@@ -151,7 +155,12 @@ def _start_child(sup: SupervisorProcess, msg: Any) -> str:
     if spec.max_children is not None and len(sup.children) >= spec.max_children:
         raise _Refused("PoolExhausted", f"max_children ({spec.max_children}) reached",
                        path=sup.path)
-    if spec.strategy == "simple_one_for_one":
+    if msg.spec is None and getattr(spec, "worker_template", None) is not None:
+        # A pool's overflow worker: the next free index after the pool's own.
+        taken = {slot.id for slot in sup.children}
+        index = next(i for i in itertools.count(spec.size) if f"{spec.id}-{i}" not in taken)
+        child_spec = attrs.evolve(spec.worker_template, id=f"{spec.id}-{index}")
+    elif spec.strategy == "simple_one_for_one":
         template = spec.template
         child_spec = attrs.evolve(
             template, id=f"{template.id}-{next(sup._dynamic)}",

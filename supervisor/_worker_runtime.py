@@ -36,7 +36,10 @@ from ._framing import FrameReader, recv_some, send_frame
 from .errors import EncodeError, ProtocolError
 from .worker import command_table, is_idempotent
 
-__all__ = ["serve", "call_policy"]
+__all__ = ["serve", "call_policy", "END_SESSION"]
+
+# The reserved method that ends a session: its state is dropped; replies whether it existed.
+END_SESSION = "_end_session"
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
@@ -73,7 +76,6 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
     worker.id = spec.id
     worker.path = path
     worker.restarts = restarts
-    worker.session = {}
     try:
         worker.init(*spec.args, **dict(spec.kwargs))
     except Exception as exc:  # any error in user init is an initialization_error
@@ -109,6 +111,8 @@ class WorkerRuntime:
         self.exit_error: tuple[str, str, str] | None = None
         self.stop_requested: str | None = None
         self.incoming: collections.deque[socket.socket] = collections.deque()
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.no_session: dict[str, Any] = {}
         self.leaving = False  # set (under leave_lock) once no new channel may be accepted
         self.leave_lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
@@ -233,15 +237,30 @@ class WorkerRuntime:
 
     def _handle(self, msg: Any) -> bytes | None:
         match msg:
-            case P.Call(id=cid, method=method, args=args, kwargs=kwargs, pickled=pickled):
+            case P.Call(id=cid, method=method, args=args, kwargs=kwargs, pickled=pickled,
+                        session=session):
+                if method == END_SESSION:
+                    existed = self.sessions.pop(session, None) is not None
+                    return P.CALL_CODEC.encode(P.Reply(id=cid, value=existed))
                 self.calls += 1
+                self._enter_session(session)
                 return self._run_command(cid, method, args, kwargs, pickled)
-            case P.Cast(method=method, args=args, kwargs=kwargs, pickled=pickled):
+            case P.Cast(method=method, args=args, kwargs=kwargs, pickled=pickled,
+                        session=session):
                 self.calls += 1
+                self._enter_session(session)
                 self._run_command(None, method, args, kwargs, pickled)
                 return None
             case _:
                 return None
+
+    def _enter_session(self, session: str | None) -> None:
+        # `self.session` is the state of the call's session (a dict per session id that
+        # lives as long as this process); calls without a session share one scratch dict.
+        if session is None:
+            self.worker.session = self.no_session
+        else:
+            self.worker.session = self.sessions.setdefault(session, {})
 
     def _run_command(self, cid: int | None, method: str, args: Any, kwargs: Any,
                      pickled: bool) -> bytes | None:

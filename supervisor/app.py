@@ -97,6 +97,7 @@ class App:
         self._state = threading.Condition()
         self._generation: dict[str, int] = {}
         self._router = Router(self)
+        self._pools: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ start / stop
@@ -340,6 +341,16 @@ class App:
     def cast(self, path: str, method: str, *args: Any, **kwargs: Any) -> None:
         """Send `method` to the worker at `path` without waiting for a result."""
         self._router.cast(path, method, args, kwargs)
+
+    def pool(self, path: str) -> Any:
+        """The dispatching client of the `Pool` at `path` (one per path and App)."""
+        from ._pool import PoolClient
+
+        with self._state:
+            client = self._pools.get(path)
+            if client is None:
+                client = self._pools[path] = PoolClient(self, path)
+        return client
 
     def worker(self, path: str) -> WorkerProxy:
         """A proxy whose attribute calls are `call(path, name, ...)`."""

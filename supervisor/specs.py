@@ -356,6 +356,9 @@ class PoolSpec(SupervisorSpec):
     size: int = 4
     max_overflow: int = 0
     checkout_timeout: float = 5.0
+    # The spec every worker of the pool is made from (id = the pool's id); overflow
+    # workers started under load are ``id-{size}``, ``id-{size+1}``, ...
+    worker_template: ChildSpec | None = None
 
     def __attrs_post_init__(self) -> None:
         _integer("size", self.size, minimum=1)
@@ -451,8 +454,9 @@ def Pool(id: str, worker: type | str, size: int = 4, *, max_overflow: int = 0,
     `child_options` are `child(...)` options applied to every worker. Raises ConfigError.
     """
     _integer("size", size, minimum=1)
-    children = tuple(child(f"{id}-{i}", worker, **child_options) for i in range(size))
+    template = child(id, worker, **child_options)
+    children = tuple(attrs.evolve(template, id=f"{id}-{i}") for i in range(size))
     return PoolSpec(
         id=id, children=children, size=size, max_overflow=max_overflow,
-        checkout_timeout=checkout_timeout,
+        checkout_timeout=checkout_timeout, worker_template=template,
     )

@@ -39,13 +39,16 @@ class Worker:
     Override `init(*args, **kwargs)` to set up (it runs in the child; raising fails the
     start as an initialization_error), add public methods as commands, optionally `run()`
     for a service main loop, `health() -> bool` for heartbeats and `terminate(reason)` for
-    a graceful shutdown. Inside a worker, `self.id`, `self.path`, `self.restarts`, `self.log`
-    and `self.stop(reason)` are available.
+    a graceful shutdown. Inside a worker, `self.id`, `self.path`, `self.restarts`, `self.log`,
+    `self.session` and `self.stop(reason)` are available.
     """
 
     id: str = ""
     path: str = ""
     restarts: int = 0
+    # The state of the current call's session (a dict per session id, kept while this
+    # process lives; see Pool sessions). Calls without a session share one scratch dict.
+    session: dict[str, Any] = {}
 
     def init(self, *args: Any, **kwargs: Any) -> None:
         """Set the worker up; called once in the child process before it serves."""
