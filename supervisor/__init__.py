@@ -21,6 +21,7 @@ __all__ = [
     "SupervisorSpec",
     "PoolSpec",
     "start",
+    "connect",
     "App",
     "ChildInfo",
     "errors",
@@ -50,6 +51,7 @@ _WHERE = {
     "SupervisorSpec": "specs",
     "PoolSpec": "specs",
     "start": "app",
+    "connect": "app",
     "App": "app",
     "ChildInfo": "app",
 }
@@ -58,7 +60,7 @@ _ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crash
 
 if TYPE_CHECKING:
     from . import errors, telemetry
-    from .app import App, ChildInfo, start
+    from .app import App, ChildInfo, connect, start
     from .errors import (
         CallTimeout,
         CircuitOpen,

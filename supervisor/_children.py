@@ -39,7 +39,7 @@ class ChildSlot:
     state: str = "stopped"  # starting | running | stopping | restarting | stopped | circuit_open
     restarts: int = 0
     pid: int | None = None  # None unless a process exists (running, starting, stopping)
-    ctrl: socket.socket | None = None  # None unless pid is set
+    ctrl: socket.socket | None = None  # None unless pid is set; always None for a program
     reader: FrameReader | None = None
     pidfd: int | None = None
     started_at: float | None = None  # wall clock, set once Ready arrived
@@ -73,10 +73,11 @@ class ChildSlot:
             fds.append(self.pidfd)
         return fds
 
-    def attach(self, pid: int, ctrl: socket.socket) -> None:
+    def attach(self, pid: int, ctrl: socket.socket | None) -> None:
+        """A process exists now; `ctrl` is None for an external program."""
         self.pid = pid
         self.ctrl = ctrl
-        self.reader = FrameReader(P.CONTROL_CODEC)
+        self.reader = FrameReader(P.CONTROL_CODEC) if ctrl is not None else None
         self.pidfd = pidfd_open(pid)
         self.exit_msg = None
         self.pending_failure = None
@@ -152,7 +153,7 @@ def _wait(slot: ChildSlot, deadline: float | None,
     reporting (events, its Exit) never blocks on a full socket buffer.
     """
     sel = selectors.DefaultSelector()
-    eof = False
+    eof = slot.ctrl is None  # a program has no channel whose EOF could wake us
     try:
         if slot.pidfd is not None:
             sel.register(slot.pidfd, selectors.EVENT_READ)
@@ -186,6 +187,10 @@ def stop_process(slot: ChildSlot, reason: str,
     Number: Stop message, SIGTERM after half the grace, SIGKILL when it runs out.
     ``brutal_kill``: SIGKILL at once. ``infinity``: Stop message, then wait.
     """
+    if slot.ctrl is None:  # an external program: signals to its process group
+        from ._program import graceful
+
+        return graceful(slot, lambda deadline: _wait(slot, deadline, on_message))
     shutdown = slot.spec.shutdown
     if shutdown == "brutal_kill":
         kill_quietly(slot.pid, signal.SIGKILL)
@@ -251,4 +256,5 @@ def reason_of(slot: ChildSlot, status: int) -> tuple[str, str | None, str]:
         if msg.type:
             detail = f"{msg.type}: {msg.message}"
         return msg.reason, msg.category, detail
-    return exit_reason(status), "connection_error", describe_status(status)
+    reason = exit_reason(status)
+    return reason, None if reason == "normal" else "connection_error", describe_status(status)

@@ -24,6 +24,7 @@ __all__ = [
     "exit_reason",
     "kill_quietly",
     "kill_strays",
+    "raise_fd_limit",
 ]
 
 _PR_SET_PDEATHSIG = 1
@@ -116,6 +117,20 @@ def _flush_std() -> None:
             pass
 
 
+def raise_fd_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit (a supervisor holds several fds per
+    child; the default soft limit of 1,024 caps a tree at a few hundred children)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # a container that refuses: keep the soft limit
+            pass
+
+
 def describe_status(status: int) -> str:
     """Human text for a wait status: ``exit code 3`` or ``killed by SIGKILL``."""
     if os.WIFSIGNALED(status):
@@ -131,10 +146,13 @@ def describe_status(status: int) -> str:
 
 
 def exit_reason(status: int) -> str:
-    """The exit reason of a child that left without an Exit report: always abnormal."""
+    """The exit reason of a child that left without an Exit report (a program, or a
+    worker that died): ``killed`` by a signal, ``normal`` for exit code 0, else ``exited``."""
     if os.WIFSIGNALED(status):
         return "killed"
-    return "crashed"
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return "normal"
+    return "exited"
 
 
 def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -66,6 +66,8 @@ def _route(sup: SupervisorProcess, msg: Any, origin: socket.socket, fd: int | No
         error = ("NoSuchChild", f"no child {full!r}")
     elif to_worker and not rest and slot.kind == "supervisor":
         error = ("NoSuchChild", f"{full!r} is a supervisor; calls go to workers")
+    elif to_worker and not rest and hasattr(slot.spec, "command"):
+        error = ("NoSuchChild", f"{full!r} is an external program; it takes no calls")
     elif not to_worker and slot.kind != "supervisor":
         error = ("NoSuchChild", f"{slot.path!r} is a worker, not a supervisor")
     elif rest and slot.kind != "supervisor":

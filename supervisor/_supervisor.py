@@ -32,6 +32,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -45,7 +46,9 @@ from ._children import ChildSlot, StartFailure, await_ready, drain, reason_of, s
 from ._framing import FrameReader, recv_some, send_frame
 from ._health import on_pong, start_monitors
 from ._loop import Loop
-from ._proc import fork_child, kill_strays, set_subreaper
+from ._output import Capture
+from ._proc import fork_child, kill_strays, raise_fd_limit, set_subreaper
+from ._program import await_exec, is_program, kill_group, spawn
 from ._recovery import handle_exit
 from .errors import ProtocolError
 
@@ -67,11 +70,15 @@ def child_matrix(base: Any, spec: Any) -> Any:
 
 
 class SupervisorProcess:
-    def __init__(self, spec: Any, path: str, parent: socket.socket, *, root: bool = False,
-                 matrix: Any = None) -> None:
+    def __init__(self, spec: Any, path: str, parent: socket.socket | None, *,
+                 root: bool = False, matrix: Any = None) -> None:
         self.spec = spec
         self.path = path
-        self.parent = parent
+        self.parent = parent  # None for the root of `python -m supervisor run`
+        # Where Ready, StartFailed, Events and the Exit go when there is no parent socket
+        # (the service root: local telemetry and the control socket's clients).
+        self.uplink: Any = None
+        self.control: Any = None  # the ControlServer of a service root
         self.parent_reader = FrameReader(P.CONTROL_CODEC)
         self.root = root
         self.loop = Loop()
@@ -80,6 +87,7 @@ class SupervisorProcess:
         self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
         self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
         self.metrics = {"initiated": 0, "succeeded": 0, "failed": 0}
+        self.captures: set[Capture] = set()  # children's output pipes, read until EOF
         self._ids = itertools.count(1)
         self._dynamic = itertools.count(1)
         self.exit_detail: str | None = None
@@ -92,9 +100,13 @@ class SupervisorProcess:
     def main(self) -> int:
         """Start the children, serve until told to stop or giving up; the exit code."""
         set_subreaper()
-        self.parent.setblocking(True)
+        raise_fd_limit()  # 1,000 children need ~4,000 fds: ctrl, pidfd, two output pipes
         self.loop.add_signal(signal.SIGCHLD, lambda _: self._reap())
         self.loop.add_signal(signal.SIGTERM, lambda _: self.shutdown("normal"))
+        if self.parent is None:  # the service root: Ctrl-C is a graceful stop
+            self.loop.add_signal(signal.SIGINT, lambda _: self.shutdown("normal"))
+        else:
+            self.parent.setblocking(True)
         gc.freeze()  # forked children share our heap without copy-on-write faults at GC
         failure = self._start_all()
         if failure is not None:
@@ -103,10 +115,13 @@ class SupervisorProcess:
                                         traceback=failure.traceback))
             return 1
         self._send_up(P.Ready(pid=os.getpid()))
-        self.loop.add_reader(self.parent, self._on_parent)
+        if self.parent is not None:
+            self.loop.add_reader(self.parent, self._on_parent)
         if self.exit_detail is None:
             self.loop.run()
         detail = self.exit_detail or "normal"
+        for capture in list(self.captures):
+            capture.close()  # log the last lines the stopped children wrote
         self._send_up(P.Exit(reason="shutdown", message=detail))
         return EXIT_CODES.get(detail, 0)
 
@@ -132,6 +147,9 @@ class SupervisorProcess:
         self.loop.stop()
 
     def _send_up(self, msg: Any) -> None:
+        if self.uplink is not None:
+            self.uplink(msg)
+            return
         try:
             send_frame(self.parent, P.CONTROL_CODEC.encode(msg))
         except (BrokenPipeError, ConnectionResetError):
@@ -147,32 +165,59 @@ class SupervisorProcess:
 
     # ------------------------------------------------------------------ start and stop
     def _owned_fds(self) -> list[int]:
-        fds = self.loop.fds() + [self.parent.fileno()]
+        fds = self.loop.fds()
+        if self.parent is not None:
+            fds.append(self.parent.fileno())
+        if self.control is not None:
+            fds.extend(self.control.fds())
         for slot in self.children:
             fds.extend(slot.fds())
+        for capture in list(self.captures):
+            if capture.partial:
+                fds.extend(capture.parent_fds())
+            else:
+                self.captures.discard(capture)  # both pipes reached EOF
         return fds
 
-    def _fork(self, slot: ChildSlot) -> None:
-        mine, theirs = socket.socketpair()
-        close = self._owned_fds() + [mine.fileno()]
+    def _fork(self, slot: ChildSlot) -> int | None:
+        """Fork the child; returns the exec-status pipe for a program, None otherwise."""
         spec, path, restarts, matrix = slot.spec, slot.path, slot.restarts, slot.matrix
-        if spec.kind == "supervisor":
-            def run() -> int:
-                return SupervisorProcess(spec, path, theirs, matrix=matrix).main()
+        # Workers' and programs' output is captured; a child supervisor's own log lines
+        # go straight to our stderr (capturing them would wrap every line twice).
+        capture = Capture(path) if spec.kind == "worker" else None
+        close = self._owned_fds()
+        if is_program(spec):
+            status_r = spawn(slot, close, capture)
         else:
-            def run() -> int:
-                from ._worker_runtime import serve
+            mine, theirs = socket.socketpair()
+            close.append(mine.fileno())
+            if spec.kind == "supervisor":
+                def run() -> int:
+                    return SupervisorProcess(spec, path, theirs, matrix=matrix).main()
+            else:
+                def run() -> int:
+                    from ._worker_runtime import serve
 
-                return serve(spec, path, restarts, theirs, matrix)
-        pid = fork_child(run, close)
-        theirs.close()
-        slot.attach(pid, mine)
+                    capture.in_child()
+                    sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
+                    return serve(spec, path, restarts, theirs, matrix)
+            pid = fork_child(run, close)
+            theirs.close()
+            slot.attach(pid, mine)
+            status_r = None
+        if capture is not None:
+            capture.in_parent(self.loop)
+            self.captures.add(capture)
+        return status_r
 
     def start_slot(self, slot: ChildSlot) -> StartFailure | None:
         """Fork the child and wait for it to be ready; on failure it is reaped."""
         slot.state = "starting"
-        self._fork(slot)
-        failure = await_ready(slot, self._on_child_message)
+        status_r = self._fork(slot)
+        if status_r is not None:
+            failure = await_exec(slot, status_r)
+        else:
+            failure = await_ready(slot, self._on_child_message)
         if failure is not None:
             slot.release()
             slot.state = "stopped"
@@ -182,7 +227,8 @@ class SupervisorProcess:
         slot.state = "running"
         slot.started_at = time.time()
         slot.ran_since = time.monotonic()
-        self.loop.add_reader(slot.ctrl, lambda: self._on_child(slot))
+        if slot.ctrl is not None:
+            self.loop.add_reader(slot.ctrl, lambda: self._on_child(slot))
         if slot.pidfd is not None:
             self.loop.add_reader(slot.pidfd, self._reap)
         start_monitors(self, slot)
@@ -224,6 +270,8 @@ class SupervisorProcess:
                 self._reply_error(origin, origin_id, "NotRunning",
                                   f"{slot.path} exited before it answered", state="restarting")
         slot.pending.clear()
+        if is_program(slot.spec) and slot.pid is not None:
+            kill_group(slot.pid)  # what the program left behind in its process group
         slot.release()
         kill_strays(s.pid for s in self.children if s.pid is not None)
 
@@ -329,6 +377,9 @@ class SupervisorProcess:
         handle_request(self, msg, origin, fd)
 
     def _relay(self, origin: socket.socket, msg: Any) -> None:
+        if self.control is not None and self.control.owns(origin):
+            self.control.send(origin, msg)
+            return
         try:
             send_frame(origin, P.CONTROL_CODEC.encode(msg))
         except (BrokenPipeError, ConnectionResetError):

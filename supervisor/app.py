@@ -44,7 +44,7 @@ from .errors import (
 )
 from .specs import SupervisorSpec
 
-__all__ = ["App", "start", "ChildInfo", "WorkerProxy"]
+__all__ = ["App", "start", "connect", "ChildInfo", "WorkerProxy"]
 
 ChildInfo = P.ChildInfo
 # The root imports this very copy of the package, wherever it was imported from here.
@@ -65,6 +65,30 @@ def start(spec: SupervisorSpec, *, timeout: float | None = 60.0) -> App:
     telemetry.attach_default_reporter()
     app = App(spec)
     app._boot(timeout)
+    return app
+
+
+def connect(path: str | os.PathLike | None = None, *, timeout: float = 5.0) -> App:
+    """An App on a tree run by ``python -m supervisor run`` (through its control socket).
+
+    `path` defaults to the lone running tree in the default socket directory. Calls go
+    straight to the workers, as with `start`; `close()` (or leaving a ``with`` block)
+    disconnects and leaves the tree running; `stop()` shuts it down. Raises ConfigError
+    when no socket (or several) is found, OSError when the connection is refused.
+    """
+    from ._control import find_socket
+
+    sock_path = find_socket(os.fspath(path) if path is not None else None)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(sock_path))
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    app = App(None)
+    app._attach(sock)
     return app
 
 
@@ -180,6 +204,30 @@ class App:
             case _:
                 pass
 
+    def _attach(self, sock: socket.socket) -> None:
+        """Serve a connection to a running service's control socket (see `connect`)."""
+        from ._control import peer_pid
+
+        self._sock = sock
+        self.pid = peer_pid(sock)
+        self._ready.set_result(None)
+        self._thread = threading.Thread(target=self._read_forever, args=(sock,),
+                                        name=f"supervisor-connection-{self.pid}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Disconnect from a tree you `connect`ed to; the tree keeps running. For a tree
+        this App started, the same as `stop()`."""
+        if self._proc is not None:
+            self.stop()
+            return
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already disconnected
+                pass
+        self._wait_root_gone(5.0)
+
     def _on_root_gone(self) -> None:
         proc = self._proc
         code = proc.wait() if proc is not None else None
@@ -210,10 +258,10 @@ class App:
         """Shut the tree down (children stop in reverse order) and return when no
         descendant is left. A no-op once the root has exited. Past `timeout`, the root is
         SIGKILLed; its children die with it (PR_SET_PDEATHSIG, EOF)."""
-        if self._exited.is_set() or self._proc is None:
+        if self._exited.is_set() or self.pid is None:
             return
         try:
-            descendants = psutil.Process(self._proc.pid).children(recursive=True)
+            descendants = psutil.Process(self.pid).children(recursive=True)
         except psutil.Error:
             descendants = []
         try:
@@ -221,6 +269,9 @@ class App:
         except SupervisorError:
             pass  # the root is already going; waiting for it below is what matters
         if not self._wait_root_gone(timeout):
+            if self._proc is None:
+                raise CallTimeout(f"the tree (root pid {self.pid}) did not stop within "
+                                  f"{timeout}s")
             self._kill_root()
         _, alive = psutil.wait_procs(descendants, timeout=5.0)
         for proc in alive:
@@ -237,7 +288,11 @@ class App:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        # A tree we started stops with the block; one we connected to keeps running.
+        if self._proc is not None:
+            self.stop()
+        else:
+            self.close()
 
     # ------------------------------------------------------------------ requests
     def _request(self, msg: Any, *, fds: tuple[int, ...] = (),

@@ -1,0 +1,105 @@
+"""Log capture: a child's stdout and stderr, read by its supervisor and logged line by line.
+
+    child fd 1 ──pipe──▶ supervisor loop ──▶ loguru  (child=<path>, stream=stdout)
+    child fd 2 ──pipe──▶ supervisor loop ──▶ loguru  (child=<path>, stream=stderr)
+
+The read ends are non-blocking and read from the supervisor's selector loop, so a chatty
+child never blocks it. A pipe is read until EOF, not until the child's exit is reaped: the
+last lines a crashing child wrote are still in the pipe when its pidfd fires, and they are
+logged all the same (EOF comes once every writer, including the child's own
+subprocesses, has closed it). A line longer than `MAX_LINE` is logged in pieces.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+
+__all__ = ["Capture", "MAX_LINE"]
+
+MAX_LINE = 64 * 1024
+
+
+class Capture:
+    """The two pipes of one child process. Make it before fork; call `in_child()` in the
+    child and `in_parent(loop)` in the supervisor."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.out_r, self.out_w = os.pipe()
+        self.err_r, self.err_w = os.pipe()
+        self.partial: dict[int, bytes] = {self.out_r: b"", self.err_r: b""}
+        self.streams = {self.out_r: "stdout", self.err_r: "stderr"}
+        self.loop: Loop | None = None
+
+    def parent_fds(self) -> list[int]:
+        """The read ends still open here (a later fork must close them in its child)."""
+        return list(self.partial)
+
+    def in_child(self) -> None:
+        os.dup2(self.out_w, 1)
+        os.dup2(self.err_w, 2)
+        for fd in (self.out_r, self.err_r, self.out_w, self.err_w):
+            os.close(fd)
+
+    def in_parent(self, loop: Loop) -> None:
+        os.close(self.out_w)
+        os.close(self.err_w)
+        self.loop = loop
+        for fd in self.partial:
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, lambda fd=fd: self._read(fd))
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:  # spurious wake-up
+            return
+        except OSError:  # EIO and the like: treat as the end of the stream
+            data = b""
+        if data:
+            self._consume(fd, data)
+        else:
+            self._finish(fd)
+
+    def _consume(self, fd: int, data: bytes) -> None:
+        *lines, rest = (self.partial[fd] + data).split(b"\n")
+        while len(rest) > MAX_LINE:
+            lines.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        self.partial[fd] = rest
+        for line in lines:
+            self._log(fd, line)
+
+    def _finish(self, fd: int) -> None:
+        """EOF (or no more waiting): log the unterminated last line, close the pipe."""
+        if self.partial.get(fd):
+            self._log(fd, self.partial[fd])
+        self.partial.pop(fd, None)
+        if self.loop is not None:
+            self.loop.remove_reader(fd)
+        os.close(fd)
+
+    def _log(self, fd: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        logger.bind(child=self.path, stream=self.streams[fd]).info("[{}] {}", self.path, text)
+
+    def close(self) -> None:
+        """The supervisor is leaving: log what can be read now, then drop both pipes."""
+        for fd in list(self.partial):
+            while fd in self.partial:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    data = b""  # nothing more now, and nobody will read it later
+                except OSError:
+                    data = b""
+                if data:
+                    self._consume(fd, data)
+                else:
+                    self._finish(fd)
