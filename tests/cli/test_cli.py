@@ -1,0 +1,370 @@
+"""The command line end to end, in subprocesses: run, status, start/stop/restart, call,
+shutdown (by socket and by SIGTERM), exit codes, the control socket's rules, log capture,
+and every malformed file of the corpus giving its message and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from supervisor import cli
+from supervisor._control import ControlServer, peer_uid
+
+from .._procs import wait_gone
+from ..config.test_malformed import EXPECTED, MALFORMED
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TREE = """
+[tree]
+id = "svc"
+max_restarts = 5
+max_seconds = 10
+
+[[tree.children]]
+id = "talker"
+worker = "tests.cli._workers:Talker"
+
+[[tree.children]]
+id = "jobs"
+type = "supervisor"
+
+  [[tree.children.children]]
+  id = "sleeper"
+  command = ["sleep", "300"]
+  shutdown = 1.0
+
+  [[tree.children.children]]
+  id = "calc"
+  worker = "tests.runtime._workers:Calc"
+  kwargs = { base = 40 }
+"""
+
+
+class Service:
+    """`python -m supervisor run` in a subprocess, its stderr collected line by line."""
+
+    def __init__(self, tmp_path: Path, tree: str = TREE, *extra: str) -> None:
+        self.toml = tmp_path / "tree.toml"
+        self.toml.write_text(textwrap.dedent(tree))
+        self.socket = str(tmp_path / "ctl.sock")
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "run", str(self.toml), "--socket",
+             self.socket, *extra],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.reader = threading.Thread(target=self._collect, daemon=True)
+        self.reader.start()
+
+    def _collect(self) -> None:
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+
+    def wait_line(self, text: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(self.lines))
+                self.cond.wait(min(remaining, 0.5))
+
+    def cmd(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "supervisor", *args, "--socket",
+                               self.socket], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+
+    def finish(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.reader.join(5)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def service(tmp_path):
+    services = []
+
+    def _start(tree: str = TREE, *extra: str) -> Service:
+        svc = Service(tmp_path, tree, *extra)
+        services.append(svc)
+        return svc
+
+    yield _start
+    for svc in services:
+        if svc.proc.poll() is None:
+            svc.proc.send_signal(signal.SIGTERM)
+            try:
+                svc.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        svc.kill()
+
+
+def test_run_status_kill_restart_and_shutdown(service):
+    svc = service()
+    svc.wait_line("tree 'svc' is up")
+    status = svc.cmd("status")
+    assert status.returncode == 0, status.stderr
+    rows = status.stdout.splitlines()
+    assert rows[0].split() == ["PATH", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "RSS",
+                               "CIRCUIT"]
+    paths = [row.split()[0] for row in rows[1:]]
+    assert paths == ["/", "talker", "jobs", "jobs/sleeper", "jobs/calc"]
+    tree = json.loads(svc.cmd("status", "--json").stdout)
+    talker = tree["children"][0]
+    os.kill(talker["pid"], signal.SIGKILL)
+    svc.wait_line("child.restarted talker")
+    after = json.loads(svc.cmd("status", "--json").stdout)["children"][0]
+    assert after["pid"] != talker["pid"] and after["restarts"] == 1
+    done = svc.cmd("shutdown")
+    assert (done.returncode, done.stdout) == (0, "tree stopped (normal)\n")
+    assert svc.finish() == 0
+    svc.wait_line("tree 'svc' stopped: normal")
+
+
+def test_call_start_stop_restart(service):
+    svc = service()
+    svc.wait_line("is up")
+    call = svc.cmd("call", "jobs/calc", "add", "[1, 1]")
+    assert (call.returncode, call.stdout) == (0, "42\n")
+    stop = svc.cmd("stop", "jobs/sleeper")
+    assert (stop.returncode, stop.stdout) == (0, "jobs/sleeper: stopped\n")
+    states = {c["id"]: c["state"] for c in json.loads(
+        svc.cmd("status", "--json").stdout)["children"][1]["children"]}
+    assert states == {"sleeper": "stopped", "calc": "running"}
+    start = svc.cmd("start", "jobs/sleeper")
+    assert start.returncode == 0 and start.stdout.startswith("jobs/sleeper: started (pid ")
+    restart = svc.cmd("restart", "talker")
+    assert restart.returncode == 0 and restart.stdout.startswith("talker: restarted (pid ")
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (("call", "nope", "x"), 1, "error: NoSuchChild: no child 'nope'\n"),
+    (("call", "jobs/calc", "add", "{}"), 2,
+     "error: JSON-ARGS: expected a JSON array, got '{}'\n"),
+    (("call", "jobs/calc", "add", "[1"), 2, None),
+    (("call", "jobs/calc", "missing"), 1,
+     "error: CommandError: UnknownCommand: Calc has no command 'missing' (commands: add, "
+     "busy, get, slow, unencodable)\n"),
+    (("stop", "/"), 2, "error: PATH: expected a child path such as 'jobs/sleeper'\n"),
+])
+def test_control_command_errors(service, args, code, message):
+    svc = service()
+    svc.wait_line("is up")
+    result = svc.cmd(*args)
+    assert result.returncode == code
+    if message is not None:
+        assert result.stderr == message
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_stops_the_tree_gracefully_in_reverse_order(service):
+    svc = service()
+    svc.wait_line("is up")
+    pids = [c["pid"] for c in json.loads(svc.cmd("status", "--json").stdout)["children"]]
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.finish() == 0
+    exits = [line.split("child.exited ")[1].split()[0] for line in svc.lines
+             if "child.exited" in line]
+    assert exits == ["jobs/calc", "jobs/sleeper", "jobs", "talker"]
+    assert wait_gone(pids, timeout=2) == []
+
+
+def test_the_root_giving_up_exits_1(service):
+    svc = service("""
+        [tree]
+        id = "fragile"
+        max_restarts = 0
+
+        [[tree.children]]
+        id = "w"
+        worker = "workers.echo:Echo"
+    """)
+    svc.wait_line("is up")
+    pid = json.loads(svc.cmd("status", "--json").stdout)["children"][0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert svc.finish() == 1
+    svc.wait_line("stopped: reached_max_restart_intensity")
+
+
+def test_a_child_failing_to_start_exits_1_with_its_traceback(service):
+    svc = service("""
+        [tree]
+        id = "broken"
+
+        [[tree.children]]
+        id = "w"
+        worker = "workers.echo:Echo"
+        kwargs = { fail_init = true }
+    """)
+    assert svc.finish() == 1
+    svc.wait_line("child 'w' failed (initialization_error): RuntimeError: init asked to fail")
+    svc.wait_line("remote traceback:")
+
+
+def test_worker_output_and_the_last_lines_of_a_crash_are_logged(service):
+    svc = service()
+    svc.wait_line("[talker] talker talker up")
+    assert svc.cmd("call", "talker", "say", '["hello there"]').returncode == 0
+    svc.wait_line("[talker] hello there")
+    svc.cmd("call", "talker", "die_loudly")
+    svc.wait_line("[talker] about to die")
+    svc.wait_line("[talker] last words")
+
+
+def test_log_json_prints_one_object_per_line(service):
+    svc = service(TREE, "--log-json")
+    svc.wait_line("is up")
+    assert svc.cmd("shutdown").returncode == 0
+    svc.finish()
+    records = [json.loads(line) for line in svc.lines if line.startswith("{")]
+    assert records and all("record" in r and "text" in r for r in records)
+    assert any(r["record"]["extra"].get("event") == "child.started" for r in records)
+
+
+# ------------------------------------------------------------------ the control socket
+def test_socket_is_private_and_a_second_run_is_refused(service, tmp_path):
+    svc = service()
+    svc.wait_line("is up")
+    mode = stat.S_IMODE(os.stat(svc.socket).st_mode)
+    assert mode == 0o600
+    second = subprocess.run([sys.executable, "-m", "supervisor", "run", str(svc.toml),
+                             "--socket", svc.socket], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+    assert second.returncode == 2
+    assert second.stderr == (f"error: socket: a tree is already running on {svc.socket}; "
+                             "stop it first or pick another --socket\n")
+
+
+def test_default_socket_directory_is_private_and_found_without_flags(tmp_path):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "xdg"))
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run",
+                             str(ROOT / "examples" / "demo.toml")], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "is up" in line:
+                break
+        directory = tmp_path / "xdg" / "supervisor"
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert (directory / "demo.sock").exists()
+        status = subprocess.run([sys.executable, "-m", "supervisor", "status"], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stderr
+        assert "jobs/ticker" in status.stdout
+        done = subprocess.run([sys.executable, "-m", "supervisor", "shutdown"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        proc.stderr.close()
+
+
+def test_no_running_tree_is_exit_2(tmp_path):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "empty"))
+    result = subprocess.run([sys.executable, "-m", "supervisor", "status"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: socket: no running tree found in ")
+
+
+def test_a_stale_socket_is_replaced(service, tmp_path):
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "ctl.sock"))
+    stale.close()  # the file stays; nobody listens: a run that died
+    svc = service()
+    svc.wait_line("is up")
+    assert svc.cmd("status").returncode == 0
+
+
+def test_another_uid_cannot_reach_the_socket(service, tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("switching uid needs root")
+    svc = service()
+    svc.wait_line("is up")
+    os.chmod(tmp_path, 0o755)  # let the other uid reach the directory; the socket is 0600
+    probe = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import os, socket
+            os.setgid(65534); os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect({svc.socket!r})
+            except PermissionError:
+                print("refused")
+        """)], capture_output=True, text=True, timeout=30)
+    assert probe.stdout == "refused\n", probe.stderr
+
+
+def test_the_server_refuses_a_peer_with_another_uid(monkeypatch):
+    """SO_PEERCRED: a connection whose peer uid is not ours is closed at accept."""
+    left, right = socket.socketpair()
+    assert peer_uid(left) == os.getuid()
+
+    class FakeListener:
+        def accept(self):
+            return left, None
+
+    server = ControlServer.__new__(ControlServer)
+    server.listener = FakeListener()
+    server.clients = {}
+    monkeypatch.setattr("supervisor._control.peer_uid", lambda conn: os.getuid() + 1)
+    server._accept()
+    assert server.clients == {}
+    assert left.fileno() == -1  # closed
+    right.close()
+
+
+# ------------------------------------------------------------------ check and the corpus
+def test_check_prints_the_tree(capsys):
+    assert cli.main(["check", str(ROOT / "examples" / "demo.toml")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "demo (supervisor): one_for_one, max_restarts=5, max_seconds=10"
+    assert "ticker (program): $ sh -c" in out
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_malformed_file_is_exit_2_with_its_message(name, capsys, monkeypatch):
+    monkeypatch.chdir(MALFORMED)
+    assert cli.main(["check", name]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {name}{EXPECTED[name]}\n"
+
+
+@pytest.mark.parametrize("name", ["unknown_strategy.toml", "syntax_unclosed_bracket.toml"])
+def test_run_with_a_bad_file_is_exit_2_without_traceback(name):
+    result = subprocess.run([sys.executable, "-m", "supervisor", "run", name],
+                            cwd=MALFORMED, capture_output=True, text=True, timeout=30,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 2
+    assert result.stderr == f"error: {name}{EXPECTED[name]}\n"
