@@ -15,9 +15,11 @@ __all__ = [
     "Worker",
     "idempotent",
     "child",
+    "program",
     "Supervisor",
     "Pool",
     "ChildSpec",
+    "ProgramSpec",
     "SupervisorSpec",
     "PoolSpec",
     "start",
@@ -45,6 +47,8 @@ _WHERE = {
     "Worker": "worker",
     "idempotent": "worker",
     "child": "specs",
+    "program": "specs",
+    "ProgramSpec": "specs",
     "Supervisor": "specs",
     "Pool": "specs",
     "ChildSpec": "specs",
@@ -76,7 +80,16 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkerError,
     )
-    from .specs import ChildSpec, Pool, PoolSpec, Supervisor, SupervisorSpec, child
+    from .specs import (
+        ChildSpec,
+        Pool,
+        PoolSpec,
+        ProgramSpec,
+        Supervisor,
+        SupervisorSpec,
+        child,
+        program,
+    )
     from .worker import Worker, idempotent
 
 
