@@ -37,6 +37,15 @@ class Capture:
         self.streams = {self.out_r: "stdout", self.err_r: "stderr"}
         self.loop: Loop | None = None
 
+    def discard(self) -> None:
+        """The fork failed: close all four ends."""
+        for fd in (self.out_r, self.out_w, self.err_r, self.err_w):
+            try:
+                os.close(fd)
+            except OSError:  # closed already
+                pass
+        self.partial.clear()
+
     def parent_fds(self) -> list[int]:
         """The read ends still open here (a later fork must close them in its child)."""
         return list(self.partial)

@@ -49,8 +49,13 @@ def spawn(slot: ChildSlot, close: list[int], capture: Capture | None) -> int:
             os.write(status_w, f"{type(exc).__name__}: {exc}".encode())
         return 127
 
-    pid = fork_child(run, close)
-    os.close(status_w)
+    try:
+        pid = fork_child(run, close)
+    except OSError:
+        os.close(status_r)
+        raise
+    finally:
+        os.close(status_w)
     try:
         os.setpgid(pid, pid)  # also here: whichever side runs first, the group exists
     except (PermissionError, ProcessLookupError):

@@ -221,7 +221,11 @@ class Router:
     def _open(self, path: str, deadline: float) -> CallChannel:
         import socket
 
-        mine, theirs = socket.socketpair()
+        try:
+            mine, theirs = socket.socketpair()
+        except OSError as exc:  # EMFILE / ENFILE: out of file descriptors here
+            raise WorkerError(f"cannot open a channel to {path!r}: {exc}",
+                              category="resource_error", path=path) from exc
         try:
             policy = self.app._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
                                        timeout=max(0.0, deadline - time.monotonic()))

@@ -181,10 +181,19 @@ class SupervisorProcess:
 
     def _fork(self, slot: ChildSlot) -> int | None:
         """Fork the child; returns the exec-status pipe for a program, None otherwise."""
-        spec, path, restarts, matrix = slot.spec, slot.path, slot.restarts, slot.matrix
+        spec, path = slot.spec, slot.path
         # Workers' and programs' output is captured; a child supervisor's own log lines
         # go straight to our stderr (capturing them would wrap every line twice).
         capture = Capture(path) if spec.kind == "worker" else None
+        try:
+            return self._fork_with(slot, capture)
+        except OSError:
+            if capture is not None:
+                capture.discard()
+            raise
+
+    def _fork_with(self, slot: ChildSlot, capture: Capture | None) -> int | None:
+        spec, path, restarts, matrix = slot.spec, slot.path, slot.restarts, slot.matrix
         close = self._owned_fds()
         if is_program(spec):
             status_r = spawn(slot, close, capture)
@@ -201,8 +210,13 @@ class SupervisorProcess:
                     capture.in_child()
                     sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
                     return serve(spec, path, restarts, theirs, matrix)
-            pid = fork_child(run, close)
-            theirs.close()
+            try:
+                pid = fork_child(run, close)
+            except OSError:
+                mine.close()
+                raise
+            finally:
+                theirs.close()
             slot.attach(pid, mine)
             status_r = None
         if capture is not None:
@@ -213,7 +227,18 @@ class SupervisorProcess:
     def start_slot(self, slot: ChildSlot) -> StartFailure | None:
         """Fork the child and wait for it to be ready; on failure it is reaped."""
         slot.state = "starting"
-        status_r = self._fork(slot)
+        try:
+            status_r = self._fork(slot)
+        except OSError as exc:
+            # Out of fds or processes (EMFILE, EAGAIN): a resource_error of this child,
+            # never a crash of the supervisor.
+            slot.release()
+            slot.state = "stopped"
+            failure = StartFailure(slot.path, "resource_error", type(exc).__name__,
+                                   f"cannot start the process: {exc}")
+            self.emit("start_failed", slot, reason=failure.type, category=failure.category,
+                      message=failure.message)
+            return failure
         if status_r is not None:
             failure = await_exec(slot, status_r)
         else:

@@ -93,6 +93,24 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
     return runtime.finish()
 
 
+_HIGH_WATER = 4 * 1024 * 1024  # replies owed to one caller before we stop reading it
+_LOW_WATER = 1024 * 1024  # ... and resume once it has taken this much back
+
+
+class _Caller:
+    """One caller's channel: its frame reader and the replies it is owed."""
+
+    __slots__ = ("sock", "reader", "out", "paused", "eof", "closed")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = FrameReader(P.CALL_CODEC)
+        self.out = bytearray()
+        self.paused = False  # not read until it takes its replies (backpressure)
+        self.eof = False  # it closed its sending side; flush what it is owed, then drop
+        self.closed = False
+
+
 class WorkerRuntime:
     """Serves one worker's control channel and its callers' channels."""
 
@@ -190,9 +208,24 @@ class WorkerRuntime:
             return False
 
     # call channels (the serving loop) --------------------------------------------------
-    def _drop_channel(self, sock: socket.socket) -> None:
-        self.selector.unregister(sock)
-        sock.close()
+    def _register(self, caller: _Caller) -> None:
+        events = 0 if caller.eof or caller.paused else selectors.EVENT_READ
+        if caller.out:
+            events |= selectors.EVENT_WRITE
+        if events == 0:
+            return self._drop(caller)
+        try:
+            self.selector.modify(caller.sock, events, caller)
+        except KeyError:
+            self.selector.register(caller.sock, events, caller)
+
+    def _drop(self, caller: _Caller) -> None:
+        caller.closed = True
+        try:
+            self.selector.unregister(caller.sock)
+        except KeyError:  # not registered (paused with nothing to write)
+            pass
+        caller.sock.close()
 
     def _on_wake(self) -> None:
         try:
@@ -201,39 +234,56 @@ class WorkerRuntime:
             pass
         while self.incoming:
             sock = self.incoming.popleft()
-            sock.setblocking(True)
-            self.selector.register(sock, selectors.EVENT_READ, FrameReader(P.CALL_CODEC))
+            sock.setblocking(False)
+            self._register(_Caller(sock))
 
-    def _on_call_channel(self, sock: socket.socket, reader: FrameReader) -> None:
+    def _on_ready(self, caller: _Caller, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and not caller.closed:
+            self._flush(caller)
+        if mask & selectors.EVENT_READ and not caller.closed:
+            self._on_read(caller)
+
+    def _on_read(self, caller: _Caller) -> None:
         try:
-            data = sock.recv(262144)
-        except ConnectionResetError:
+            data = caller.sock.recv(262144)
+        except BlockingIOError:
+            return
+        except OSError:  # reset: the caller is gone
             data = b""
         if not data:
-            self._drop_channel(sock)
+            caller.eof = True  # it may still want the replies it is owed: flush, then drop
+            self._register(caller)
             return
         try:
-            msgs = reader.feed(data)
+            msgs = caller.reader.feed(data)
         except ProtocolError as exc:
-            self._drop_channel(sock)
+            self._drop(caller)
             self.exit_reason = "protocol_error"
             self.exit_error = ("ProtocolError", str(exc), "")
             return
-        out = []
         for msg in msgs:
-            if self._should_leave():
-                # Received but never run: say so, so the caller may safely send it again.
-                out.append(self._not_run(msg))
-                continue
-            reply = self._handle(msg)
-            if reply is not None:
-                out.append(reply)
-        out = [frame for frame in out if frame is not None]
-        if out:
+            # Received while leaving: never run; the caller may safely send it again.
+            frame = self._not_run(msg) if self._should_leave() else self._handle(msg)
+            if frame is not None:
+                caller.out += frame
+        # Backpressure: a caller that does not read its replies stops being read, so it
+        # can neither grow our memory without bound nor hold up the other callers.
+        caller.paused = len(caller.out) > _HIGH_WATER
+        self._flush(caller)
+
+    def _flush(self, caller: _Caller) -> None:
+        if caller.out:
             try:
-                sock.sendall(b"".join(out))
-            except (BrokenPipeError, ConnectionResetError):  # the caller left; drop it
-                self._drop_channel(sock)
+                sent = caller.sock.send(caller.out)
+                del caller.out[:sent]
+            except BlockingIOError:
+                pass
+            except OSError:  # the caller left; what it was owed has nobody to read it
+                self._drop(caller)
+                return
+        if caller.paused and len(caller.out) < _LOW_WATER:
+            caller.paused = False
+        self._register(caller)
 
     def _handle(self, msg: Any) -> bytes | None:
         match msg:
@@ -319,13 +369,13 @@ class WorkerRuntime:
     def loop(self) -> None:
         """Serve until a stop request, `self.stop()`, max_calls or a protocol error."""
         while not self._should_leave():
-            for key, _ in self.selector.select():
+            for key, mask in self.selector.select():
                 if self.selector.get_map().get(key.fd) is not key:
                     continue  # dropped earlier in this batch
                 if key.data is None:
                     self._on_wake()
                 else:
-                    self._on_call_channel(key.fileobj, key.data)
+                    self._on_ready(key.data, mask)
                 if self._should_leave():
                     break
 
@@ -341,36 +391,25 @@ class WorkerRuntime:
         self._on_wake()  # channels accepted before that still get the notice
         notice = P.CALL_CODEC.encode(P.Fail(id=0, category="connection_error", type="Closing",
                                             message=f"the worker is leaving ({self.exit_reason})"))
-        for key in list(self.selector.get_map().values()):
-            if key.data is not None:
-                try:
-                    key.fileobj.sendall(notice)
-                except OSError:  # that caller is gone already
-                    self._drop_channel(key.fileobj)
+        for caller in self._callers():
+            caller.paused = False
+            caller.out += notice
+            self._flush(caller)
         deadline = time.monotonic() + grace
-        while any(k.data is not None for k in self.selector.get_map().values()):
+        while self._callers():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            for key, _ in self.selector.select(remaining):
+            for key, mask in self.selector.select(remaining):
                 if self.selector.get_map().get(key.fd) is not key:
                     continue
                 if key.data is None:
                     self._on_wake()  # a stale wake-up; nothing new can be queued now
-                    continue
-                self._refuse(key.fileobj, key.data)
+                else:
+                    self._on_ready(key.data, mask)
 
-    def _refuse(self, sock: socket.socket, reader: FrameReader) -> None:
-        try:
-            data = sock.recv(262144)
-            frames = [f for f in map(self._not_run, reader.feed(data) if data else [])
-                      if f is not None]
-            if frames:
-                sock.sendall(b"".join(frames))
-        except (ProtocolError, OSError):
-            data = b""  # a broken channel: nothing more to answer on it
-        if not data:
-            self._drop_channel(sock)
+    def _callers(self) -> list[_Caller]:
+        return [key.data for key in self.selector.get_map().values() if key.data is not None]
 
     def finish(self) -> int:
         """Run `terminate`, report the exit reason, return the exit code."""

@@ -21,6 +21,7 @@ from supervisor import (
 )
 from workers.echo import Echo
 
+from .._procs import wait_gone
 from ._workers import Calc, Flaky, Moody, Once, Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -212,6 +213,7 @@ def test_a_failure_that_takes_every_child_down_is_critical(start_tree, events):
     try:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pids, timeout=5) == []  # both dead before the supervisor resumes
     finally:
         os.kill(app.pid, signal.SIGCONT)
     events.wait_count("failure", 2)

@@ -1,0 +1,280 @@
+"""Asynchronous pool calls (`submit`, `map`): queueing, batching on the wire, settling.
+
+    submit() ─▶ pending: deque of units (cap, [Job, ...]) ─▶ plan(): per slot with room,
+    map()    ─▶   (a unit is one submit, or one map chunk)     the units it can take
+                                                        ─▶ send_jobs(): ONE write per slot
+    replies  ─▶ the link's reader files them ─▶ settle(): future result / map slot
+
+Batching is Nagle's rule applied to calls: a call goes out at once when some worker is
+idle; while every worker has calls in flight, new calls wait in `pending` until either a
+batch's worth has gathered or replies free room (the reader then plans and writes all that
+waits in one go). A call is therefore never held back while a worker idles, and under
+load many frames share one write and one wake-up of the worker. Each call is still its own
+frame and its own command in the worker: a map chunk batches frames, not commands.
+
+Every function here runs in the caller's or a reader's thread; those named "(under lock)"
+expect the pool core's lock to be held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import protocol as P
+from ._channel import reply_value
+from ._pool_link import BUFFERED, Job
+from ._pool_overflow import maybe_grow
+from .errors import EncodeError, SupervisorError, WorkerError
+
+if TYPE_CHECKING:
+    from ._pool_core import PoolCore, Slot
+
+__all__ = ["plan", "requeue", "send_jobs", "settle", "Tracker", "MapResults"]
+
+_PENDING = object()
+
+
+def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
+    """Assign queued units to slots with room, least loaded first (under lock).
+
+    Without `force` (a new submit), busy slots get nothing until a batch has gathered:
+    their readers plan again when replies come, which is when a batch is worth writing.
+    """
+    pending = core.pending
+    if not pending or core.gone:
+        return []
+    if any(w.session is None for w in core.waiters):
+        return []  # queued blocking callers first: let a slot drain to them
+    gather = not force and core.pending_jobs < core.batch
+    plans = []
+    for slot in sorted(core.slots, key=_load):
+        if gather and slot.load:
+            break  # sorted: every other slot is busy too
+        if not core.usable(slot):
+            continue
+        jobs = _take(core, slot)
+        if jobs:
+            plans.append((slot, jobs))
+        if not pending:
+            break
+    if pending and not plans and not gather:
+        maybe_grow(core)
+    return plans
+
+
+def _load(slot: Slot) -> int:
+    return slot.load
+
+
+def _take(core: PoolCore, slot: Slot) -> list[Job]:
+    # A unit fits while the slot stays under its cap; a chunk larger than half the cap
+    # still gets room for two (the next one is on the wire while the worker runs this).
+    jobs: list[Job] = []
+    load = slot.load
+    pending = core.pending
+    while pending:
+        cap, unit = pending[0]
+        size = len(unit)
+        if load and load + size > max(cap, 2 * size):
+            break
+        pending.popleft()
+        jobs.extend(unit)
+        load += size
+    core.pending_jobs -= load - slot.load
+    slot.load = load
+    return jobs
+
+
+def requeue(core: PoolCore, jobs: list[Job]) -> None:
+    """Put calls that never ran back at the front of the queue, in order (under lock)."""
+    core.pending.appendleft((len(jobs), jobs))
+    core.pending_jobs += len(jobs)
+
+
+def send_jobs(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
+    """Write `jobs` (already counted in `slot.load`) to the slot's worker in one write;
+    jobs that cannot go there are queued again."""
+    try:
+        link = core.link_of(slot)
+    except SupervisorError as exc:  # the tree is gone or does not answer
+        with core.lock:
+            slot.load -= len(jobs)
+        for job in jobs:
+            settle(job, exc, slot.path)
+        return
+    live = _start(core, slot, jobs) if link is not None else []
+    if link is None or not live:
+        _give_back(core, slot, jobs if link is None else [])
+        return
+    msgs, data, live = _encode(core, slot, link, live)
+    if not live:
+        return
+    with core.lock:
+        if link.closed is not None or link.draining is not None:
+            slot.load -= len(live)
+            requeue(core, live)
+            plans = core.refresh()
+        else:
+            plans = None
+            waiting = link.waiting
+            for msg, job in zip(msgs, live, strict=True):
+                waiting[msg.id] = job
+            if not link.async_count:
+                link.last_progress = time.monotonic()
+            link.async_count += len(live)
+            core.ensure_pump(link)
+    if plans is not None:
+        core.run((), plans)
+        return
+    _write(core, link, msgs, live, data)
+
+
+def _write(core: PoolCore, link: Any, msgs: list[Any], live: list[Job], data: bytes) -> None:
+    try:
+        status = link.write(data)
+    except OSError as exc:
+        # Not one byte of these frames left: they never ran, so they go elsewhere.
+        with core.lock:
+            for msg in msgs:
+                link.waiting.pop(msg.id, None)
+            link.async_count -= len(live)
+            link.slot.load -= len(live)
+            requeue(core, live)
+            lost = [] if link.draining else core.lose_link(link, f"send failed: {exc}")
+            plans = core.refresh()
+        core.run(lost, plans)
+        return
+    if status is BUFFERED:
+        core.wake_io(link)
+
+
+def _give_back(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
+    with core.lock:
+        if jobs:
+            slot.load -= len(jobs)
+            requeue(core, jobs)
+        plans = core.refresh()
+    core.run((), plans)
+
+
+def _start(core: PoolCore, slot: Slot, jobs: list[Job]) -> list[Job]:
+    """Mark the calls running; drop those cancelled meanwhile (they are never sent)."""
+    live = []
+    dropped = 0
+    for job in jobs:
+        if not job.started:
+            job.started = True
+            sink = job.sink
+            if not (sink.set_running_or_notify_cancel() if job.index < 0
+                    else not sink.cancelled):
+                dropped += 1
+                job.owner.done()
+                continue
+        live.append(job)
+    if dropped:
+        with core.lock:
+            slot.load -= dropped
+    return live
+
+
+def _encode(core: PoolCore, slot: Slot, link: Any, live: list[Job]
+            ) -> tuple[list[Any], bytes, list[Job]]:
+    ids = link.ids
+    msgs = [P.Call(id=next(ids), method=job.method, args=job.args, kwargs=job.kwargs)
+            for job in live]
+    try:
+        return msgs, P.CALL_CODEC.encode_many(msgs), live
+    except EncodeError:
+        pass  # find the culprits: only their calls fail
+    good_msgs, good_jobs, frames = [], [], []
+    for msg, job in zip(msgs, live, strict=True):
+        try:
+            frames.append(P.CALL_CODEC.encode(msg))
+        except EncodeError as exc:
+            with core.lock:
+                slot.load -= 1
+            settle(job, exc, slot.path)
+            continue
+        good_msgs.append(msg)
+        good_jobs.append(job)
+    return good_msgs, b"".join(frames), good_jobs
+
+
+def settle(job: Job, outcome: Any, path: str) -> None:
+    """Give the call's result or error (a Reply/Fail message, or an exception) to its
+    future or map slot."""
+    if isinstance(outcome, BaseException):
+        value, exc = None, outcome
+    else:
+        try:
+            value, exc = reply_value(outcome, path, job.method), None
+        except WorkerError as error:
+            value, exc = None, error
+    sink = job.sink
+    if job.index >= 0:
+        sink.settle(job.index, value, exc)
+    elif job.started or sink.set_running_or_notify_cancel():
+        if exc is None:
+            sink.set_result(value)
+        else:
+            sink.set_exception(exc)
+    job.owner.done()
+
+
+class Tracker:
+    """Counts one client view's outstanding async calls, for ``shutdown(wait=True)``."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        with self.cond:
+            self.count += n
+
+    def done(self) -> None:
+        with self.cond:
+            self.count -= 1
+            if not self.count:
+                self.cond.notify_all()
+
+    def wait_idle(self) -> None:
+        with self.cond:
+            while self.count:
+                self.cond.wait()
+
+
+class MapResults:
+    """The results of one `map`, by position; the iterator waits on one at a time."""
+
+    def __init__(self, n: int) -> None:
+        self.values: list[Any] = [_PENDING] * n
+        self.errors: dict[int, BaseException] = {}
+        self.cond = threading.Condition(threading.Lock())
+        self.want = -1
+        self.cancelled = False
+
+    def settle(self, index: int, value: Any, exc: BaseException | None) -> None:
+        with self.cond:
+            if exc is not None:
+                self.errors[index] = exc
+            self.values[index] = value
+            if index == self.want:
+                self.cond.notify()
+
+    def get(self, index: int, deadline: float | None) -> Any:
+        """Item `index`'s result; raises its error, or TimeoutError past `deadline`."""
+        with self.cond:
+            self.want = index
+            while self.values[index] is _PENDING:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                self.cond.wait(remaining)
+            value, self.values[index] = self.values[index], None  # free it as we go
+            exc = self.errors.pop(index, None)
+        if exc is not None:
+            raise exc
+        return value

@@ -1,0 +1,228 @@
+"""A pool link: the pool client's own call channel to one worker process.
+
+    caller threads ─┐  write(): non-blocking send, the rest to `outbuf`
+    submit/map     ─┼──────────────────────────────▶ worker (one socketpair)
+    the pump       ─┘◀─ io_once(): poll, flush `outbuf`, recv replies (one reader at a time)
+
+The link does I/O only; what a reply means (which caller, which future) is decided by the
+pool core under its lock. Two rules keep it free of deadlocks:
+
+- Nobody ever blocks in a write. A worker that is itself blocked writing replies to us
+  reads nothing more until we read them; a thread blocked in ``sendall`` would then wait
+  forever if it were also the only reader. So writes go out with MSG_DONTWAIT, and what the
+  kernel does not take waits in `outbuf`, flushed by whoever holds the reading role when
+  the socket becomes writable (it polls for both directions).
+- A writer that leaves bytes in `outbuf` wakes the reader through `wake` (a socketpair,
+  not a pipe: a closed socket object refuses writes, whereas a closed pipe fd number may
+  already belong to another file).
+
+The socket itself stays in blocking mode: switching it to a timeout would make a
+concurrent send in another thread fail half-way and corrupt the stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import select
+import socket
+import threading
+from typing import Any
+
+from . import protocol as P
+from ._framing import FrameReader, recv_some
+from .errors import ProtocolError
+
+__all__ = ["Link", "Job", "SyncCall", "SENT", "BUFFERED"]
+
+SENT = "sent"  # the kernel took every byte
+BUFFERED = "buffered"  # some bytes wait in `outbuf`: the reader must be woken
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+class SyncCall:
+    """A blocking caller's place in a link's table: the reader files its reply here."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self) -> None:
+        self.reply: Any = None
+
+
+class Job:
+    """One asynchronous call (`submit`, `map`), queued or in flight.
+
+    `sink` is a `concurrent.futures.Future` when `index` is -1, else a map's result
+    table and the item's position in it. `attempt` counts sends after a crash (the
+    matrix row's delays are indexed by it); `started` is set once the future was marked
+    running (a cancelled one is dropped then, never sent). `owner` counts the client
+    view's outstanding calls for ``shutdown(wait=True)``.
+    """
+
+    __slots__ = ("method", "args", "kwargs", "sink", "index", "owner", "attempt", "started")
+
+    def __init__(self, method: str, args: tuple, kwargs: dict | None, sink: Any,
+                 index: int, owner: Any) -> None:
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.sink = sink
+        self.index = index
+        self.owner = owner
+        self.attempt = 1
+        self.started = False
+
+
+class Link:
+    """The open channel to one worker process (`pid`), and the calls waiting on it.
+
+    Fields other than the socket and `outbuf` are guarded by the pool core's lock (`cond`
+    is a condition on it): `waiting` maps call ids to a `SyncCall` or a `Job`;
+    `async_count` counts the Jobs among them; `reading` is True while one thread holds the
+    reading role; `closed` says why the channel is dead (None while it lives); `draining`
+    is the worker's Closing notice (it serves nothing new, replies to what it read).
+    `generation` is the App's start count for the path when the link was opened.
+    """
+
+    def __init__(self, slot: Any, sock: socket.socket, policy: dict[str, Any],
+                 generation: int, lock: threading.Lock) -> None:
+        self.slot = slot
+        self.sock = sock
+        self.policy = policy
+        self.pid: int | None = policy.get("pid")
+        self.idempotent = frozenset(policy.get("idempotent", ()))
+        self.call_timeout: float | None = policy.get("call_timeout")
+        self.generation = generation
+        self.cond = threading.Condition(lock)
+        self.ids = itertools.count(1)
+        self.waiting: dict[int, Any] = {}
+        self.async_count = 0
+        self.reading = False
+        self.closed: str | None = None
+        self.draining: str | None = None
+        self.pump: threading.Thread | None = None
+        self.last_progress = 0.0
+        self.reader = FrameReader(P.CALL_CODEC)
+        self.wlock = threading.Lock()
+        self.outbuf = bytearray()
+        self.shut_when_flushed = False
+        self.wake, self._wake_peer = socket.socketpair()
+        self.wake.setblocking(False)
+        self._wake_peer.setblocking(False)
+        self.fd = sock.fileno()
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
+        self.poller.register(self.wake.fileno(), select.POLLIN)
+        self.fds_closed = False
+
+    # ------------------------------------------------------------------ writing
+    def write(self, data: bytes) -> str:
+        """Hand `data` (whole frames) to the worker without blocking; SENT or BUFFERED.
+
+        Raises OSError when the channel is broken; then no byte of `data` was sent (bytes
+        already waiting in `outbuf` go first, so `data` is only appended behind them).
+        """
+        with self.wlock:
+            if self.outbuf:
+                self.outbuf += data
+                return BUFFERED
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return SENT
+            self.outbuf += memoryview(data)[sent:]
+            return BUFFERED
+
+    def wake_reader(self) -> None:
+        """Make the thread in `io_once` poll again (it then sees `outbuf`)."""
+        with self.wlock:
+            try:
+                self._wake_peer.send(b"!")
+            except OSError:  # full of wake-ups already (one is enough), or closed: moot
+                pass
+
+    def flush(self) -> str | None:
+        """Send what `outbuf` holds, as much as the kernel takes; why it broke, or None."""
+        with self.wlock:
+            if self.outbuf:
+                try:
+                    sent = self.sock.send(self.outbuf, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return None
+                except OSError as exc:
+                    return f"send failed: {exc}"
+                del self.outbuf[:sent]
+            if not self.outbuf and self.shut_when_flushed:
+                self.shut_when_flushed = False
+                self._shutdown(socket.SHUT_WR)
+        return None
+
+    def stop_writing(self) -> None:
+        """The worker said it is leaving: send nothing new, and close our writing side
+        once `outbuf` is out (frames still in it reach the worker, which answers them
+        NotRun; cutting them off would leave calls that never get an answer)."""
+        with self.wlock:
+            if self.outbuf:
+                self.shut_when_flushed = True
+                return
+        self._shutdown(socket.SHUT_WR)
+
+    # ------------------------------------------------------------------ reading
+    def io_once(self, timeout: float | None) -> tuple[list[Any], str | None]:
+        """Wait for the socket (at most `timeout` s), flush, read once.
+
+        Only the holder of the reading role calls this. Returns the replies read and, when
+        the channel is dead (EOF, error, a bad frame), why.
+        """
+        events = select.POLLIN | (select.POLLOUT if self.outbuf else 0)
+        self.poller.modify(self.fd, events)
+        ms = None if timeout is None else max(0, int(timeout * 1000) + 1)
+        msgs: list[Any] = []
+        why = None
+        for fd, ev in self.poller.poll(ms):
+            if fd != self.fd:
+                self._drain_wakeups()
+                continue
+            if ev & select.POLLOUT:
+                why = self.flush()
+            if why is None and ev & _READABLE:
+                msgs, why = self._recv()
+        return msgs, why
+
+    def _recv(self) -> tuple[list[Any], str | None]:
+        try:
+            msgs, _, eof = recv_some(self.sock, self.reader)
+        except ProtocolError as exc:
+            return [], f"bad frame from the worker: {exc}"
+        except OSError as exc:
+            return [], f"channel error: {exc}"
+        return msgs, ("the worker closed the channel" if eof else None)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self.wake.recv(512):
+                pass
+        except OSError:  # drained (BlockingIOError), or closed under us: nothing to drain
+            pass
+
+    # ------------------------------------------------------------------ closing
+    def _shutdown(self, how: int) -> None:
+        try:
+            self.sock.shutdown(how)
+        except OSError:  # already disconnected
+            pass
+
+    def interrupt(self) -> None:
+        """Wake a reader blocked in `io_once` for good (the link is being dropped)."""
+        self._shutdown(socket.SHUT_RDWR)
+
+    def close_fds(self) -> None:
+        """Release the sockets; only when no thread is in `io_once` (caller holds the lock)."""
+        # Under `wlock`: a writer must never send on a socket being closed under it.
+        with self.wlock:
+            if self.fds_closed:
+                return
+            self.fds_closed = True
+            for sock in (self.sock, self.wake, self._wake_peer):
+                sock.close()
