@@ -16,18 +16,9 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import supervisor  # noqa: E402
-from supervisor import Supervisor, Worker, child, telemetry  # noqa: E402
+from examples.workers import Counter  # noqa: E402
+from supervisor import Supervisor, child, telemetry  # noqa: E402
 from workers.echo import Echo  # noqa: E402
-
-
-class Counter(Worker):
-    def init(self, start: int = 0) -> None:
-        self.n = start
-
-    def incr(self, k: int = 1) -> int:
-        self.n += k
-        return self.n
-
 
 TREE = Supervisor("root", strategy="one_for_one", max_restarts=3, max_seconds=5.0, children=[
     child("counter", Counter, kwargs={"start": 10}),

@@ -113,31 +113,17 @@ def _split(path: str) -> tuple[str, str]:
     return parent, child_id
 
 
-def _start(args: argparse.Namespace) -> int:
-    app = _connect(args)
-    with app:
-        parent, child_id = _split(args.path)
+def _child_command(args: argparse.Namespace) -> int:
+    """start / stop / restart PATH: OTP's restart_child and terminate_child."""
+    parent, child_id = _split(args.path)
+    with _connect(args) as app:
+        if args.command in ("stop", "restart"):
+            app.terminate_child(parent, child_id)
+        if args.command == "stop":
+            print(f"{args.path}: stopped")
+            return EXIT_OK
         pid = app.restart_child(parent, child_id)
-        print(f"{args.path}: started (pid {pid})")
-    return EXIT_OK
-
-
-def _stop(args: argparse.Namespace) -> int:
-    app = _connect(args)
-    with app:
-        parent, child_id = _split(args.path)
-        app.terminate_child(parent, child_id)
-        print(f"{args.path}: stopped")
-    return EXIT_OK
-
-
-def _restart(args: argparse.Namespace) -> int:
-    app = _connect(args)
-    with app:
-        parent, child_id = _split(args.path)
-        app.terminate_child(parent, child_id)
-        pid = app.restart_child(parent, child_id)
-        print(f"{args.path}: restarted (pid {pid})")
+    print(f"{args.path}: {args.command}ed (pid {pid})")  # started / restarted
     return EXIT_OK
 
 
@@ -223,9 +209,9 @@ _COMMANDS = {
     "run": _run,
     "check": _check,
     "status": _status,
-    "start": _start,
-    "stop": _stop,
-    "restart": _restart,
+    "start": _child_command,
+    "stop": _child_command,
+    "restart": _child_command,
     "call": _call,
     "shutdown": _shutdown,
 }
