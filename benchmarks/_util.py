@@ -40,6 +40,7 @@ __all__ = [
     "machine_info",
     "parse_args",
     "print_table",
+    "quiet_reporter",
     "raise_nofile",
     "ratio",
     "reap",
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_START: dict[str, Any] = {}  # when the run started and the code it started on
 _LENGTH = struct.Struct(">I")
 
 
@@ -112,7 +114,26 @@ def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]
 def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    return parser.parse_args(argv)
+    parser.add_argument("--log", action="store_true",
+                        help="keep supervisor's default loguru reporter on in this process "
+                        "(it logs every tree event to stderr)")
+    args = parser.parse_args(argv)
+    _START.update(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), git_at_start=_git_state())
+    if not args.log:
+        quiet_reporter()
+    return args
+
+
+def quiet_reporter() -> None:
+    """Silence the App-side loguru lines of the `supervisor` package in this process.
+
+    `supervisor.start()` attaches a reporter that logs every event (1,000 workers = 2,000
+    lines at start and stop). Its handler still runs; loguru drops the records early.
+    Supervisor and worker processes keep logging their own warnings.
+    """
+    from loguru import logger
+
+    logger.disable("supervisor")
 
 
 def machine_info() -> dict[str, Any]:
@@ -129,7 +150,7 @@ def machine_info() -> dict[str, Any]:
         else None,
         "loadavg": load,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git_state(),
+        "git": _git_state(),  # at the end of the run; git_at_start: at its start
         # No .pyc files means every module a forked worker imports is compiled anew.
         "env": {k: os.environ.get(k) for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")},
     }
@@ -166,9 +187,12 @@ def report_leftovers() -> None:
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``results/<name>.json`` (``<name>.quick.json`` for a --quick run, so a smoke
+    run never replaces the numbers of a full one)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    data = {"benchmark": name, "machine": machine_info(), **payload}
+    suffix = ".quick" if payload.get("quick") else ""
+    path = RESULTS_DIR / f"{name}{suffix}.json"
+    data = {"benchmark": name, "machine": {**machine_info(), **_START}, **payload}
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     print(f"\nresults written to {path}")
     return path

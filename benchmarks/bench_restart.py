@@ -10,10 +10,11 @@ Contenders run one after another in this one process; each is cleaned up before 
                 ("supervisor","child","exited") telemetry time minus the kill time (wall
                 clocks of two processes); "ready" likewise from the "started" event.
     peers       ProcessPoolExecutor and loky break on a dead worker: time to a result from
-                a fresh executor. pebble replaces the worker itself: time until
-                schedule(echo).result() succeeds. multiprocessing.Pool is left out: a worker
-                killed while idle holds the task queue's lock, so the pool never serves
-                again, and Pool.terminate() then blocks on that same lock.
+                a fresh executor. pebble(1) breaks too when its only worker dies ("All
+                workers expired"): time to a result from a fresh pool (or from the same
+                pool, should it survive). multiprocessing.Pool is left out: a worker killed
+                while idle holds the task queue's lock, so the pool never serves again,
+                and Pool.terminate() then blocks on that same lock.
 
 Rounds are spaced by GAP seconds, longer than the tree's `stable_after`, so every kill
 is "the first crash after a healthy run", which the design restarts at once.
@@ -64,6 +65,11 @@ def _kill_own(pid: int) -> None:
     if me not in {p.pid for p in proc.parents()}:
         raise RuntimeError(f"refusing to kill pid {pid}: not a descendant of {me}")
     os.kill(pid, signal.SIGKILL)
+
+
+def _check(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"no successful call within {RESULT_TIMEOUT}s after the kill")
 
 
 def _result(rounds: int, noticed: list[int], serving: list[int], errors: int = 0,
@@ -162,12 +168,18 @@ def run_ours(rounds: int) -> dict[str, Any]:
             t0_wall = time.time()
             t0 = time.perf_counter_ns()
             _kill_own(pid)
+            deadline = time.monotonic() + RESULT_TIMEOUT
             while True:
                 try:
                     value = app.call("w", "echo", 1, timeout=RESULT_TIMEOUT)
                     break
                 except WorkerCrashed:  # the call was in flight when the kill landed
                     errors += 1
+                    ended = app.wait(0)
+                    if ended is not None:
+                        raise RuntimeError(f"the tree ended ({ended}) after the kill; "
+                                           f"events: {events[-6:]}") from None
+                    _check(deadline)
             t2 = time.perf_counter_ns()
             if value != 1:
                 raise RuntimeError(f"the replacement answered {value!r}")
@@ -192,6 +204,7 @@ def run_ppe(rounds: int) -> dict[str, Any]:
 
     serving: list[int] = []
     errors = 0
+    broken: list[ProcessPoolExecutor] = []
     ex = ProcessPoolExecutor(max_workers=1)
     try:
         for _ in range(rounds):
@@ -200,20 +213,22 @@ def run_ppe(rounds: int) -> dict[str, Any]:
             time.sleep(GAP)
             t0 = time.perf_counter_ns()
             _kill_own(pid)
-            broken = []
+            deadline = time.monotonic() + RESULT_TIMEOUT
             while True:
                 try:
                     ex.submit(echo, 1).result(RESULT_TIMEOUT)
                     break
                 except BrokenProcessPool:
                     errors += 1
+                    _check(deadline)
                     broken.append(ex)
                     ex = ProcessPoolExecutor(max_workers=1)
             serving.append(time.perf_counter_ns() - t0)
-            for old in broken:  # outside the timing: the user need not wait for it
-                old.shutdown(wait=True)
+            while broken:  # outside the timing: the user need not wait for it
+                broken.pop().shutdown(wait=True)
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        for old in broken + [ex]:
+            old.shutdown(wait=True, cancel_futures=True)
     return _result(rounds, [], serving, errors, note="a new executor each round")
 
 
@@ -231,6 +246,7 @@ def run_loky(rounds: int) -> dict[str, Any]:
             time.sleep(GAP)
             t0 = time.perf_counter_ns()
             _kill_own(pid)
+            deadline = time.monotonic() + RESULT_TIMEOUT
             while True:
                 ex = loky.get_reusable_executor(max_workers=1)
                 try:
@@ -238,6 +254,7 @@ def run_loky(rounds: int) -> dict[str, Any]:
                     break
                 except (BrokenProcessPool, ShutdownExecutorError):  # TerminatedWorkerError
                     errors += 1
+                    _check(deadline)
             serving.append(time.perf_counter_ns() - t0)
     finally:
         ex.shutdown(wait=True, kill_workers=True)
@@ -254,6 +271,7 @@ def run_pebble(rounds: int) -> dict[str, Any]:
     serving: list[int] = []
     errors = 0
     broke = 0
+    broken: list[pebble.ProcessPool] = []
     pool = pebble.ProcessPool(max_workers=1)
     try:
         for _ in range(rounds):
@@ -262,8 +280,9 @@ def run_pebble(rounds: int) -> dict[str, Any]:
             time.sleep(GAP)
             t0 = time.perf_counter_ns()
             _kill_own(pid)
-            broken = []
+            deadline = time.monotonic() + RESULT_TIMEOUT
             while True:
+                _check(deadline)
                 try:
                     pool.schedule(echo, args=(1,)).result(RESULT_TIMEOUT)
                     break
@@ -277,12 +296,14 @@ def run_pebble(rounds: int) -> dict[str, Any]:
                     broken.append(pool)
                     pool = pebble.ProcessPool(max_workers=1)
             serving.append(time.perf_counter_ns() - t0)
-            for old in broken:  # outside the timing
+            while broken:  # outside the timing
+                old = broken.pop()
                 old.stop()
                 old.join(10.0)
     finally:
-        pool.stop()
-        pool.join(10.0)
+        for old in broken + [pool]:
+            old.stop()
+            old.join(10.0)
     return _result(rounds, [], serving, errors,
                    note=f"the pool broke in {broke} of {rounds} rounds; a new pool then")
 
@@ -296,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             ("loky", run_loky), ("pebble", run_pebble)]
     results: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
+    failures: dict[str, str] = {}
     for name, run in plan:
         rounds = (quick if args.quick else full)[name]
         print(f"{name}: {rounds} rounds ...", flush=True)
@@ -304,18 +326,18 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             print(f"{name}: skipped: not installed ({exc})")
             skipped[name] = "not installed"
-        except TimeoutError:
-            print(f"{name}: no result within {RESULT_TIMEOUT}s after the kill: hung")
-            skipped[name] = f"hung: no result within {RESULT_TIMEOUT}s"
+        except Exception as exc:  # report it with its evidence; the others still run
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            print(f"{name}: FAILED: {failures[name]}")
     report_leftovers()
 
-    floor = results[FLOOR]
+    floor = results.get(FLOOR, {"noticed": {}, "serving": {}})
     rows = []
     for name, r in results.items():
         n, rd, s = r["noticed"], r["ready"], r["serving"]
-        r["serving_p50_vs_floor"] = ratio(s.get("p50_us"), floor["serving"]["p50_us"])
-        r["serving_p99_vs_floor"] = ratio(s.get("p99_us"), floor["serving"]["p99_us"])
-        r["noticed_p50_vs_floor"] = ratio(n.get("p50_us"), floor["noticed"]["p50_us"])
+        r["serving_p50_vs_floor"] = ratio(s.get("p50_us"), floor["serving"].get("p50_us"))
+        r["serving_p99_vs_floor"] = ratio(s.get("p99_us"), floor["serving"].get("p99_us"))
+        r["noticed_p50_vs_floor"] = ratio(n.get("p50_us"), floor["noticed"].get("p50_us"))
         rows.append([name, str(r["rounds"]), fmt_us(n.get("p50_us")), fmt_us(n.get("p99_us")),
                      fmt_us(rd.get("p50_us")), fmt_us(s.get("p50_us")), fmt_us(s.get("p99_us")),
                      fmt_ratio(r["serving_p50_vs_floor"]), fmt_ratio(r["serving_p99_vs_floor"]),
@@ -341,8 +363,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{fmt_ratio(summary['ours_vs_floor_serving_p99'])}; ProcessPoolExecutor/ours "
           f"kill-to-serving p50 {fmt_ratio(summary['ppe_vs_ours_serving_p50'])}")
     write_json(NAME, {"quick": args.quick, "gap_s": GAP, "stable_after_s": STABLE_AFTER,
-                      "results": results, "summary": summary, "skipped": skipped})
-    return 0
+                      "results": results, "summary": summary, "skipped": skipped,
+                      "failures": failures})
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
