@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -31,6 +32,10 @@ from .errors import (
 )
 
 __all__ = ["CallChannel", "NotSent", "reply_value"]
+
+
+# The longest a blocking read waits before the caller re-checks its deadline.
+_WAIT_SLICE = 1.0
 
 
 class NotSent(Exception):
@@ -52,6 +57,8 @@ class CallChannel:
         self.reading = False
         self.results: dict[int, Any] = {}
         self.waiting: set[int] = set()
+        self.buffer = bytearray(65536)  # read into, reused: no allocation per read
+        self.rcvtimeo = float("inf")  # the SO_RCVTIMEO in force, in seconds
         self.closed: str | None = None  # why the channel is dead, once it is
         self.draining: str | None = None  # set once the worker said it is leaving
         self._ids = itertools.count(1)
@@ -114,20 +121,33 @@ class CallChannel:
                 self.cond.notify_all()
 
     def _read(self, timeout: float | None) -> tuple[list[Any], str | None]:
+        # The socket stays in blocking mode (Python's timeout mode would add a poll to
+        # every send and receive); the wait is bounded by SO_RCVTIMEO, changed only when
+        # this call's deadline is nearer than the current setting, so the common case
+        # costs one recv. A read that times out returns EAGAIN and the caller re-checks.
+        self._bound_wait(timeout)
         try:
-            self.sock.settimeout(timeout)
-            data = self.sock.recv(262144)
-        except TimeoutError:
+            n = self.sock.recv_into(self.buffer)
+        except BlockingIOError:
             return [], None
         except OSError as exc:
             return [], f"channel error: {exc}"
-        if not data:
+        if not n:
             return [], "the channel closed"
         try:
-            return self.reader.feed(data), None
+            return self.reader.feed(memoryview(self.buffer)[:n]), None
         except ProtocolError as exc:
             self._shutdown_socket()
             return [], f"bad frame from the worker: {exc}"
+
+    def _bound_wait(self, timeout: float | None) -> None:
+        wanted = _WAIT_SLICE if timeout is None else min(max(timeout, 0.001), _WAIT_SLICE)
+        if wanted < self.rcvtimeo or (self.rcvtimeo < _WAIT_SLICE and wanted == _WAIT_SLICE):
+            seconds = int(wanted)
+            micros = int((wanted - seconds) * 1_000_000)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                 struct.pack("ll", seconds, micros))
+            self.rcvtimeo = wanted
 
     def _closing(self, notice: Any) -> None:
         """The worker is leaving: send nothing more here (new calls go to its replacement)

@@ -65,14 +65,6 @@ class ChildSlot:
     def kind(self) -> str:
         return self.spec.kind
 
-    def fds(self) -> list[int]:
-        fds = []
-        if self.ctrl is not None:
-            fds.append(self.ctrl.fileno())
-        if self.pidfd is not None:
-            fds.append(self.pidfd)
-        return fds
-
     def attach(self, pid: int, ctrl: socket.socket | None) -> None:
         """A process exists now; `ctrl` is None for an external program."""
         self.pid = pid

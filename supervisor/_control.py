@@ -132,9 +132,6 @@ class ControlServer:
         self.listener.setblocking(False)
         sup.loop.add_reader(self.listener, self._accept)
 
-    def fds(self) -> list[int]:
-        return [self.listener.fileno()] + [c.fileno() for c in self.clients]
-
     def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()

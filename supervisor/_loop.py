@@ -52,14 +52,6 @@ class Loop:
         except (KeyError, ValueError):  # never registered, or its fd is already closed
             pass
 
-    def fds(self) -> list[int]:
-        """Every fd this loop owns (for a forked child to close)."""
-        fds = [key.fd for key in self.selector.get_map().values()]
-        fd = getattr(self.selector, "fileno", None)
-        if fd is not None:
-            fds.append(fd())
-        return fds
-
     # timers --------------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
         timer = Timer(time.monotonic() + max(0.0, delay), callback)

@@ -46,9 +46,9 @@ class Capture:
                 pass
         self.partial.clear()
 
-    def parent_fds(self) -> list[int]:
-        """The read ends still open here (a later fork must close them in its child)."""
-        return list(self.partial)
+    def child_fds(self) -> list[int]:
+        """The four ends the child needs until `in_child` has dup2'd them."""
+        return [self.out_r, self.out_w, self.err_r, self.err_w]
 
     def in_child(self) -> None:
         os.dup2(self.out_w, 1)

@@ -123,6 +123,7 @@ def send_jobs(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
                 waiting[msg.id] = job
             if not link.async_count:
                 link.last_progress = time.monotonic()
+                link.cond.notify_all()  # an idle pump waits for async calls to read for
             link.async_count += len(live)
             core.ensure_pump(link)
     if plans is not None:

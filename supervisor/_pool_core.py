@@ -112,6 +112,7 @@ class PoolCore:
         self.open_cond = threading.Condition(self.lock)
         self.slots: list[Slot] = []
         self.waiters: deque[Waiter] = deque()
+        self.queued = threading.Condition(self.lock)  # notified when a caller queues
         self.pending: deque[tuple[int, list[Any]]] = deque()  # (pipeline cap, jobs) units
         self.pending_jobs = 0
         self.sessions: dict[str, Session] = {}
@@ -173,6 +174,7 @@ class PoolCore:
                     return self._assign(slot, session)
             waiter = Waiter(session, limit, on_lost, threading.Condition(self.lock))
             self.waiters.append(waiter)
+            self.queued.notify_all()
             try:
                 self._serve()
                 if waiter.slot is None:

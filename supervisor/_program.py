@@ -27,7 +27,7 @@ __all__ = ["spawn", "await_exec", "signal_group", "kill_group"]
 _RESET = (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGXFSZ)
 
 
-def spawn(slot: ChildSlot, close: list[int], capture: Capture | None) -> int:
+def spawn(slot: ChildSlot, keep: list[int], capture: Capture | None) -> int:
     """Fork and exec the program; returns the read end of its exec-status pipe."""
     spec = slot.spec
     status_r, status_w = os.pipe()  # both close-on-exec: exec success closes status_w
@@ -38,8 +38,7 @@ def spawn(slot: ChildSlot, close: list[int], capture: Capture | None) -> int:
         os.setpgid(0, 0)
         for sig in _RESET:
             signal.signal(sig, signal.SIG_DFL)
-        os.close(status_r)
-        if capture is not None:
+        if capture is not None:  # (status_r is not in `keep`: fork_child closed it)
             capture.in_child()
         try:
             if spec.cwd:
@@ -50,7 +49,7 @@ def spawn(slot: ChildSlot, close: list[int], capture: Capture | None) -> int:
         return 127
 
     try:
-        pid = fork_child(run, close)
+        pid = fork_child(run, [*keep, status_w])
     except OSError:
         os.close(status_r)
         raise

@@ -50,6 +50,7 @@ from ._output import Capture
 from ._proc import fork_child, kill_strays, raise_fd_limit, set_subreaper
 from ._program import await_exec, is_program, kill_group, spawn
 from ._recovery import handle_exit
+from ._worker_runtime import serve  # imported here, before forking: children share it
 from .errors import ProtocolError
 
 __all__ = ["SupervisorProcess"]
@@ -143,7 +144,8 @@ class SupervisorProcess:
         self.exit_detail = detail
         for slot in reversed(self.children):
             slot.cancel_timers()
-            self.stop_slot(slot, "shutdown")
+            self.stop_slot(slot, "shutdown", scan=False)
+        kill_strays(())  # once, for every orphan the stopped children left
         self.loop.stop()
 
     def _send_up(self, msg: Any) -> None:
@@ -164,21 +166,6 @@ class SupervisorProcess:
                               measurements={"time": time.time()}, metadata=meta))
 
     # ------------------------------------------------------------------ start and stop
-    def _owned_fds(self) -> list[int]:
-        fds = self.loop.fds()
-        if self.parent is not None:
-            fds.append(self.parent.fileno())
-        if self.control is not None:
-            fds.extend(self.control.fds())
-        for slot in self.children:
-            fds.extend(slot.fds())
-        for capture in list(self.captures):
-            if capture.partial:
-                fds.extend(capture.parent_fds())
-            else:
-                self.captures.discard(capture)  # both pipes reached EOF
-        return fds
-
     def _fork(self, slot: ChildSlot) -> int | None:
         """Fork the child; returns the exec-status pipe for a program, None otherwise."""
         spec, path = slot.spec, slot.path
@@ -194,24 +181,23 @@ class SupervisorProcess:
 
     def _fork_with(self, slot: ChildSlot, capture: Capture | None) -> int | None:
         spec, path, restarts, matrix = slot.spec, slot.path, slot.restarts, slot.matrix
-        close = self._owned_fds()
+        self.captures = {c for c in self.captures if c.partial}  # forget finished pipes
+        keep = capture.child_fds() if capture is not None else []
         if is_program(spec):
-            status_r = spawn(slot, close, capture)
+            status_r = spawn(slot, keep, capture)
         else:
             mine, theirs = socket.socketpair()
-            close.append(mine.fileno())
+            keep.append(theirs.fileno())
             if spec.kind == "supervisor":
                 def run() -> int:
                     return SupervisorProcess(spec, path, theirs, matrix=matrix).main()
             else:
                 def run() -> int:
-                    from ._worker_runtime import serve
-
                     capture.in_child()
                     sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
                     return serve(spec, path, restarts, theirs, matrix)
             try:
-                pid = fork_child(run, close)
+                pid = fork_child(run, keep)
             except OSError:
                 mine.close()
                 raise
@@ -266,7 +252,7 @@ class SupervisorProcess:
         if slot.pidfd is not None:
             self.loop.remove_reader(slot.pidfd)
 
-    def stop_slot(self, slot: ChildSlot, reason: str) -> None:
+    def stop_slot(self, slot: ChildSlot, reason: str, scan: bool = True) -> None:
         """Stop a child per its shutdown spec (if it runs); it is never restarted for this."""
         if slot.pid is None:
             # A child whose circuit is open stays down and keeps its trial timer: a
@@ -282,12 +268,12 @@ class SupervisorProcess:
         status = stop_process(slot, reason, self._on_child_message)
         why, _, detail = reason_of(slot, status)
         pid = slot.pid
-        self._forget(slot)
+        self._forget(slot, scan)
         slot.state = "stopped"
         self.emit("exited", slot, pid=pid, reason=why if slot.exit_msg else "shutdown",
                   category=None, detail=detail)
 
-    def _forget(self, slot: ChildSlot) -> None:
+    def _forget(self, slot: ChildSlot, scan: bool = True) -> None:
         """The child's process is reaped: fail what was forwarded to it, close its fds."""
         for rid in list(slot.pending):
             origin, origin_id, _ = self.forwarded.pop(rid, (None, 0, None))
@@ -298,7 +284,8 @@ class SupervisorProcess:
         if is_program(slot.spec) and slot.pid is not None:
             kill_group(slot.pid)  # what the program left behind in its process group
         slot.release()
-        kill_strays(s.pid for s in self.children if s.pid is not None)
+        if scan:  # orphans the child left (its subprocesses) were reparented to us
+            kill_strays(s.pid for s in self.children if s.pid is not None)
 
     # ------------------------------------------------------------------ child events
     def _on_child(self, slot: ChildSlot) -> None:

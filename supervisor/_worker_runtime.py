@@ -129,6 +129,7 @@ class WorkerRuntime:
         self.exit_error: tuple[str, str, str] | None = None
         self.stop_requested: str | None = None
         self.incoming: collections.deque[socket.socket] = collections.deque()
+        self.buffer = bytearray(65536)  # every read lands here: no allocation per call
         self.sessions: dict[str, dict[str, Any]] = {}
         self.no_session: dict[str, Any] = {}
         self.leaving = False  # set (under leave_lock) once no new channel may be accepted
@@ -245,17 +246,17 @@ class WorkerRuntime:
 
     def _on_read(self, caller: _Caller) -> None:
         try:
-            data = caller.sock.recv(262144)
+            n = caller.sock.recv_into(self.buffer)
         except BlockingIOError:
             return
         except OSError:  # reset: the caller is gone
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             caller.eof = True  # it may still want the replies it is owed: flush, then drop
             self._register(caller)
             return
         try:
-            msgs = caller.reader.feed(data)
+            msgs = caller.reader.feed(memoryview(self.buffer)[:n])
         except ProtocolError as exc:
             self._drop(caller)
             self.exit_reason = "protocol_error"

@@ -1,0 +1,373 @@
+"""`app.pool(path)`: the dispatching client of a `Pool`, usable like a process pool executor.
+
+    pool = app.pool("py")
+    pool.call("predict", x)                          # least-loaded worker, FIFO when all busy
+    pool.call("step", 1, session="user-7")           # sticks to one worker process
+    pool.execute_in_session("user-7", "step", [1])   # the same, args as a list
+    pool.end_session("user-7")                       # drops the worker's session state
+    fut = pool.submit("predict", x)                  # a concurrent.futures.Future
+    ys = list(pool.map("predict", xs, chunksize=256))
+    pool.options(on_lost="reassign").call(...)       # a view with other options
+
+Calls go straight to the workers over the client's own channels (one per worker process);
+no supervisor and no helper thread sits on the path of a blocking call. The moving parts:
+`_pool_core` (dispatch, sessions, failures), `_pool_link` (one channel's I/O),
+`_pool_async` (submit/map queueing and batching), `_pool_overflow` (extra workers, timers).
+
+Deviations from `concurrent.futures`, on purpose: the workers belong to the tree, not to
+the client, so `shutdown()` waits for (or cancels) the client's outstanding calls and the
+client stays usable afterwards; `submit`'s first argument is a command name (or a method of
+the worker class, whose name is used).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import CancelledError, Future
+from typing import TYPE_CHECKING, Any
+
+from . import protocol as P
+from . import telemetry
+from ._channel import reply_value
+from ._pool_async import MapResults, Tracker, plan, settle
+from ._pool_core import PoolCore, Slot
+from ._pool_link import Job, SyncCall
+from ._worker_runtime import END_SESSION
+from .errors import (
+    CallTimeout,
+    SessionLost,
+    WorkerCrashed,
+    WorkerError,
+)
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["PoolClient", "PIPELINE"]
+
+PIPELINE = 128
+"""Default cap of async calls in flight per worker (`submit`, `map`)."""
+
+_ON_LOST = ("fail", "reassign")
+
+
+class PoolClient:
+    """The dispatching client of the `Pool` at `path` (get it with ``app.pool(path)``).
+
+    Busy and queueing: a worker is busy for a blocking call (`call`,
+    `execute_in_session`) while `max_in_flight` calls are checked out or in flight on it
+    (default 1, a classic checkout pool: one caller per worker, so a slow call never
+    holds up a caller that a free sibling could serve). When every worker is busy, callers
+    queue first come, first served; one still queued after the pool's `checkout_timeout`
+    gets PoolExhausted. Async calls (`submit`, `map`) pipeline up to `pipeline` calls per
+    worker (default 128) and queue without a time limit, as an executor's do; while a
+    blocking caller waits, they are not topped up, so a long map cannot starve `call`.
+    Least-loaded dispatch prefers the pool's own workers over overflow ones on ties, so
+    overflow workers go idle first and retire after `retire_after` seconds.
+
+    Sessions stick to one worker process. When it has died (or left: recycled, stopped),
+    every call in the session raises SessionLost until `end_session(id)`, unless the view
+    was made with ``options(on_lost="reassign")``: then the session moves to another
+    worker with empty state.
+
+    Failures: a worker crash fails only the calls in flight on it (WorkerCrashed; re-sent
+    when the method is idempotent, with the matrix row's delays). A call that never ran
+    (refused NotRun by a leaving worker, or never sent) is dispatched again. The pool never
+    becomes unusable: replacements are used as soon as they are up.
+    """
+
+    def __init__(self, app: App, path: str, *, max_in_flight: int = 1,
+                 pipeline: int = PIPELINE, on_lost: str = "fail",
+                 _core: PoolCore | None = None) -> None:
+        if on_lost not in _ON_LOST:
+            raise ValueError(f"on_lost must be one of {_ON_LOST}, got {on_lost!r}")
+        for name, value in (("max_in_flight", max_in_flight), ("pipeline", pipeline)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.app = app
+        self.path = path
+        self._core = _core if _core is not None else PoolCore(app, path)
+        self._max_in_flight = max_in_flight
+        self._pipeline = pipeline
+        self._on_lost = on_lost
+        self._tracker = Tracker()
+
+    def options(self, *, on_lost: str | None = None, max_in_flight: int | None = None,
+                pipeline: int | None = None) -> PoolClient:
+        """A view of the same pool (same workers, queue and sessions) with other options.
+
+        `on_lost`: "fail" (SessionLost) or "reassign". Raises ValueError for bad values.
+        """
+        return PoolClient(
+            self.app, self.path, _core=self._core,
+            on_lost=self._on_lost if on_lost is None else on_lost,
+            max_in_flight=self._max_in_flight if max_in_flight is None else max_in_flight,
+            pipeline=self._pipeline if pipeline is None else pipeline)
+
+    @property
+    def retire_after(self) -> float:
+        """Seconds an overflow worker stays idle before it is retired (pool-wide: every
+        view of the pool shares it; default 1.0)."""
+        return self._core.retire_after
+
+    @retire_after.setter
+    def retire_after(self, seconds: float) -> None:
+        if not isinstance(seconds, int | float) or seconds <= 0:
+            raise ValueError(f"retire_after must be > 0, got {seconds!r}")
+        self._core.retire_after = float(seconds)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The pool's workers as this client sees them: id, path, overflow, load (calls
+        checked out or in flight), pid (of its open channel, else None)."""
+        core = self._core
+        core.start()
+        with core.lock:
+            return [{"id": s.id, "path": s.path, "overflow": s.overflow, "load": s.load,
+                     "pid": s.link.pid if s.link is not None else None}
+                    for s in core.slots if not s.retiring]
+
+    # ------------------------------------------------------------------ blocking calls
+    def call(self, method: Any, *args: Any, timeout: float | None = None,
+             retry: bool = True, idempotent: bool = False, session: str | None = None,
+             **kwargs: Any) -> Any:
+        """Run `method` on the least-loaded worker (or the session's) and return its result.
+
+        `timeout` bounds the call once sent (default: the worker's `call_timeout`); the
+        wait for a free worker is bounded by the pool's `checkout_timeout`. Raises
+        PoolExhausted, SessionLost, CommandError, WorkerCrashed, CallTimeout, EncodeError.
+        With `retry`, a call that never ran goes to another worker, and an idempotent one
+        is re-sent after WorkerCrashed/CallTimeout with the matrix row's delays.
+        """
+        return self._call(_method_name(method), args, kwargs, session, timeout, retry,
+                          idempotent, self._on_lost)
+
+    def execute_in_session(self, session_id: str, method: Any, args: Iterable[Any] = (),
+                           kwargs: dict[str, Any] | None = None, *,
+                           timeout: float | None = None, retry: bool = True) -> Any:
+        """``call(method, *args, session=session_id, **kwargs)``; raises as `call` does."""
+        if not isinstance(session_id, str):
+            raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
+        return self._call(_method_name(method), tuple(args), kwargs, session_id, timeout,
+                          retry, False, self._on_lost)
+
+    def end_session(self, session_id: str) -> bool:
+        """Drop the session's state in its worker and forget its affinity; True when the
+        worker held state for it. A lost or unknown session just returns False."""
+        core = self._core
+        with core.lock:
+            sess = core.sessions.get(session_id)
+        if sess is None:
+            return False
+        try:
+            if sess.lost is not None:
+                return False
+            return bool(self._call(END_SESSION, (), None, session_id, None, True, False,
+                                   "fail"))
+        except (SessionLost, WorkerCrashed):  # its worker is gone: so is the state
+            return False
+        finally:
+            with core.lock:
+                if core.sessions.get(session_id) is sess:
+                    del core.sessions[session_id]
+
+    def _call(self, name: str, args: tuple, kwargs: dict[str, Any] | None,
+              session: str | None, timeout: float | None, retry: bool, idempotent: bool,
+              on_lost: str) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return self._call_once(name, args, kwargs or None, session, timeout, retry,
+                                       on_lost)
+            except (WorkerCrashed, CallTimeout) as exc:
+                _note(exc, attempt, name, session)
+                delays = _retry_delays(exc, name, idempotent)
+                if not retry or delays is None or attempt > len(delays):
+                    raise
+                delay = delays[attempt - 1]
+                if delay > 0 and self.app._exited.wait(delay):
+                    raise WorkerCrashed("the tree is not running", path=self.path) from exc
+                attempt += 1
+            except WorkerError as exc:
+                _note(exc, attempt, name, session)
+                raise
+
+    def _call_once(self, name: str, args: tuple, kwargs: dict[str, Any] | None,
+                   session: str | None, timeout: float | None, retry: bool,
+                   on_lost: str) -> Any:
+        core = self._core
+        core.start()
+        deadline = time.monotonic() + core.checkout_timeout
+        while True:
+            slot = core.checkout(session, self._max_in_flight, on_lost, deadline)
+            try:
+                reply = self._on_slot(slot, name, args, kwargs, session, timeout, on_lost)
+            finally:
+                core.checkin(slot)
+            if reply is not None:
+                return reply_value(reply, slot.path, name)
+            if not retry:
+                raise WorkerCrashed(f"worker {slot.path!r} was not running or was leaving; "
+                                    "the call did not run (retry=False)", path=slot.path)
+
+    def _on_slot(self, slot: Slot, name: str, args: tuple, kwargs: dict[str, Any] | None,
+                 session: str | None, timeout: float | None, on_lost: str) -> Any:
+        """One try on a checked-out slot: the reply, or None when the call did not run."""
+        core = self._core
+        link = core.link_of(slot)
+        if link is None:
+            return None
+        if session is not None and not core.session_reached(session, link, on_lost):
+            return None
+        cid = next(link.ids)
+        data = P.CALL_CODEC.encode(P.Call(id=cid, method=name, args=args, kwargs=kwargs,
+                                          session=session))
+        entry = SyncCall()
+        with core.lock:
+            if link.closed is not None or link.draining is not None:
+                return None
+            link.waiting[cid] = entry  # before the write: the reply may be quick
+        if not core.send_sync(link, data, cid):
+            return None
+        limit = timeout if timeout is not None else link.call_timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        try:
+            reply = core.await_reply(link, entry, cid, deadline)
+        except TimeoutError:
+            raise core.timed_out(link, name, limit) from None
+        except WorkerCrashed as exc:
+            exc.policy = link.policy
+            raise
+        if type(reply) is P.Fail and reply.type == "NotRun":
+            return None
+        return reply
+
+    # ------------------------------------------------------------------ executor facade
+    def submit(self, method: Any, /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``method(*args, **kwargs)`` on the pool; returns a Future.
+
+        Its `result()` raises what `call` would (CommandError with the remote type in its
+        message, WorkerCrashed, EncodeError, ...). `cancel()` succeeds while the call is
+        still queued in the client. No keyword is reserved.
+        """
+        fut: Future = Future()
+        self._tracker.add(1)
+        _enqueue(self._core, [(self._pipeline, [Job(_method_name(method), args,
+                                                    kwargs or None, fut, -1,
+                                                    self._tracker)])], force=False)
+        return fut
+
+    def map(self, method: Any, *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """``method(*items)`` for items zipped from `iterables`; results in order.
+
+        As `Executor.map`: the calls are scheduled at once; iterating raises an item's
+        error when its result is reached, and TimeoutError if a result is not ready
+        `timeout` s after this call. `chunksize` calls go to one worker in one write (each
+        call is still its own frame and command: chunksize batches frames, not commands).
+        """
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        end = None if timeout is None else time.monotonic() + timeout
+        name = _method_name(method)
+        items = list(zip(*iterables, strict=False))
+        results = MapResults(len(items))
+        tracker = self._tracker
+        jobs = [Job(name, args, None, results, i, tracker) for i, args in enumerate(items)]
+        tracker.add(len(jobs))
+        cap = max(self._pipeline, chunksize)
+        _enqueue(self._core, [(cap, jobs[i:i + chunksize])
+                              for i in range(0, len(jobs), chunksize)], force=True)
+        return _iterate(results, len(jobs), end)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Wait for this client's outstanding async calls (`wait`), after cancelling those
+        still queued (`cancel_futures`). The workers keep running (they belong to the
+        tree) and the client stays usable."""
+        if cancel_futures:
+            _cancel_queued(self._core, self._tracker)
+        if wait:
+            self._tracker.wait_idle()
+
+    def __enter__(self) -> PoolClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown(wait=True)
+
+
+def _enqueue(core: PoolCore, units: list[tuple[int, list[Job]]], force: bool) -> None:
+    if not core._started:
+        core.start()
+    with core.lock:
+        gone = core.gone
+        if not gone:
+            pending = core.pending
+            for unit in units:
+                pending.append(unit)
+                core.pending_jobs += len(unit[1])
+            plans = plan(core, force)
+    if gone:
+        exc = WorkerCrashed("the tree is not running", path=core.path)
+        for _, jobs in units:
+            for job in jobs:
+                settle(job, exc, core.path)
+        return
+    if plans:
+        core.run((), plans)
+
+
+def _cancel_queued(core: PoolCore, tracker: Tracker) -> None:
+    dropped = []
+    with core.lock:
+        kept = []
+        for cap, unit in core.pending:
+            mine = [job for job in unit if job.owner is tracker and not job.started]
+            if mine:
+                unit = [job for job in unit if not (job.owner is tracker and not job.started)]
+                dropped.extend(mine)
+            if unit:
+                kept.append((cap, unit))
+        core.pending.clear()
+        core.pending.extend(kept)
+        core.pending_jobs -= len(dropped)
+    for job in dropped:
+        if job.index < 0:
+            job.sink.cancel()
+        else:  # the map's iterator raises it when it reaches the item, as a future would
+            job.sink.settle(job.index, None, CancelledError())
+        tracker.done()
+
+
+def _iterate(results: MapResults, n: int, end: float | None) -> Iterator[Any]:
+    try:
+        for index in range(n):
+            yield results.get(index, end)
+    finally:
+        results.cancelled = True  # closed early: calls not yet sent are never sent
+
+
+def _method_name(method: Any) -> str:
+    if isinstance(method, str):
+        return method
+    name = getattr(method, "__name__", None)
+    if callable(method) and isinstance(name, str):
+        return name
+    raise TypeError(f"expected a command name or a worker method, got {method!r}")
+
+
+def _retry_delays(exc: WorkerError, method: str, idempotent: bool) -> list[float] | None:
+    policy = getattr(exc, "policy", None) or {}
+    if not (idempotent or method in policy.get("idempotent", ())):
+        return None
+    return policy.get("retries", {}).get(exc.category)
+
+
+def _note(exc: WorkerError, attempt: int, method: str, session: str | None) -> None:
+    exc.attempt = attempt
+    exc.context.update({"operation": method, "session_id": session})
+    telemetry.execute(("supervisor", "call", "error"), {"time": time.time()}, {
+        "path": exc.path, "method": method, "error": type(exc).__name__,
+        "category": exc.category, "attempt": attempt, "session_id": session,
+        "reason": str(exc).split("\n", 1)[0],
+    })
