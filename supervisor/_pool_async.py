@@ -37,10 +37,12 @@ _PENDING = object()
 
 
 def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
-    """Assign queued units to slots with room, least loaded first (under lock).
+    """Assign queued units to slots with room, evening out their loads (under lock).
 
     Without `force` (a new submit), busy slots get nothing until a batch has gathered:
     their readers plan again when replies come, which is when a batch is worth writing.
+    Loads are levelled rather than filled one slot at a time, so a short map of slow
+    calls runs on every worker instead of queueing behind one.
     """
     pending = core.pending
     if not pending or core.gone:
@@ -48,13 +50,16 @@ def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
     if any(w.session is None for w in core.waiters):
         return []  # queued blocking callers first: let a slot drain to them
     gather = not force and core.pending_jobs < core.batch
+    slots = [s for s in core.slots if not (gather and s.load) and core.usable(s)]
+    if not slots:
+        if not gather:
+            maybe_grow(core)
+        return []
+    slots.sort(key=_load)
+    level = -(-(sum(s.load for s in slots) + core.pending_jobs) // len(slots))
     plans = []
-    for slot in sorted(core.slots, key=_load):
-        if gather and slot.load:
-            break  # sorted: every other slot is busy too
-        if not core.usable(slot):
-            continue
-        jobs = _take(core, slot)
+    for slot in slots:
+        jobs = _take(core, slot, level)
         if jobs:
             plans.append((slot, jobs))
         if not pending:
@@ -68,13 +73,13 @@ def _load(slot: Slot) -> int:
     return slot.load
 
 
-def _take(core: PoolCore, slot: Slot) -> list[Job]:
-    # A unit fits while the slot stays under its cap; a chunk larger than half the cap
-    # still gets room for two (the next one is on the wire while the worker runs this).
+def _take(core: PoolCore, slot: Slot, level: int) -> list[Job]:
+    # Units up to `level`, while the slot stays under its cap; a chunk larger than half
+    # the cap still gets room for two (the next is on the wire while the worker runs one).
     jobs: list[Job] = []
     load = slot.load
     pending = core.pending
-    while pending:
+    while pending and (load < level or not load):
         cap, unit = pending[0]
         size = len(unit)
         if load and load + size > max(cap, 2 * size):

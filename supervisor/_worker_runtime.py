@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import os
 import pickle
-import selectors
 import socket
 import sys
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 
 from . import protocol as P
 from ._framing import FrameReader, recv_some, send_frame
+from ._poller import READ, WRITE, Poller
 from .errors import EncodeError, ProtocolError
 from .worker import command_table, is_idempotent
 
@@ -100,15 +100,17 @@ _LOW_WATER = 1024 * 1024  # ... and resume once it has taken this much back
 class _Caller:
     """One caller's channel: its frame reader and the replies it is owed."""
 
-    __slots__ = ("sock", "reader", "out", "paused", "eof", "closed")
+    __slots__ = ("sock", "fd", "reader", "out", "paused", "eof", "closed", "events")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.reader = FrameReader(P.CALL_CODEC)
         self.out = bytearray()
         self.paused = False  # not read until it takes its replies (backpressure)
         self.eof = False  # it closed its sending side; flush what it is owed, then drop
         self.closed = False
+        self.events = 0  # the selector events it is registered for (0: not registered)
 
 
 class WorkerRuntime:
@@ -122,6 +124,7 @@ class WorkerRuntime:
         self.commands = {name: getattr(worker, name) for name in command_table(type(worker))}
         self.policy = call_policy(spec, self.commands, matrix)
         self.health = getattr(worker, "health", None)
+        self.stopping = worker.stopping
         self.pickled = spec.serializer == "pickle"
         self.calls = 0
         self.exit_reason: str | None = None
@@ -137,8 +140,8 @@ class WorkerRuntime:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.poller = Poller()
+        self.poller.register(self.wake_r, READ, None)
 
     # control channel (its own thread) --------------------------------------------------
     def send_control(self, msg: Any) -> None:
@@ -210,22 +213,23 @@ class WorkerRuntime:
 
     # call channels (the serving loop) --------------------------------------------------
     def _register(self, caller: _Caller) -> None:
-        events = 0 if caller.eof or caller.paused else selectors.EVENT_READ
+        events = 0 if caller.eof or caller.paused else READ
         if caller.out:
-            events |= selectors.EVENT_WRITE
+            events |= WRITE
+        if events == caller.events:
+            return  # unchanged: no epoll_ctl on the hot path
         if events == 0:
             return self._drop(caller)
-        try:
-            self.selector.modify(caller.sock, events, caller)
-        except KeyError:
-            self.selector.register(caller.sock, events, caller)
+        if caller.events:
+            self.poller.modify(caller.fd, events, caller)
+        else:
+            self.poller.register(caller.fd, events, caller)
+        caller.events = events
 
     def _drop(self, caller: _Caller) -> None:
         caller.closed = True
-        try:
-            self.selector.unregister(caller.sock)
-        except KeyError:  # not registered (paused with nothing to write)
-            pass
+        caller.events = 0
+        self.poller.unregister(caller.fd)
         caller.sock.close()
 
     def _on_wake(self) -> None:
@@ -239,9 +243,9 @@ class WorkerRuntime:
             self._register(_Caller(sock))
 
     def _on_ready(self, caller: _Caller, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE and not caller.closed:
+        if mask & WRITE and not caller.closed:
             self._flush(caller)
-        if mask & selectors.EVENT_READ and not caller.closed:
+        if mask & READ and not caller.closed:
             self._on_read(caller)
 
     def _on_read(self, caller: _Caller) -> None:
@@ -262,6 +266,12 @@ class WorkerRuntime:
             self.exit_reason = "protocol_error"
             self.exit_error = ("ProtocolError", str(exc), "")
             return
+        if len(msgs) == 1 and not caller.out and not self._should_leave():
+            # The common case, one call and nothing owed: answer it straight away.
+            frame = self._handle(msgs[0])
+            if frame is not None:
+                self._send_now(caller, frame)
+            return
         for msg in msgs:
             # Received while leaving: never run; the caller may safely send it again.
             frame = self._not_run(msg) if self._should_leave() else self._handle(msg)
@@ -271,6 +281,18 @@ class WorkerRuntime:
         # can neither grow our memory without bound nor hold up the other callers.
         caller.paused = len(caller.out) > _HIGH_WATER
         self._flush(caller)
+
+    def _send_now(self, caller: _Caller, frame: bytes) -> None:
+        try:
+            sent = caller.sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the caller left
+            self._drop(caller)
+            return
+        if sent < len(frame):
+            caller.out += memoryview(frame)[sent:]
+            self._register(caller)
 
     def _flush(self, caller: _Caller) -> None:
         if caller.out:
@@ -287,23 +309,20 @@ class WorkerRuntime:
         self._register(caller)
 
     def _handle(self, msg: Any) -> bytes | None:
-        match msg:
-            case P.Call(id=cid, method=method, args=args, kwargs=kwargs, pickled=pickled,
-                        session=session):
-                if method == END_SESSION:
-                    existed = self.sessions.pop(session, None) is not None
-                    return P.CALL_CODEC.encode(P.Reply(id=cid, value=existed))
-                self.calls += 1
-                self._enter_session(session)
-                return self._run_command(cid, method, args, kwargs, pickled)
-            case P.Cast(method=method, args=args, kwargs=kwargs, pickled=pickled,
-                        session=session):
-                self.calls += 1
-                self._enter_session(session)
-                self._run_command(None, method, args, kwargs, pickled)
-                return None
-            case _:
-                return None
+        kind = type(msg)
+        if kind is P.Call:
+            if msg.method == END_SESSION:
+                existed = self.sessions.pop(msg.session, None) is not None
+                return P.CALL_CODEC.encode(P.Reply(id=msg.id, value=existed))
+            self.calls += 1
+            if msg.session is not None or self.worker.session is not self.no_session:
+                self._enter_session(msg.session)
+            return self._run_command(msg.id, msg.method, msg.args, msg.kwargs, msg.pickled)
+        if kind is P.Cast:
+            self.calls += 1
+            self._enter_session(msg.session)
+            self._run_command(None, msg.method, msg.args, msg.kwargs, msg.pickled)
+        return None  # replies and other kinds have no business on a worker's channel
 
     def _enter_session(self, session: str | None) -> None:
         # `self.session` is the state of the call's session (a dict per session id that
@@ -357,7 +376,7 @@ class WorkerRuntime:
     def _should_leave(self) -> bool:
         if self.exit_reason is not None:
             return True
-        if self.worker.stopping.is_set():
+        if self.stopping.is_set():
             self.exit_reason = getattr(self.worker, "_stop_reason", "normal")
             return True
         if self.spec.max_calls is not None and self.calls >= self.spec.max_calls:
@@ -370,14 +389,14 @@ class WorkerRuntime:
     def loop(self) -> None:
         """Serve until a stop request, `self.stop()`, max_calls or a protocol error."""
         while not self._should_leave():
-            for key, mask in self.selector.select():
-                if self.selector.get_map().get(key.fd) is not key:
-                    continue  # dropped earlier in this batch
-                if key.data is None:
+            for fd, caller, mask in self.poller.poll():
+                if caller is None:
                     self._on_wake()
-                else:
-                    self._on_ready(key.data, mask)
-                if self._should_leave():
+                elif mask == READ and caller.events == READ and not caller.closed:
+                    self._on_read(caller)  # the hot path: a call arrived, nothing owed
+                elif self.poller.registered(fd, caller):  # not dropped earlier in the batch
+                    self._on_ready(caller, mask)
+                if self.exit_reason is not None or self.stopping.is_set():
                     break
 
     def _close_channels(self, grace: float) -> None:
@@ -401,16 +420,16 @@ class WorkerRuntime:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            for key, mask in self.selector.select(remaining):
-                if self.selector.get_map().get(key.fd) is not key:
+            for fd, caller, mask in self.poller.poll(remaining):
+                if not self.poller.registered(fd, caller):
                     continue
-                if key.data is None:
+                if caller is None:
                     self._on_wake()  # a stale wake-up; nothing new can be queued now
                 else:
-                    self._on_ready(key.data, mask)
+                    self._on_ready(caller, mask)
 
     def _callers(self) -> list[_Caller]:
-        return [key.data for key in self.selector.get_map().values() if key.data is not None]
+        return [caller for caller in self.poller.values() if caller is not None]
 
     def finish(self) -> int:
         """Run `terminate`, report the exit reason, return the exit code."""
