@@ -16,12 +16,9 @@ import itertools
 import os
 import pickle
 import socket
-import struct
 import subprocess
-import sys
 import threading
 import time
-import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -31,16 +28,13 @@ import psutil
 
 from . import protocol as P
 from . import telemetry
-from ._framing import FrameReader, recv_some, send_frame
-from ._router import NotRunning, Router
+from ._framing import send_frame
+from ._link import RootLink, live_apps
+from ._router import Router
 from .errors import (
     CallTimeout,
-    CircuitOpen,
-    NoSuchChild,
-    StartError,
     SupervisorError,
     WorkerCrashed,
-    error_from_wire,
 )
 from .specs import SupervisorSpec
 
@@ -48,9 +42,6 @@ __all__ = ["App", "start", "connect", "ChildInfo", "WorkerProxy"]
 
 ChildInfo = P.ChildInfo
 # The root imports this very copy of the package, wherever it was imported from here.
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BOOT = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
-         "from supervisor._boot import main; sys.exit(main())")
 _RESERVED = ("timeout", "retry", "idempotent", "session")
 
 
@@ -92,19 +83,7 @@ def connect(path: str | os.PathLike | None = None, *, timeout: float = 5.0) -> A
     return app
 
 
-def _prep_data(blob: bytes) -> dict[str, Any] | None:
-    # Only a spec that refers to the caller's __main__ needs the main module re-imported
-    # in the root (as multiprocessing's spawn does); skipping it keeps start fast.
-    if b"__main__" not in blob:
-        return {"sys_path": list(sys.path), "dir": os.getcwd()}
-    import multiprocessing.spawn
-
-    data = multiprocessing.spawn.get_preparation_data("supervisor-root")
-    data.pop("authkey", None)  # multiprocessing's secret; the root has no use for it
-    return data
-
-
-class App:
+class App(RootLink):
     """A running tree. Use `supervisor.start(spec)`; a context manager that stops the tree."""
 
     def __init__(self, spec: SupervisorSpec | None) -> None:
@@ -125,96 +104,6 @@ class App:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ start / stop
-    def _boot(self, timeout: float | None) -> None:
-        blob = pickle.dumps(self.spec)
-        boot = pickle.dumps({"prep": _prep_data(blob), "spec": blob})
-        self._thread = threading.Thread(target=self._run_reader, args=(boot,),
-                                        name=f"supervisor-app-{self.spec.id}", daemon=True)
-        self._thread.start()
-        try:
-            self._ready.result(timeout)
-        except FutureTimeout:
-            self._kill_root()
-            raise StartError(f"the tree {self.spec.id!r} did not start within {timeout}s",
-                             path="", category="timeout_error") from None
-        except StartError:
-            self._wait_root_gone()
-            raise
-        _live_apps.add(self)
-
-    def _run_reader(self, boot: bytes) -> None:
-        mine, theirs = socket.socketpair()
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid())],
-                pass_fds=[theirs.fileno()], close_fds=True,
-            )
-        except OSError as exc:
-            self._ready.set_exception(StartError(f"cannot start the root: {exc}"))
-            return
-        finally:
-            theirs.close()
-        self.pid = self._proc.pid
-        self._sock = mine
-        mine.sendall(struct.pack(">I", len(boot)) + boot)
-        self._read_forever(mine)
-
-    def _read_forever(self, sock: socket.socket) -> None:
-        reader = FrameReader(P.CONTROL_CODEC)
-        while True:
-            try:
-                msgs, _, eof = recv_some(sock, reader)
-            except SupervisorError:  # garbage from the root: treat as its death
-                msgs, eof = [], True
-            except OSError:
-                msgs, eof = [], True
-            for msg in msgs:
-                self._dispatch(msg)
-            if eof:
-                break
-        self._on_root_gone()
-
-    def _dispatch(self, msg: Any) -> None:
-        match msg:
-            case P.Response(id=rid, value=value):
-                fut = self._pending.pop(rid, None)
-                if fut is not None:
-                    fut.set_result(value)
-            case P.ErrorResponse(id=rid, kind=kind, message=message, fields=fields):
-                fut = self._pending.pop(rid, None)
-                if fut is not None:
-                    fut.set_exception(_wire_error(kind, message, fields))
-            case P.Event(name=name, measurements=measurements, metadata=metadata):
-                if tuple(name) == ("supervisor", "child", "started"):
-                    with self._state:
-                        path = metadata.get("path", "")
-                        self._generation[path] = self._generation.get(path, 0) + 1
-                        self._state.notify_all()
-                telemetry.execute(name, measurements, metadata)
-            case P.Ready():
-                self._ready.set_result(None)
-            case P.StartFailed():
-                self._ready.set_exception(StartError(
-                    f"child {msg.path!r} failed to start ({msg.category}): "
-                    f"{msg.type}: {msg.message}",
-                    path=msg.path, category=msg.category, remote_type=msg.type,
-                    remote_message=msg.message, remote_traceback=msg.traceback))
-            case P.Exit(message=detail):
-                self._exit_reason = "normal" if detail in (None, "shutdown") else detail
-            case _:
-                pass
-
-    def _attach(self, sock: socket.socket) -> None:
-        """Serve a connection to a running service's control socket (see `connect`)."""
-        from ._control import peer_pid
-
-        self._sock = sock
-        self.pid = peer_pid(sock)
-        self._ready.set_result(None)
-        self._thread = threading.Thread(target=self._read_forever, args=(sock,),
-                                        name=f"supervisor-connection-{self.pid}", daemon=True)
-        self._thread.start()
-
     def close(self) -> None:
         """Disconnect from a tree you `connect`ed to; the tree keeps running. For a tree
         this App started, the same as `stop()`."""
@@ -227,32 +116,6 @@ class App:
             except OSError:  # already disconnected
                 pass
         self._wait_root_gone(5.0)
-
-    def _on_root_gone(self) -> None:
-        proc = self._proc
-        code = proc.wait() if proc is not None else None
-        if self._exit_reason is None:
-            self._exit_reason = "crashed" if code else "normal"
-        if not self._ready.done():
-            self._ready.set_exception(StartError(f"the root supervisor exited (code {code}) "
-                                                 "before the tree was up"))
-        for fut in list(self._pending.values()):
-            if not fut.done():
-                fut.set_exception(WorkerCrashed("the root supervisor exited", path=""))
-        self._pending.clear()
-        self._router.close_all()
-        with self._state:
-            self._state.notify_all()
-        self._exited.set()
-        _live_apps.discard(self)
-
-    def _kill_root(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-        self._wait_root_gone()
-
-    def _wait_root_gone(self, timeout: float | None = None) -> bool:
-        return self._exited.wait(timeout)
 
     def stop(self, timeout: float | None = None) -> None:
         """Shut the tree down (children stop in reverse order) and return when no
@@ -427,19 +290,6 @@ class App:
                 self._state.wait(remaining)
 
 
-def _wire_error(kind: str, message: str, fields: dict[str, Any]) -> BaseException:
-    if kind == "NotRunning":
-        return NotRunning(message, fields.get("state"), fields.get("path"),
-                          fields.get("fallback"))
-    if kind == "CircuitOpen":
-        exc = CircuitOpen(message, retry_at=fields.get("retry_at"), path=fields.get("path"))
-        exc.fallback = fields.get("fallback")
-        return exc
-    if kind == "NoSuchChild":
-        return NoSuchChild(message, path=fields.get("path"))
-    return error_from_wire(kind, message, **fields)
-
-
 def _rss_mb(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -474,13 +324,12 @@ class WorkerProxy:
         return method
 
 
-_live_apps: weakref.WeakSet[App] = weakref.WeakSet()
 
 
 @atexit.register
 def _stop_all() -> None:
     # Interpreter exit: leave no tree behind, even when the user forgot stop().
-    for app in list(_live_apps):
+    for app in list(live_apps):
         try:
             app.stop(timeout=10.0)
         except SupervisorError:
