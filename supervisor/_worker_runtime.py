@@ -22,28 +22,24 @@ from __future__ import annotations
 
 import collections
 import os
-import pickle
 import socket
 import sys
 import threading
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
 from . import protocol as P
 from ._framing import FrameReader, recv_some, send_frame
-from ._poller import READ, WRITE, Poller
-from .errors import EncodeError, ProtocolError
+from ._poller import READ, Poller
+from ._serving import END_SESSION, Serving, describe
+from .errors import ProtocolError
 from .worker import command_table, is_idempotent
 
 __all__ = ["serve", "call_policy", "END_SESSION"]
 
-# The reserved method that ends a session: its state is dropped; replies whether it existed.
-END_SESSION = "_end_session"
 
 
-def _describe(exc: BaseException) -> tuple[str, str, str]:
-    return type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc))
+
 
 
 def call_policy(spec: Any, commands: Mapping[str, Any], matrix: Any) -> dict[str, Any]:
@@ -79,7 +75,7 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
     try:
         worker.init(*spec.args, **dict(spec.kwargs))
     except Exception as exc:  # any error in user init is an initialization_error
-        kind, message, tb = _describe(exc)
+        kind, message, tb = describe(exc)
         send_frame(ctrl, P.CONTROL_CODEC.encode(
             P.StartFailed(path=path, category="initialization_error", type=kind,
                           message=message, traceback=tb)))
@@ -93,27 +89,7 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
     return runtime.finish()
 
 
-_HIGH_WATER = 4 * 1024 * 1024  # replies owed to one caller before we stop reading it
-_LOW_WATER = 1024 * 1024  # ... and resume once it has taken this much back
-
-
-class _Caller:
-    """One caller's channel: its frame reader and the replies it is owed."""
-
-    __slots__ = ("sock", "fd", "reader", "out", "paused", "eof", "closed", "events")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.reader = FrameReader(P.CALL_CODEC)
-        self.out = bytearray()
-        self.paused = False  # not read until it takes its replies (backpressure)
-        self.eof = False  # it closed its sending side; flush what it is owed, then drop
-        self.closed = False
-        self.events = 0  # the selector events it is registered for (0: not registered)
-
-
-class WorkerRuntime:
+class WorkerRuntime(Serving):
     """Serves one worker's control channel and its callers' channels."""
 
     def __init__(self, worker: Any, spec: Any, ctrl: socket.socket, matrix: Any) -> None:
@@ -211,167 +187,6 @@ class WorkerRuntime:
             self.worker.log.warning("health() raised {}: {}", type(exc).__name__, exc)
             return False
 
-    # call channels (the serving loop) --------------------------------------------------
-    def _register(self, caller: _Caller) -> None:
-        events = 0 if caller.eof or caller.paused else READ
-        if caller.out:
-            events |= WRITE
-        if events == caller.events:
-            return  # unchanged: no epoll_ctl on the hot path
-        if events == 0:
-            return self._drop(caller)
-        if caller.events:
-            self.poller.modify(caller.fd, events, caller)
-        else:
-            self.poller.register(caller.fd, events, caller)
-        caller.events = events
-
-    def _drop(self, caller: _Caller) -> None:
-        caller.closed = True
-        caller.events = 0
-        self.poller.unregister(caller.fd)
-        caller.sock.close()
-
-    def _on_wake(self) -> None:
-        try:
-            os.read(self.wake_r, 4096)
-        except BlockingIOError:  # drained by an earlier wake-up
-            pass
-        while self.incoming:
-            sock = self.incoming.popleft()
-            sock.setblocking(False)
-            self._register(_Caller(sock))
-
-    def _on_ready(self, caller: _Caller, mask: int) -> None:
-        if mask & WRITE and not caller.closed:
-            self._flush(caller)
-        if mask & READ and not caller.closed:
-            self._on_read(caller)
-
-    def _on_read(self, caller: _Caller) -> None:
-        try:
-            n = caller.sock.recv_into(self.buffer)
-        except BlockingIOError:
-            return
-        except OSError:  # reset: the caller is gone
-            n = 0
-        if not n:
-            caller.eof = True  # it may still want the replies it is owed: flush, then drop
-            self._register(caller)
-            return
-        try:
-            msgs = caller.reader.feed(memoryview(self.buffer)[:n])
-        except ProtocolError as exc:
-            self._drop(caller)
-            self.exit_reason = "protocol_error"
-            self.exit_error = ("ProtocolError", str(exc), "")
-            return
-        if len(msgs) == 1 and not caller.out and not self._should_leave():
-            # The common case, one call and nothing owed: answer it straight away.
-            frame = self._handle(msgs[0])
-            if frame is not None:
-                self._send_now(caller, frame)
-            return
-        for msg in msgs:
-            # Received while leaving: never run; the caller may safely send it again.
-            frame = self._not_run(msg) if self._should_leave() else self._handle(msg)
-            if frame is not None:
-                caller.out += frame
-        # Backpressure: a caller that does not read its replies stops being read, so it
-        # can neither grow our memory without bound nor hold up the other callers.
-        caller.paused = len(caller.out) > _HIGH_WATER
-        self._flush(caller)
-
-    def _send_now(self, caller: _Caller, frame: bytes) -> None:
-        try:
-            sent = caller.sock.send(frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # the caller left
-            self._drop(caller)
-            return
-        if sent < len(frame):
-            caller.out += memoryview(frame)[sent:]
-            self._register(caller)
-
-    def _flush(self, caller: _Caller) -> None:
-        if caller.out:
-            try:
-                sent = caller.sock.send(caller.out)
-                del caller.out[:sent]
-            except BlockingIOError:
-                pass
-            except OSError:  # the caller left; what it was owed has nobody to read it
-                self._drop(caller)
-                return
-        if caller.paused and len(caller.out) < _LOW_WATER:
-            caller.paused = False
-        self._register(caller)
-
-    def _handle(self, msg: Any) -> bytes | None:
-        kind = type(msg)
-        if kind is P.Call:
-            if msg.method == END_SESSION:
-                existed = self.sessions.pop(msg.session, None) is not None
-                return P.CALL_CODEC.encode(P.Reply(id=msg.id, value=existed))
-            self.calls += 1
-            if msg.session is not None or self.worker.session is not self.no_session:
-                self._enter_session(msg.session)
-            return self._run_command(msg.id, msg.method, msg.args, msg.kwargs, msg.pickled)
-        if kind is P.Cast:
-            self.calls += 1
-            self._enter_session(msg.session)
-            self._run_command(None, msg.method, msg.args, msg.kwargs, msg.pickled)
-        return None  # replies and other kinds have no business on a worker's channel
-
-    def _enter_session(self, session: str | None) -> None:
-        # `self.session` is the state of the call's session (a dict per session id that
-        # lives as long as this process); calls without a session share one scratch dict.
-        if session is None:
-            self.worker.session = self.no_session
-        else:
-            self.worker.session = self.sessions.setdefault(session, {})
-
-    def _run_command(self, cid: int | None, method: str, args: Any, kwargs: Any,
-                     pickled: bool) -> bytes | None:
-        fn = self.commands.get(method)
-        if fn is None:
-            names = ", ".join(sorted(self.commands)) or "none"
-            return self._fail(cid, "python_error", "UnknownCommand",
-                              f"{type(self.worker).__name__} has no command {method!r} "
-                              f"(commands: {names})", "")
-        try:
-            if pickled:
-                args, kwargs = pickle.loads(args)
-            value = fn(*args, **(kwargs or {}))
-        except Exception as exc:  # the command's own error goes back to its caller
-            return self._fail(cid, "python_error", *_describe(exc))
-        if cid is None:
-            return None
-        try:
-            if self.pickled:
-                return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(value),
-                                                   pickled=True))
-            return P.CALL_CODEC.encode(P.Reply(id=cid, value=value))
-        except EncodeError as exc:
-            return self._fail(cid, "communication_error", "EncodeError",
-                              f"cannot encode the result of {method!r}: {exc}", "")
-
-    def _not_run(self, msg: Any) -> bytes | None:
-        if not isinstance(msg, P.Call):
-            return None
-        return self._fail(msg.id, "connection_error", "NotRun",
-                          f"the worker is leaving ({self.exit_reason}); the call did not run",
-                          "")
-
-    def _fail(self, cid: int | None, category: str, kind: str, message: str,
-              tb: str) -> bytes | None:
-        if cid is None:
-            self.worker.log.warning("cast failed: {}: {}", kind, message)
-            return None
-        return P.CALL_CODEC.encode(P.Fail(id=cid, category=category, type=kind,
-                                          message=message, traceback=tb))
-
     # lifecycle -----------------------------------------------------------------------
     def _should_leave(self) -> bool:
         if self.exit_reason is not None:
@@ -398,38 +213,6 @@ class WorkerRuntime:
                     self._on_ready(caller, mask)
                 if self.exit_reason is not None or self.stopping.is_set():
                     break
-
-    def _close_channels(self, grace: float) -> None:
-        """Leave without losing a call: tell every caller we are closing, then answer
-        whatever still arrives with NotRun until each caller has closed its side (or the
-        grace runs out). A caller that saw the notice sends nothing more here; a call it
-        sent before seeing it comes back NotRun, which is safe to send elsewhere."""
-        import time
-
-        with self.leave_lock:
-            self.leaving = True
-        self._on_wake()  # channels accepted before that still get the notice
-        notice = P.CALL_CODEC.encode(P.Fail(id=0, category="connection_error", type="Closing",
-                                            message=f"the worker is leaving ({self.exit_reason})"))
-        for caller in self._callers():
-            caller.paused = False
-            caller.out += notice
-            self._flush(caller)
-        deadline = time.monotonic() + grace
-        while self._callers():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            for fd, caller, mask in self.poller.poll(remaining):
-                if not self.poller.registered(fd, caller):
-                    continue
-                if caller is None:
-                    self._on_wake()  # a stale wake-up; nothing new can be queued now
-                else:
-                    self._on_ready(caller, mask)
-
-    def _callers(self) -> list[_Caller]:
-        return [caller for caller in self.poller.values() if caller is not None]
 
     def finish(self) -> int:
         """Run `terminate`, report the exit reason, return the exit code."""
@@ -462,7 +245,7 @@ class WorkerRuntime:
         try:
             self.worker.run()
         except Exception as exc:  # run() raising is a python_error exit
-            self.exit_error = _describe(exc)
+            self.exit_error = describe(exc)
             self.worker.log.error("run() raised {}: {}", type(exc).__name__, exc)
             sys.stderr.flush()
             try:
