@@ -144,7 +144,9 @@ def _wait(slot: ChildSlot, deadline: float | None,
     While waiting, messages from the child are read and handed on, so a child that is
     reporting (events, its Exit) never blocks on a full socket buffer.
     """
-    sel = selectors.DefaultSelector()
+    # PollSelector needs no fd of its own: stopping children must work when we are out
+    # of descriptors (an epoll selector would fail to open with EMFILE right then).
+    sel = selectors.PollSelector()
     eof = slot.ctrl is None  # a program has no channel whose EOF could wake us
     try:
         if slot.pidfd is not None:

@@ -159,10 +159,14 @@ class ControlServer:
         fds = list(fds)
         for msg in msgs:
             fd = fds.pop(0) if isinstance(msg, P.OpenChannel) and fds else None
+            if conn not in self.clients:  # dropped while answering an earlier request
+                if fd is not None:
+                    os.close(fd)
+                continue
             self.sup._request(msg, conn, fd)
         for fd in fds:
             os.close(fd)
-        if eof:
+        if eof and conn in self.clients:
             self.drop(conn)
 
     def owns(self, conn: Any) -> bool:

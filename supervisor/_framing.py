@@ -319,7 +319,8 @@ def recv_some(
 
     Raises ProtocolError from the reader (after closing any fds this read received, so a
     bad frame leaks no descriptors), ProtocolError when more than `maxfds` fds arrived at
-    once (the kernel dropped the rest), and OSError for a broken connection.
+    once (the kernel dropped the rest), and OSError for a broken connection. Fds the
+    kernel could not install here (we are out of descriptors) are simply missing.
     """
     buf = _recv_buffer(bufsize)
     fds: list[int] = []
@@ -332,7 +333,11 @@ def recv_some(
     except (BlockingIOError, InterruptedError):
         return [], [], False
     try:
-        if truncated:
+        # One recvmsg returns the fds of at most one sendmsg. Fewer than there was room
+        # for, yet truncated: the kernel could not install them here (EMFILE), and the
+        # OpenChannel they came with arrives without its fd (its handler answers a
+        # resource_error). As many as there was room for: a peer sending too many.
+        if truncated and len(fds) >= maxfds:
             raise ProtocolError(
                 f"more than {maxfds} file descriptors arrived in one read; "
                 "the kernel dropped the rest"

@@ -165,6 +165,8 @@ class RootLink:
                 fut.set_exception(WorkerCrashed("the root supervisor exited", path=""))
         self._pending.clear()
         self._router.close_all()
+        if self._sock is not None:
+            self._sock.close()  # the root is gone: its channel is finished
         with self._state:
             self._state.notify_all()
         self._exited.set()

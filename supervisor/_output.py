@@ -32,7 +32,12 @@ class Capture:
     def __init__(self, path: str) -> None:
         self.path = path
         self.out_r, self.out_w = os.pipe()
-        self.err_r, self.err_w = os.pipe()
+        try:
+            self.err_r, self.err_w = os.pipe()
+        except OSError:  # out of fds: release the first pipe, or it leaks per attempt
+            os.close(self.out_r)
+            os.close(self.out_w)
+            raise
         self.partial: dict[int, bytes] = {self.out_r: b"", self.err_r: b""}
         self.streams = {self.out_r: "stdout", self.err_r: "stderr"}
         self.loop: Loop | None = None

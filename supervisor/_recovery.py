@@ -32,6 +32,15 @@ if TYPE_CHECKING:
 
 __all__ = ["handle_exit", "on_failure", "restart_group", "give_up"]
 
+# A child supervisor has no `stable_after` / `circuit_timeout` of its own (those are
+# worker fields); it gets the worker defaults.
+STABLE_AFTER = 5.0
+CIRCUIT_TIMEOUT = 60.0
+
+
+def stable_after(spec: object) -> float:
+    return getattr(spec, "stable_after", STABLE_AFTER)
+
 
 def give_up(sup: SupervisorProcess, slot: ChildSlot, why: str) -> None:
     sup.metrics["failed"] += 1
@@ -71,7 +80,7 @@ def on_failure(sup: SupervisorProcess, slot: ChildSlot, category: str) -> None:
     if slot.circuit == "half_open":
         open_circuit(sup, slot)  # the trial failed before it was stable
         return
-    if slot.last_run >= slot.spec.stable_after:
+    if slot.last_run >= stable_after(slot.spec):
         slot.failures = 0  # it ran long enough to count as healthy: start over
     slot.failures += 1
     sup.metrics["initiated"] += 1
@@ -133,7 +142,7 @@ def restart_group(sup: SupervisorProcess, slot: ChildSlot) -> None:
 
 # ------------------------------------------------------------------ circuits
 def open_circuit(sup: SupervisorProcess, slot: ChildSlot) -> None:
-    timeout = slot.spec.circuit_timeout
+    timeout = getattr(slot.spec, "circuit_timeout", CIRCUIT_TIMEOUT)
     slot.state = "circuit_open"
     slot.circuit = "open"
     slot.retry_at = time.time() + timeout
@@ -158,7 +167,7 @@ def trial(sup: SupervisorProcess, slot: ChildSlot) -> None:
         open_circuit(sup, slot)
         return
     pid = slot.pid
-    slot.timers.append(sup.loop.call_later(slot.spec.stable_after,
+    slot.timers.append(sup.loop.call_later(stable_after(slot.spec),
                                             lambda: close_circuit(sup, slot, pid)))
 
 def close_circuit(sup: SupervisorProcess, slot: ChildSlot, pid: int | None) -> None:

@@ -20,6 +20,7 @@ import msgspec
 
 from . import protocol as P
 from ._children import ChildSlot
+from ._health import fail_running
 
 if TYPE_CHECKING:
     from ._supervisor import SupervisorProcess
@@ -228,8 +229,6 @@ def _delete_child(sup: SupervisorProcess, msg: Any) -> None:
 
 
 def _report_failure(sup: SupervisorProcess, msg: Any) -> None:
-    from ._health import fail_running
-
     slot = _find(sup, msg.child_id)
     # The caller saw it fail (a timed-out call): its state is unknown, so no grace.
     fail_running(sup, slot, msg.category, msg.reason, graceful=False)

@@ -69,6 +69,13 @@ class Router:
     def call(self, path: str, method: str, args: tuple, kwargs: dict[str, Any], *,
              timeout: float | None, retry: bool, idempotent: bool,
              session: str | None) -> Any:
+        # A path, method or session of the wrong type would reach the root or the worker
+        # as a frame it cannot decode (and end that channel): the caller's bug, said here.
+        for name, value in (("path", path), ("method", method)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name}: expected a str, got {value!r}")
+        if session is not None and not isinstance(session, str):
+            raise TypeError(f"session: expected a str or None, got {session!r}")
         attempt = 1
         while True:
             try:
@@ -161,6 +168,9 @@ class Router:
         return exc
 
     def cast(self, path: str, method: str, args: tuple, kwargs: dict[str, Any]) -> None:
+        for name, value in (("path", path), ("method", method)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name}: expected a str, got {value!r}")
         deadline = time.monotonic() + DEFAULT_CALL_TIMEOUT
         while True:
             chan = self.channel(path, deadline, True)

@@ -50,6 +50,7 @@ from ._output import Capture
 from ._proc import fork_child, kill_strays, raise_fd_limit, set_subreaper
 from ._program import await_exec, is_program, kill_group, spawn
 from ._recovery import handle_exit
+from ._requests import handle_request
 from ._worker_runtime import serve  # imported here, before forking: children share it
 from .errors import ProtocolError
 
@@ -384,8 +385,12 @@ class SupervisorProcess:
             self.shutdown("normal" if self.root else "shutdown")
 
     def _request(self, msg: Any, origin: socket.socket, fd: int | None) -> None:
-        from ._requests import handle_request
-
+        if isinstance(msg, P.OpenChannel) and fd is None:
+            # Its fd did not arrive: the kernel could not install it here (EMFILE).
+            self._reply_error(origin, msg.id, "WorkerError", "out of file descriptors: the "
+                              "channel's socket could not be received", category="resource_error",
+                              path=msg.path)
+            return
         handle_request(self, msg, origin, fd)
 
     def _relay(self, origin: socket.socket, msg: Any) -> None:
@@ -394,8 +399,10 @@ class SupervisorProcess:
             return
         try:
             send_frame(origin, P.CONTROL_CODEC.encode(msg))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the requester left; nobody waits for this answer
+        except OSError:
+            # The requester left (a dropped control client's socket is closed: EBADF; a
+            # parent that went away: EPIPE). Nobody waits for this answer.
+            pass
 
     def _reply_error(self, origin: socket.socket, rid: int, kind: str, message: str,
                      **fields: Any) -> None:

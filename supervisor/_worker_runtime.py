@@ -42,6 +42,9 @@ __all__ = ["serve", "call_policy", "END_SESSION"]
 
 
 
+MAX_RESENDS = 32
+
+
 def call_policy(spec: Any, commands: Mapping[str, Any], matrix: Any) -> dict[str, Any]:
     """What a caller needs to apply the matrix to its calls, sent with every new channel:
     idempotent commands, timeouts, the fallback sibling, and the retry delays of the
@@ -52,8 +55,10 @@ def call_policy(spec: Any, commands: Mapping[str, Any], matrix: Any) -> dict[str
     retries = {}
     for category in (ErrorCategory.connection_error, ErrorCategory.timeout_error):
         rule = matrix[category]
-        retries[str(category)] = [0.0] + [retry_delay(rule, n)
-                                          for n in range(2, rule.max_retries + 1)]
+        # Caller-side re-sends are capped at MAX_RESENDS, whatever the row's budget: the
+        # list travels with every channel and is built at every start.
+        count = min(rule.max_retries, MAX_RESENDS)
+        retries[str(category)] = [0.0] + [retry_delay(rule, n) for n in range(2, count + 1)]
     return {
         "pid": os.getpid(),
         "idempotent": sorted(name for name, fn in commands.items() if is_idempotent(fn)),
@@ -151,8 +156,12 @@ class WorkerRuntime(Serving):
         match msg:
             case P.OpenChannel(id=rid):
                 if not fds:
-                    self.send_control(P.ErrorResponse(id=rid, kind="ProtocolError",
-                                                      message="OpenChannel without an fd"))
+                    # Its fd could not be installed here (EMFILE): a resource_error for
+                    # that caller; every other caller keeps being served.
+                    self.send_control(P.ErrorResponse(
+                        id=rid, kind="WorkerError", message="out of file descriptors: the "
+                        "channel's socket could not be received",
+                        fields={"category": "resource_error"}))
                     return
                 sock = socket.socket(fileno=fds.pop(0))
                 with self.leave_lock:

@@ -30,11 +30,13 @@ from . import protocol as P
 from . import telemetry
 from ._framing import send_frame
 from ._link import RootLink, live_apps
-from ._router import Router
+from ._router import NotRunning, Router
 from .errors import (
     CallTimeout,
+    ProtocolError,
     SupervisorError,
     WorkerCrashed,
+    WorkerError,
 )
 from .specs import SupervisorSpec
 
@@ -163,12 +165,13 @@ class App(RootLink):
         if self._exited.is_set() or self._sock is None:
             raise WorkerCrashed("the tree is not running", path="")
         rid = next(self._ids)
+        frame = P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid))
+        _check_decodes(frame)
         fut: Future = Future()
         self._pending[rid] = fut
         try:
             with self._send_lock:
-                send_frame(self._sock, P.CONTROL_CODEC.encode(
-                    msgspec.structs.replace(msg, id=rid)), fds)
+                send_frame(self._sock, frame, fds)
         except OSError as exc:
             self._pending.pop(rid, None)
             raise WorkerCrashed(f"the root supervisor is gone: {exc}", path="") from exc
@@ -177,6 +180,10 @@ class App(RootLink):
         except FutureTimeout:
             self._pending.pop(rid, None)
             raise CallTimeout(f"the supervisor did not answer within {timeout}s") from None
+        except NotRunning as exc:
+            if isinstance(msg, P.OpenChannel):
+                raise  # the router waits for the restart
+            raise WorkerError(str(exc), category="connection_error", path=exc.path) from None
 
     def which_children(self, path: str = "") -> list[ChildInfo]:
         """The children of the supervisor at `path`, in start order."""
@@ -297,6 +304,15 @@ def _rss_mb(pid: int | None) -> float | None:
         return psutil.Process(pid).memory_info().rss / (1024 * 1024)
     except psutil.Error:  # exited since it was listed
         return None
+
+
+def _check_decodes(frame: bytes) -> None:
+    """A request the root could not decode (a path that is not a str, kwargs that are not
+    a dict...) would make it drop the App's channel and end the tree: refuse it here."""
+    try:
+        P.CONTROL_CODEC.decode(memoryview(frame)[4:])
+    except ProtocolError as exc:
+        raise TypeError(f"invalid argument: {str(exc).split(': ', 1)[-1]}") from None
 
 
 class WorkerProxy:

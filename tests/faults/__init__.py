@@ -1,0 +1,1 @@
+"""The fault campaign: chaos under load, root death, fuzzed frames, bad input, slow consumers."""
