@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from . import protocol as P
 from . import telemetry
 from ._channel import reply_value
-from ._pool_async import MapResults, Tracker, plan, settle
+from ._pool_async import MapResults, Tracker, cancel_queued, enqueue
 from ._pool_core import PoolCore, Slot
-from ._pool_link import Job, SyncCall
+from ._pool_io import await_reply, link_of, register_sync, send_sync, timed_out
+from ._pool_link import NOT_SENT, Job
 from ._worker_runtime import END_SESSION
 from .errors import (
     CallTimeout,
@@ -197,11 +198,16 @@ class PoolClient:
                    on_lost: str) -> Any:
         core = self._core
         core.start()
+        cid = next(core.ids)
+        frame = P.CALL_CODEC.encode(P.Call(id=cid, method=name, args=args, kwargs=kwargs,
+                                           session=session))  # EncodeError: before checkout
         deadline = time.monotonic() + core.checkout_timeout
         while True:
-            slot = core.checkout(session, self._max_in_flight, on_lost, deadline)
+            slot, sent, written = core.checkout(session, self._max_in_flight, on_lost,
+                                                deadline, cid, frame)
             try:
-                reply = self._on_slot(slot, name, args, kwargs, session, timeout, on_lost)
+                reply = self._on_slot(slot, name, cid, frame, session, timeout, on_lost,
+                                      sent, written)
             finally:
                 core.checkin(slot)
             if reply is not None:
@@ -210,35 +216,37 @@ class PoolClient:
                 raise WorkerCrashed(f"worker {slot.path!r} was not running or was leaving; "
                                     "the call did not run (retry=False)", path=slot.path)
 
-    def _on_slot(self, slot: Slot, name: str, args: tuple, kwargs: dict[str, Any] | None,
-                 session: str | None, timeout: float | None, on_lost: str) -> Any:
+    def _on_slot(self, slot: Slot, name: str, cid: int, frame: bytes, session: str | None,
+                 timeout: float | None, on_lost: str, sent: Any, written: bool) -> Any:
         """One try on a checked-out slot: the reply, or None when the call did not run."""
         core = self._core
-        link = core.link_of(slot)
-        if link is None:
-            return None
-        if session is not None and not core.session_reached(session, link, on_lost):
-            return None
-        cid = next(link.ids)
-        data = P.CALL_CODEC.encode(P.Call(id=cid, method=name, args=args, kwargs=kwargs,
-                                          session=session))
-        entry = SyncCall()
-        with core.lock:
-            if link.closed is not None or link.draining is not None:
+        if sent is not None:
+            link, entry = sent  # registered with the checkout (and written, if queued)
+            if not written and not send_sync(core, link, frame, cid):
                 return None
-            link.waiting[cid] = entry  # before the write: the reply may be quick
-        if not core.send_sync(link, data, cid):
-            return None
+        else:
+            link = link_of(core, slot)
+            if link is None:
+                return None
+            if session is not None and not core.session_reached(session, link, on_lost):
+                return None
+            with core.lock:
+                if link.closed is not None or link.draining is not None:
+                    return None
+                entry = register_sync(core, link, cid)  # before the write: replies are quick
+            core.watcher.apply(link)
+            if not send_sync(core, link, frame, cid):
+                return None
         limit = timeout if timeout is not None else link.call_timeout
         deadline = None if limit is None else time.monotonic() + limit
         try:
-            reply = core.await_reply(link, entry, cid, deadline)
+            reply = await_reply(core, link, entry, cid, deadline)
         except TimeoutError:
-            raise core.timed_out(link, name, limit) from None
+            raise timed_out(core, link, name, limit) from None
         except WorkerCrashed as exc:
             exc.policy = link.policy
             raise
-        if type(reply) is P.Fail and reply.type == "NotRun":
+        if reply is NOT_SENT or (type(reply) is P.Fail and reply.type == "NotRun"):
             return None
         return reply
 
@@ -252,9 +260,8 @@ class PoolClient:
         """
         fut: Future = Future()
         self._tracker.add(1)
-        _enqueue(self._core, [(self._pipeline, [Job(_method_name(method), args,
-                                                    kwargs or None, fut, -1,
-                                                    self._tracker)])], force=False)
+        enqueue(self._core, [Job(_method_name(method), args, kwargs or None, fut, -1,
+                                 self._tracker, self._pipeline)], force=False)
         return fut
 
     def map(self, method: Any, *iterables: Iterable[Any], timeout: float | None = None,
@@ -273,11 +280,12 @@ class PoolClient:
         items = list(zip(*iterables, strict=False))
         results = MapResults(len(items))
         tracker = self._tracker
-        jobs = [Job(name, args, None, results, i, tracker) for i, args in enumerate(items)]
-        tracker.add(len(jobs))
         cap = max(self._pipeline, chunksize)
-        _enqueue(self._core, [(cap, jobs[i:i + chunksize])
-                              for i in range(0, len(jobs), chunksize)], force=True)
+        jobs = [Job(name, args, None, results, i, tracker, cap)
+                for i, args in enumerate(items)]
+        tracker.add(len(jobs))
+        enqueue(self._core, jobs if chunksize == 1 else
+                [jobs[i:i + chunksize] for i in range(0, len(jobs), chunksize)], force=True)
         return _iterate(results, len(jobs), end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -285,7 +293,7 @@ class PoolClient:
         still queued (`cancel_futures`). The workers keep running (they belong to the
         tree) and the client stays usable."""
         if cancel_futures:
-            _cancel_queued(self._core, self._tracker)
+            cancel_queued(self._core, self._tracker)
         if wait:
             self._tracker.wait_idle()
 
@@ -294,49 +302,6 @@ class PoolClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown(wait=True)
-
-
-def _enqueue(core: PoolCore, units: list[tuple[int, list[Job]]], force: bool) -> None:
-    if not core._started:
-        core.start()
-    with core.lock:
-        gone = core.gone
-        if not gone:
-            pending = core.pending
-            for unit in units:
-                pending.append(unit)
-                core.pending_jobs += len(unit[1])
-            plans = plan(core, force)
-    if gone:
-        exc = WorkerCrashed("the tree is not running", path=core.path)
-        for _, jobs in units:
-            for job in jobs:
-                settle(job, exc, core.path)
-        return
-    if plans:
-        core.run((), plans)
-
-
-def _cancel_queued(core: PoolCore, tracker: Tracker) -> None:
-    dropped = []
-    with core.lock:
-        kept = []
-        for cap, unit in core.pending:
-            mine = [job for job in unit if job.owner is tracker and not job.started]
-            if mine:
-                unit = [job for job in unit if not (job.owner is tracker and not job.started)]
-                dropped.extend(mine)
-            if unit:
-                kept.append((cap, unit))
-        core.pending.clear()
-        core.pending.extend(kept)
-        core.pending_jobs -= len(dropped)
-    for job in dropped:
-        if job.index < 0:
-            job.sink.cancel()
-        else:  # the map's iterator raises it when it reaches the item, as a future would
-            job.sink.settle(job.index, None, CancelledError())
-        tracker.done()
 
 
 def _iterate(results: MapResults, n: int, end: float | None) -> Iterator[Any]:

@@ -1,7 +1,7 @@
 """Asynchronous pool calls (`submit`, `map`): queueing, batching on the wire, settling.
 
-    submit() ─▶ pending: deque of units (cap, [Job, ...]) ─▶ plan(): per slot with room,
-    map()    ─▶   (a unit is one submit, or one map chunk)     the units it can take
+    submit() ─▶ pending: deque of units (a Job, or a map   ─▶ plan(): per slot with room,
+    map()    ─▶   chunk: a list of Jobs that go together)      the units it can take
                                                         ─▶ send_jobs(): ONE write per slot
     replies  ─▶ the link's reader files them ─▶ settle(): future result / map slot
 
@@ -20,20 +20,41 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 from . import protocol as P
 from ._channel import reply_value
+from ._pool_io import link_of, lose_link, wake_io, watch_progress
 from ._pool_link import BUFFERED, Job
 from ._pool_overflow import maybe_grow
-from .errors import EncodeError, SupervisorError, WorkerError
+from .errors import EncodeError, SupervisorError, WorkerCrashed, WorkerError
 
 if TYPE_CHECKING:
     from ._pool_core import PoolCore, Slot
 
-__all__ = ["plan", "requeue", "send_jobs", "settle", "Tracker", "MapResults"]
+__all__ = ["enqueue", "plan", "cancel_queued", "send_jobs", "settle",
+           "settle_all", "Tracker", "MapResults"]
 
 _PENDING = object()
+
+
+def enqueue(core: PoolCore, units: list[Any], force: bool) -> None:
+    """Queue units (Jobs or chunks) and send what can go now; fails them if the tree is
+    gone."""
+    if not core._started:
+        core.start()
+    with core.lock:
+        gone = core.gone
+        if not gone:
+            core.pending.extend(units)
+            core.pending_jobs += sum(1 if type(u) is Job else len(u) for u in units)
+            plans = plan(core, force)
+    if gone:
+        exc = WorkerCrashed("the tree is not running", path=core.path)
+        core.run([(job, exc, core.path) for unit in units for job in _jobs(unit)], ())
+    elif plans:
+        core.run((), plans)
 
 
 def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
@@ -47,7 +68,7 @@ def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
     pending = core.pending
     if not pending or core.gone:
         return []
-    if any(w.session is None for w in core.waiters):
+    if core.waiters and any(w.session is None for w in core.waiters):
         return []  # queued blocking callers first: let a slot drain to them
     gather = not force and core.pending_jobs < core.batch
     slots = [s for s in core.slots if not (gather and s.load) and core.usable(s)]
@@ -55,7 +76,8 @@ def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
         if not gather:
             maybe_grow(core)
         return []
-    slots.sort(key=_load)
+    if len(slots) > 1:
+        slots.sort(key=_load)
     level = -(-(sum(s.load for s in slots) + core.pending_jobs) // len(slots))
     plans = []
     for slot in slots:
@@ -73,6 +95,10 @@ def _load(slot: Slot) -> int:
     return slot.load
 
 
+def _jobs(unit: Any) -> list[Job]:
+    return [unit] if type(unit) is Job else unit
+
+
 def _take(core: PoolCore, slot: Slot, level: int) -> list[Job]:
     # Units up to `level`, while the slot stays under its cap; a chunk larger than half
     # the cap still gets room for two (the next is on the wire while the worker runs one).
@@ -80,29 +106,53 @@ def _take(core: PoolCore, slot: Slot, level: int) -> list[Job]:
     load = slot.load
     pending = core.pending
     while pending and (load < level or not load):
-        cap, unit = pending[0]
-        size = len(unit)
-        if load and load + size > max(cap, 2 * size):
-            break
+        unit = pending[0]
+        if type(unit) is Job:
+            if load >= unit.cap:
+                break
+            jobs.append(unit)
+            load += 1
+        else:
+            size = len(unit)
+            if load and load + size > max(unit[0].cap, 2 * size):
+                break
+            jobs.extend(unit)
+            load += size
         pending.popleft()
-        jobs.extend(unit)
-        load += size
     core.pending_jobs -= load - slot.load
     slot.load = load
     return jobs
 
 
-def requeue(core: PoolCore, jobs: list[Job]) -> None:
-    """Put calls that never ran back at the front of the queue, in order (under lock)."""
-    core.pending.appendleft((len(jobs), jobs))
-    core.pending_jobs += len(jobs)
+def cancel_queued(core: PoolCore, owner: Tracker) -> None:
+    """Take `owner`'s calls that were not sent yet out of the queue and cancel them."""
+    dropped = []
+    with core.lock:
+        kept = []
+        for unit in core.pending:
+            jobs = _jobs(unit)
+            mine = [job for job in jobs if job.owner is owner and not job.started]
+            if mine:
+                dropped.extend(mine)
+                jobs = [job for job in jobs if not (job.owner is owner and not job.started)]
+            if jobs:
+                kept.append(jobs)
+        core.pending.clear()
+        core.pending.extend(kept)
+        core.pending_jobs -= len(dropped)
+    for job in dropped:
+        if job.index < 0:
+            job.sink.cancel()
+        else:  # the map's iterator raises it when it reaches the item, as a future would
+            job.sink.settle(job.index, None, CancelledError())
+        owner.done()
 
 
 def send_jobs(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
     """Write `jobs` (already counted in `slot.load`) to the slot's worker in one write;
     jobs that cannot go there are queued again."""
     try:
-        link = core.link_of(slot)
+        link = link_of(core, slot)
     except SupervisorError as exc:  # the tree is gone or does not answer
         with core.lock:
             slot.load -= len(jobs)
@@ -119,7 +169,7 @@ def send_jobs(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
     with core.lock:
         if link.closed is not None or link.draining is not None:
             slot.load -= len(live)
-            requeue(core, live)
+            core.requeue(live)
             plans = core.refresh()
         else:
             plans = None
@@ -128,9 +178,8 @@ def send_jobs(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
                 waiting[msg.id] = job
             if not link.async_count:
                 link.last_progress = time.monotonic()
-                link.cond.notify_all()  # an idle pump waits for async calls to read for
+                watch_progress(core, link)
             link.async_count += len(live)
-            core.ensure_pump(link)
     if plans is not None:
         core.run((), plans)
         return
@@ -147,20 +196,20 @@ def _write(core: PoolCore, link: Any, msgs: list[Any], live: list[Job], data: by
                 link.waiting.pop(msg.id, None)
             link.async_count -= len(live)
             link.slot.load -= len(live)
-            requeue(core, live)
-            lost = [] if link.draining else core.lose_link(link, f"send failed: {exc}")
+            core.requeue(live)
+            lost = [] if link.draining else lose_link(core, link, f"send failed: {exc}")
             plans = core.refresh()
         core.run(lost, plans)
         return
     if status is BUFFERED:
-        core.wake_io(link)
+        wake_io(core, link)
 
 
 def _give_back(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
     with core.lock:
         if jobs:
             slot.load -= len(jobs)
-            requeue(core, jobs)
+            core.requeue(jobs)
         plans = core.refresh()
     core.run((), plans)
 
@@ -187,7 +236,7 @@ def _start(core: PoolCore, slot: Slot, jobs: list[Job]) -> list[Job]:
 
 def _encode(core: PoolCore, slot: Slot, link: Any, live: list[Job]
             ) -> tuple[list[Any], bytes, list[Job]]:
-    ids = link.ids
+    ids = core.ids
     msgs = [P.Call(id=next(ids), method=job.method, args=job.args, kwargs=job.kwargs)
             for job in live]
     try:
@@ -210,8 +259,29 @@ def _encode(core: PoolCore, slot: Slot, link: Any, live: list[Job]
 
 def settle(job: Job, outcome: Any, path: str) -> None:
     """Give the call's result or error (a Reply/Fail message, or an exception) to its
-    future or map slot."""
-    if isinstance(outcome, BaseException):
+    future or map slot, and count it done."""
+    _settle(job, outcome, path)
+    job.owner.done()
+
+
+def settle_all(done: Any) -> None:
+    """`settle` for many calls, counting them done once per client view."""
+    owner, count = None, 0
+    for job, outcome, path in done:
+        _settle(job, outcome, path)
+        if job.owner is not owner:
+            if owner is not None:
+                owner.done(count)
+            owner, count = job.owner, 0
+        count += 1
+    if owner is not None:
+        owner.done(count)
+
+
+def _settle(job: Job, outcome: Any, path: str) -> None:
+    if type(outcome) is P.Reply and not outcome.pickled:
+        value, exc = outcome.value, None  # the common case, without a call
+    elif isinstance(outcome, BaseException):
         value, exc = None, outcome
     else:
         try:
@@ -226,7 +296,6 @@ def settle(job: Job, outcome: Any, path: str) -> None:
             sink.set_result(value)
         else:
             sink.set_exception(exc)
-    job.owner.done()
 
 
 class Tracker:
@@ -240,9 +309,9 @@ class Tracker:
         with self.cond:
             self.count += n
 
-    def done(self) -> None:
+    def done(self, n: int = 1) -> None:
         with self.cond:
-            self.count -= 1
+            self.count -= n
             if not self.count:
                 self.cond.notify_all()
 

@@ -3,8 +3,8 @@
     call() ──checkout──▶ least-loaded Slot ──▶ its Link ──▶ worker process
              (every slot busy: a FIFO queue of Waiters; PoolExhausted after checkout_timeout)
     submit()/map() ──▶ `pending` units ──plan──▶ one batch per slot, one write each
-    replies ◀── whoever holds the link's reading role (a blocking caller, or the link's
-               pump thread while async calls are in flight) files them under `lock`
+    replies ◀── whoever holds the link's reading role (a blocking caller, or
+               the pool's watcher thread, see _pool_watch) files them under `lock`
 
 Busy. A slot's `load` counts the blocking callers checked out on it plus the asynchronous
 calls in flight on it. A blocking caller needs ``load < max_in_flight`` (1 by default: one
@@ -27,7 +27,7 @@ requests, and our telemetry hook runs on that thread, so the hook only schedules
 
 from __future__ import annotations
 
-import socket
+import itertools
 import threading
 import time
 import weakref
@@ -39,26 +39,17 @@ import msgspec
 
 from . import protocol as P
 from . import telemetry
-from ._pool_async import plan, requeue, send_jobs, settle
-from ._pool_link import BUFFERED, Link, SyncCall
+from ._pool_async import plan, send_jobs, settle, settle_all
+from ._pool_io import drain, presend, register_sync
+from ._pool_link import Link, SyncCall
 from ._pool_overflow import Timers, maybe_grow, note_idle
-from ._router import NotRunning
-from .errors import (
-    CallTimeout,
-    CircuitOpen,
-    NoSuchChild,
-    PoolExhausted,
-    SessionLost,
-    SupervisorError,
-    WorkerCrashed,
-)
+from ._pool_watch import Watcher
+from .errors import NoSuchChild, PoolExhausted, SessionLost, WorkerCrashed
 
 if TYPE_CHECKING:
     from .app import App
 
 __all__ = ["PoolCore", "Slot"]
-
-OPEN_TIMEOUT = 30.0  # seconds to get a channel from the tree (a control round trip)
 
 
 @attrs.define(eq=False)
@@ -92,13 +83,21 @@ class Session:
 
 @attrs.define(eq=False)
 class Waiter:
-    """A blocking caller queued for a slot (FIFO); `slot` is set when one is handed over."""
+    """A blocking caller queued for a slot (FIFO); `slot` is set when one is handed over.
+
+    The caller's frame (`cid`, `frame`) waits with it: whoever hands it a slot whose
+    channel is open also writes the frame (`sent` = the link and its SyncCall), so the
+    worker starts on it without waiting for the queued thread to wake up.
+    """
 
     session: str | None
     limit: int
     on_lost: str
     cond: threading.Condition
+    cid: int
+    frame: bytes
     slot: Slot | None = None
+    sent: tuple[Link, SyncCall] | None = None
     error: BaseException | None = None
 
 
@@ -113,7 +112,7 @@ class PoolCore:
         self.slots: list[Slot] = []
         self.waiters: deque[Waiter] = deque()
         self.queued = threading.Condition(self.lock)  # notified when a caller queues
-        self.pending: deque[tuple[int, list[Any]]] = deque()  # (pipeline cap, jobs) units
+        self.pending: deque[Any] = deque()  # units: a Job, or a map chunk (list of Jobs)
         self.pending_jobs = 0
         self.sessions: dict[str, Session] = {}
         self.size = self.max_overflow = 0
@@ -123,7 +122,9 @@ class PoolCore:
         self.growing = False
         self.grow_after = 0.0
         self.gone = False
+        self.ids = itertools.count(1)  # call ids, unique per pool (so per link too)
         self.timers = Timers(f"pool-timers-{path}")
+        self.watcher = Watcher(self)
         self._started = False
         self._start_lock = threading.Lock()
 
@@ -160,41 +161,65 @@ class PoolCore:
         self.slots.sort(key=lambda s: s.index)
 
     # ------------------------------------------------------------------ checkout
-    def checkout(self, session: str | None, limit: int, on_lost: str,
-                 deadline: float) -> Slot:
+    def checkout(self, session: str | None, limit: int, on_lost: str, deadline: float,
+                 cid: int, frame: bytes) -> tuple[Slot, tuple[Link, SyncCall] | None, bool]:
         """A slot with room for one blocking call, in arrival order (FIFO).
+
+        Also, when the slot's channel is open: the link and the entry registered there
+        for `cid` (else None), and whether the frame was already written for the caller
+        (a queued caller's is, see `Waiter`). One pass under the lock for all of it.
 
         Raises PoolExhausted past `deadline`, SessionLost for a lost session (unless
         `on_lost` is "reassign"), WorkerCrashed once the tree is gone.
         """
-        with self.lock:
-            if not self.waiters:
-                slot = self._pick(session, limit, on_lost)
-                if slot is not None:
-                    return self._assign(slot, session)
-            waiter = Waiter(session, limit, on_lost, threading.Condition(self.lock))
-            self.waiters.append(waiter)
-            self.queued.notify_all()
-            try:
-                self._serve()
-                if waiter.slot is None:
-                    maybe_grow(self)
-                while waiter.slot is None:
-                    if waiter.error is not None:
-                        raise waiter.error
-                    if self.gone:
-                        raise WorkerCrashed("the tree is not running", path=self.path)
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise self._exhausted(session)
-                    waiter.cond.wait(remaining)
-                return waiter.slot
-            finally:
-                if waiter.slot is None and waiter in self.waiters:
-                    self.waiters.remove(waiter)
+        plans: list[Any] = []
+        try:
+            with self.lock:
+                slot, sent, written = self._checkout(session, limit, on_lost, deadline, cid,
+                                                     frame, plans)
+        finally:
+            if plans:
+                self.run((), plans)
+        if sent is not None and not written:
+            self.watcher.apply(sent[0])  # registered here: the watcher steps back
+        return slot, sent, written
 
-    def _serve(self) -> None:
-        """Hand free capacity to queued callers, first come first served (under lock)."""
+    def _checkout(self, session: str | None, limit: int, on_lost: str, deadline: float,
+                  cid: int, frame: bytes, plans: list[Any]) -> Any:
+        if not self.waiters:
+            slot = self._pick(session, limit, on_lost)
+            if slot is not None:
+                self._assign(slot, session)
+                return slot, self._register_on(slot, session, cid), False
+        waiter = Waiter(session, limit, on_lost, threading.Condition(self.lock), cid, frame)
+        self.waiters.append(waiter)
+        self.queued.notify_all()
+        try:
+            self._serve(plans)
+            if waiter.slot is None:
+                maybe_grow(self)
+            self._await_slot(waiter, deadline)
+            return waiter.slot, waiter.sent, waiter.sent is not None
+        finally:
+            if waiter.slot is None and waiter in self.waiters:
+                self.waiters.remove(waiter)
+
+    def _await_slot(self, waiter: Waiter, deadline: float) -> None:
+        while waiter.slot is None:
+            if waiter.error is not None:
+                raise waiter.error
+            if self.gone:
+                raise WorkerCrashed("the tree is not running", path=self.path)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._exhausted(waiter.session)
+            waiter.cond.wait(remaining)
+
+    def _serve(self, plans: list[Any]) -> None:
+        """Hand free capacity to queued callers, first come first served (under lock);
+        the frames to write for them go to `plans` as ``(None, presend)``."""
+        if not self.waiters:
+            return
         for waiter in list(self.waiters):
             try:
                 slot = self._pick(waiter.session, waiter.limit, waiter.on_lost)
@@ -204,8 +229,30 @@ class PoolCore:
                 if slot is None:
                     continue
                 waiter.slot = self._assign(slot, waiter.session)
+                waiter.sent = self._register_on(slot, waiter.session, waiter.cid)
+                if waiter.sent is not None:
+                    link, entry = waiter.sent
+                    plans.append((None, (link, waiter.frame, waiter.cid, entry)))
             self.waiters.remove(waiter)
             waiter.cond.notify()
+
+    def _register_on(self, slot: Slot, session: str | None, cid: int
+                     ) -> tuple[Link, SyncCall] | None:
+        link = slot.link
+        if link is None or link.closed is not None or link.draining is not None \
+                or not self._may_presend(session, link):
+            return None  # the caller opens the link, or learns the session is lost
+        return link, register_sync(self, link, cid)
+
+    def _may_presend(self, session: str | None, link: Link) -> bool:
+        if session is None:
+            return True
+        sess = self.sessions.get(session)
+        if sess is None or sess.slot is not link.slot or sess.lost is not None:
+            return False
+        if sess.pid is None:
+            sess.pid = link.pid
+        return sess.pid == link.pid  # else the caller finds out (SessionLost) itself
 
     def _assign(self, slot: Slot, session: str | None) -> Slot:
         slot.load += 1
@@ -240,10 +287,17 @@ class PoolCore:
             slot.down_gen = None  # a newer process started since
         return True
 
+    def requeue(self, jobs: list[Any]) -> None:
+        """Put calls that never ran back at the front of the queue, in order (under lock)."""
+        self.pending.appendleft(jobs)
+        self.pending_jobs += len(jobs)
+
     def refresh(self) -> list[Any]:
         """Capacity changed: serve queued callers, then plan queued async calls (under lock)."""
-        self._serve()
-        return plan(self, force=True)
+        plans: list[Any] = []
+        self._serve(plans)
+        plans.extend(plan(self, force=True))
+        return plans
 
     def checkin(self, slot: Slot) -> None:
         with self.lock:
@@ -289,7 +343,7 @@ class PoolCore:
                 raise self.session_lost(session, sess)
             return False
 
-    def _lose_sessions(self, slot: Slot, pid: int | None, why: str) -> None:
+    def lose_sessions(self, slot: Slot, pid: int | None, why: str) -> None:
         for sess in self.sessions.values():
             if sess.slot is slot and sess.pid == pid and sess.lost is None:
                 sess.lost = why
@@ -301,292 +355,35 @@ class PoolCore:
         return any(sess.slot is slot for sess in self.sessions.values())
 
     # ------------------------------------------------------------------ links
-    def link_of(self, slot: Slot) -> Link | None:
-        """The slot's open link, opened if needed; None when its worker is not running.
-
-        Raises WorkerCrashed when the tree is gone, CallTimeout when it does not answer.
-        """
-        with self.lock:
-            while True:
-                link = slot.link
-                if link is not None and link.closed is None and link.draining is None:
-                    return link
-                if self.gone:
-                    raise WorkerCrashed("the tree is not running", path=slot.path)
-                if not self.usable(slot) or slot not in self.slots:
-                    return None
-                if not slot.opening:
-                    break
-                self.open_cond.wait()  # another thread is opening it; share theirs
-            slot.opening = True
-        link = None
-        try:
-            link = self._open(slot)
-        finally:
-            with self.lock:
-                slot.opening = False
-                if link is not None:
-                    slot.link = link
-                self.open_cond.notify_all()
-        return link
-
-    def _open(self, slot: Slot) -> Link | None:
-        # Read the start count before asking: if the worker is down, a start reported
-        # after this read makes the slot usable again (no lost wake-up, see `usable`).
-        generation = self.app._generation_of(slot.path)
-        mine, theirs = socket.socketpair()
-        try:
-            policy = self.app._request(P.OpenChannel(id=0, path=slot.path),
-                                       fds=(theirs.fileno(),), timeout=OPEN_TIMEOUT)
-        except (NotRunning, CircuitOpen):
-            mine.close()
-            with self.lock:
-                slot.down_gen = generation
-            return None
-        except NoSuchChild:  # deleted behind our back (terminate_child + delete_child)
-            mine.close()
-            with self.lock:
-                if slot in self.slots:
-                    self.slots.remove(slot)
-                self._lose_sessions(slot, None, "was deleted")
-            return None
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        return Link(slot, mine, policy, generation, self.lock)
-
-    def wake_io(self, link: Link) -> None:
-        """Bytes wait in the link's outbuf: make sure a reader runs and polls for them."""
-        link.wake_reader()
-        with self.lock:
-            self.ensure_pump(link)
-            link.cond.notify_all()
-
-    def ensure_pump(self, link: Link) -> None:
-        if link.pump is None and link.closed is None:
-            link.pump = threading.Thread(target=self._pump, args=(link,), daemon=True,
-                                         name=f"pool-pump-{link.slot.id}")
-            link.pump.start()
 
     # ------------------------------------------------------------------ blocking calls
-    def send_sync(self, link: Link, data: bytes, cid: int) -> bool:
-        """Write one registered frame; False when it never left (dispatch it again)."""
-        try:
-            status = link.write(data)
-        except OSError as exc:
-            with self.lock:
-                link.waiting.pop(cid, None)
-                lost = [] if link.draining else self.lose_link(link, f"send failed: {exc}")
-                plans = self.refresh()
-            self.run(lost, plans)
-            return False
-        if status is BUFFERED:
-            self.wake_io(link)
-        return True
-
-    def await_reply(self, link: Link, entry: SyncCall, cid: int,
-                    deadline: float | None) -> Any:
-        """The reply to `cid`, reading the link ourselves when nobody else is (no thread
-        hand-off for a lone caller). Raises WorkerCrashed, TimeoutError past `deadline`."""
-        lock = self.lock
-        with lock:
-            try:
-                while entry.reply is None:
-                    if link.closed is not None:
-                        link.waiting.pop(cid, None)
-                        raise WorkerCrashed(
-                            f"worker {link.slot.path!r} (pid {link.pid}) died while the "
-                            f"call was in flight ({link.closed})", path=link.slot.path)
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        link.waiting.pop(cid, None)
-                        raise TimeoutError
-                    if link.reading:
-                        link.cond.wait(remaining)
-                        continue
-                    self._read_once(link, remaining)
-            finally:
-                if link.closed is not None and not link.reading:
-                    link.close_fds()
-        return entry.reply
-
-    def timed_out(self, link: Link, method: str, limit: float) -> CallTimeout:
-        exc = CallTimeout(f"call {method!r} to {link.slot.path!r} got no answer within "
-                          f"{limit:.3g}s", path=link.slot.path)
-        exc.policy = link.policy
-        if link.policy.get("on_timeout", "restart") == "restart":
-            # Its state is unknown after a call it did not finish: the supervisor replaces
-            # it, and this link is finished with it.
-            with self.lock:
-                lost = self.lose_link(link, "a call timed out; the worker is replaced")
-                plans = self.refresh()
-            self.run(lost, plans)
-            self._report_failure(link.slot)
-        return exc
-
-    def _report_failure(self, slot: Slot) -> None:
-        parent, _, child_id = slot.path.rpartition("/")
-        try:
-            self.app._request(P.ReportFailure(id=0, path=parent, child_id=child_id,
-                                              category="timeout_error", reason="timeout"),
-                              timeout=5.0)
-        except SupervisorError:
-            pass  # already gone or restarting: its supervisor handles that on its own
 
     # ------------------------------------------------------------------ reading
-    def _read_once(self, link: Link, timeout: float | None) -> None:
-        """Hold the reading role for one read, file what came, run the follow-ups
-        (called and returning with the lock held)."""
-        link.reading = True
-        self.lock.release()
-        try:
-            msgs, why = link.io_once(timeout)
-        finally:
-            self.lock.acquire()
-            link.reading = False
-        done, plans = self._file(link, msgs, why)
-        if done or plans:
-            self.lock.release()
-            try:
-                self.run(done, plans)
-            finally:
-                self.lock.acquire()
-
-    def _pump(self, link: Link) -> None:
-        """Reads a link while async calls are in flight on it (or bytes wait to go out)."""
-        with self.lock:
-            while link.closed is None:
-                if link.reading or not (link.async_count or link.outbuf):
-                    link.cond.wait()
-                    continue
-                timeout = None
-                if link.async_count and link.call_timeout is not None:
-                    timeout = link.last_progress + link.call_timeout - time.monotonic()
-                    if timeout <= 0:
-                        self._async_timed_out(link)
-                        continue
-                self._read_once(link, timeout)
-            if not link.reading:
-                link.close_fds()
-
-    def _async_timed_out(self, link: Link) -> None:
-        """No reply for call_timeout with async calls in flight (called with the lock)."""
-        lost = self.lose_link(link, f"no reply within {link.call_timeout:g}s",
-                              error=CallTimeout, row="timeout_error")
-        plans = self.refresh()
-        self.lock.release()
-        try:
-            self.run(lost, plans)
-            if link.policy.get("on_timeout", "restart") == "restart":
-                self._report_failure(link.slot)
-        finally:
-            self.lock.acquire()
-
-    def _file(self, link: Link, msgs: list[Any], why: str | None) -> tuple[list, list]:
-        """File replies (under lock); returns (async settlements, send plans)."""
-        slot = link.slot
-        done: list[Any] = []
-        again: list[Any] = []
-        for msg in msgs:
-            if msg.id == 0:
-                self._drain(link, msg.message)
-                continue
-            entry = link.waiting.pop(msg.id, None)
-            if entry is None:
-                continue  # its caller gave up (timeout)
-            if type(entry) is SyncCall:
-                entry.reply = msg
-                continue
-            link.async_count -= 1
-            slot.load -= 1
-            if type(msg) is P.Fail and msg.type == "NotRun":
-                again.append(entry)
-            else:
-                done.append((entry, msg, slot.path))
-        if done:
-            link.last_progress = time.monotonic()
-        if again:
-            requeue(self, again)
-        if why is None and link.draining is not None and not link.waiting:
-            why = "drained"  # the leaving worker answered everything: let go of the link
-        if why is not None:
-            done.extend(self.lose_link(link, why))
-        link.cond.notify_all()
-        plans = self.refresh()
-        note_idle(self, slot)
-        return done, plans
-
-    def _drain(self, link: Link, message: str) -> None:
-        # The worker's Closing notice: it serves nothing new on any channel; what it
-        # already read is answered (NotRun if not run). New calls go to the replacement.
-        link.draining = message
-        link.stop_writing()
-        slot = link.slot
-        if slot.link is link:
-            slot.link = None
-            slot.down_gen = link.generation
-        self._lose_sessions(slot, link.pid, f"is leaving ({message})")
-
-    def lose_link(self, link: Link, why: str, *, error: type = WorkerCrashed,
-                  row: str = "connection_error") -> list[Any]:
-        """The link is dead (under lock): fail or re-send its async calls; returns the
-        settlements to run outside the lock. Blocking callers see `closed` themselves."""
-        if link.closed is not None:
-            return []
-        link.closed = why
-        slot = link.slot
-        if slot.link is link:
-            slot.link = None
-        self._lose_sessions(slot, link.pid, f"died ({why})")
-        delays = link.policy.get("retries", {}).get(row) or []
-        failed, again = [], []
-        for cid, entry in list(link.waiting.items()):
-            if type(entry) is SyncCall:
-                continue
-            del link.waiting[cid]
-            slot.load -= 1
-            if entry.method in link.idempotent and entry.attempt <= len(delays):
-                delay = delays[entry.attempt - 1]
-                entry.attempt += 1
-                if delay > 0:
-                    self.timers.call_later(delay, lambda job=entry: self._resend([job]))
-                else:
-                    again.append(entry)
-                continue
-            if error is WorkerCrashed:
-                text = (f"worker {slot.path!r} (pid {link.pid}) died while the call was "
-                        f"in flight ({why})")
-            else:
-                text = f"call {entry.method!r} to {slot.path!r} got {why}"
-            exc = error(text, path=slot.path, attempt=entry.attempt,
-                        context={"operation": entry.method})
-            exc.policy = link.policy
-            failed.append((entry, exc, slot.path))
-        link.async_count = 0
-        if again:
-            requeue(self, again)
-        link.cond.notify_all()
-        link.interrupt()  # a reader blocked in poll returns now
-        if not link.reading:
-            link.close_fds()
-        return failed
-
-    def _resend(self, jobs: list[Any]) -> None:
-        with self.lock:
-            requeue(self, jobs)
-            plans = self.refresh()
-        self.run((), plans)
 
     # ------------------------------------------------------------------ follow-ups
     def run(self, done: Any, plans: Any) -> None:
         """Settle async calls and send planned batches (never under the lock: settling
         runs the futures' callbacks, which may call back into the pool)."""
-        for job, outcome, path in done:
-            settle(job, outcome, path)
+        if done:
+            settle_all(done)
         for slot, jobs in plans:
-            send_jobs(self, slot, jobs)
+            if slot is None:
+                presend(self, *jobs)
+            else:
+                send_jobs(self, slot, jobs)
+
+    def worker_leaving(self, path: str, why: str) -> int | None:
+        """Its supervisor is stopping the worker at `path` (over its memory limit): send it
+        nothing new, as if it had sent its Closing notice. Returns the pid it had, or
+        None when no open link went to it. Takes only the lock (runs on the App's reader
+        thread)."""
+        with self.lock:
+            for slot in self.slots:
+                link = slot.link
+                if slot.path == path and link is not None and link.closed is None:
+                    drain(self, link, why)
+                    return link.pid
+        return None
 
     def kick(self) -> None:
         """A worker of the pool (re)started: serve whoever waits for capacity."""
@@ -598,7 +395,9 @@ class PoolCore:
         """The root exited: fail everything still queued, wake every waiter."""
         with self.lock:
             self.gone = True
-            jobs = [job for _, unit in self.pending for job in unit]
+            self.watcher.close()
+            jobs = [job for unit in self.pending
+                    for job in (unit if isinstance(unit, list) else [unit])]
             self.pending.clear()
             self.pending_jobs = 0
             for waiter in self.waiters:
@@ -609,24 +408,36 @@ class PoolCore:
 
 
 def _watch_tree(core: PoolCore) -> None:
-    """Hear about the pool's workers starting (to un-down slots), and the tree's end.
+    """Hear about the pool's workers (re)starting or being stopped, and the tree's end.
 
-    The telemetry hook runs on the App's reader thread: it only schedules `kick` on the
-    timer thread (a request from the reader thread would wait for itself). Both hold the
-    core weakly, so a dropped App takes its pool client with it.
+    The telemetry hook runs on the App's reader thread: it only takes the lock, or
+    schedules work on the timer thread (a request from the reader thread would wait for
+    itself). A worker over its memory limit is stopped gracefully by its supervisor,
+    which says so first ("memory_exceeded"): the pool stops sending it calls at once, so
+    calls queued meanwhile go to its replacement. Both hooks hold the core weakly, so a
+    dropped App takes its pool client with it.
     """
     ref = weakref.ref(core)
     handler_id = f"supervisor-pool-{id(core)}"
     prefix = f"{core.path}/" if core.path else ""
 
-    def on_started(event: Any, measurements: Any, metadata: Any) -> None:
+    def on_event(event: Any, measurements: Any, metadata: Any) -> None:
         target = ref()
         if target is None:
             telemetry.detach(handler_id)
             return
         path = metadata.get("path") or ""
-        if path.startswith(prefix) and "/" not in path[len(prefix):]:
+        if not path.startswith(prefix) or "/" in path[len(prefix):]:
+            return
+        if event[-1] == "started":
             target.timers.call_soon(target.kick)
+            return
+        pid = target.worker_leaving(path, "is leaving (over its memory limit)")
+        if pid is not None:
+            telemetry.execute(("supervisor", "pool", "worker_leaving"), {"time": time.time()},
+                              {"path": path, "id": metadata.get("id"), "pid": pid,
+                               "pool": target.path, "reason": "memory_limit",
+                               "category": "resource_error"})
 
     def await_exit(exited: threading.Event) -> None:
         exited.wait()
@@ -635,6 +446,7 @@ def _watch_tree(core: PoolCore) -> None:
         if target is not None:
             target.tree_gone()
 
-    telemetry.attach(handler_id, [("supervisor", "child", "started")], on_started)
+    telemetry.attach(handler_id, [("supervisor", "child", "started"),
+                                  ("supervisor", "child", "memory_exceeded")], on_event)
     threading.Thread(target=await_exit, args=(core.app._exited,), daemon=True,
-                     name=f"pool-watch-{core.path}").start()
+                     name=f"pool-exit-{core.path}").start()

@@ -2,7 +2,7 @@
 
     caller threads ─┐  write(): non-blocking send, the rest to `outbuf`
     submit/map     ─┼──────────────────────────────▶ worker (one socketpair)
-    the pump       ─┘◀─ io_once(): poll, flush `outbuf`, recv replies (one reader at a time)
+    the watcher    ─┘◀─ io_once(): poll, flush `outbuf`, recv replies (one reader at a time)
 
 The link does I/O only; what a reply means (which caller, which future) is decided by the
 pool core under its lock. Two rules keep it free of deadlocks:
@@ -22,7 +22,6 @@ concurrent send in another thread fail half-way and corrupt the stream.
 
 from __future__ import annotations
 
-import itertools
 import select
 import socket
 import threading
@@ -32,15 +31,19 @@ from . import protocol as P
 from ._framing import FrameReader, recv_some
 from .errors import ProtocolError
 
-__all__ = ["Link", "Job", "SyncCall", "SENT", "BUFFERED"]
+__all__ = ["Link", "Job", "SyncCall", "SENT", "BUFFERED", "NOT_SENT"]
 
 SENT = "sent"  # the kernel took every byte
 BUFFERED = "buffered"  # some bytes wait in `outbuf`: the reader must be woken
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
+NOT_SENT = "not sent"  # a SyncCall's reply when its frame never left (dispatch it again)
+
+
 class SyncCall:
-    """A blocking caller's place in a link's table: the reader files its reply here."""
+    """A blocking caller's place in a link's table: the reader files its reply here
+    (or NOT_SENT when another thread's write of its frame failed)."""
 
     __slots__ = ("reply",)
 
@@ -52,22 +55,25 @@ class Job:
     """One asynchronous call (`submit`, `map`), queued or in flight.
 
     `sink` is a `concurrent.futures.Future` when `index` is -1, else a map's result
-    table and the item's position in it. `attempt` counts sends after a crash (the
+    table and the item's position in it. `cap` is the most calls in flight per worker
+    its caller allows (the view's pipeline). `attempt` counts sends after a crash (the
     matrix row's delays are indexed by it); `started` is set once the future was marked
     running (a cancelled one is dropped then, never sent). `owner` counts the client
     view's outstanding calls for ``shutdown(wait=True)``.
     """
 
-    __slots__ = ("method", "args", "kwargs", "sink", "index", "owner", "attempt", "started")
+    __slots__ = ("method", "args", "kwargs", "sink", "index", "owner", "cap", "attempt",
+                 "started")
 
     def __init__(self, method: str, args: tuple, kwargs: dict | None, sink: Any,
-                 index: int, owner: Any) -> None:
+                 index: int, owner: Any, cap: int) -> None:
         self.method = method
         self.args = args
         self.kwargs = kwargs
         self.sink = sink
         self.index = index
         self.owner = owner
+        self.cap = cap
         self.attempt = 1
         self.started = False
 
@@ -80,6 +86,7 @@ class Link:
     `async_count` counts the Jobs among them; `reading` is True while one thread holds the
     reading role; `closed` says why the channel is dead (None while it lives); `draining`
     is the worker's Closing notice (it serves nothing new, replies to what it read).
+    `armed` is True while the pool's watcher waits for its next event (see `_pool_watch`).
     `generation` is the App's start count for the path when the link was opened.
     """
 
@@ -93,14 +100,22 @@ class Link:
         self.call_timeout: float | None = policy.get("call_timeout")
         self.generation = generation
         self.cond = threading.Condition(lock)
-        self.ids = itertools.count(1)
         self.waiting: dict[int, Any] = {}
         self.async_count = 0
         self.reading = False
+        self.readers = 0  # blocking calls registered whose callers still await a reply
+        # The pool watcher's one-shot registration (see `_pool_watch`): `armed` is the
+        # wanted state (under the pool's lock), the `kernel_*` fields what the kernel has
+        # (under `elock`).
+        self.armed = False
+        self.elock = threading.Lock()
+        self.registered = False
+        self.kernel_armed = False
+        self.kernel_out = False
         self.closed: str | None = None
         self.draining: str | None = None
-        self.pump: threading.Thread | None = None
-        self.last_progress = 0.0
+        self.last_progress = 0.0  # monotonic time of the last async reply (or first send)
+        self.progress_timer = False
         self.reader = FrameReader(P.CALL_CODEC)
         self.wlock = threading.Lock()
         self.outbuf = bytearray()

@@ -128,6 +128,8 @@ def note_idle(core: PoolCore, slot: Slot) -> None:
 
 
 def _retire_check(core: PoolCore, slot: Slot) -> None:
+    from ._pool_io import lose_link  # here: _pool_io imports this module
+
     with core.lock:
         slot.retire_timer = False
         if slot.retiring or slot not in core.slots or slot.load or core.has_sessions(slot):
@@ -139,7 +141,7 @@ def _retire_check(core: PoolCore, slot: Slot) -> None:
             return
         slot.retiring = True  # no call is dispatched to it from here on
         link = slot.link
-        lost = core.lose_link(link, "the overflow worker retired") if link else []
+        lost = lose_link(core, link, "the overflow worker retired") if link else []
     core.run(lost, ())
     threading.Thread(target=_retire, args=(core, slot), daemon=True,
                      name=f"pool-retire-{slot.id}").start()

@@ -1,0 +1,467 @@
+"""Pool throughput and recovery: our pool client against the peers and the raw floor.
+
+Everything uses 2 worker processes and a trivial function (echo of the int 1), so the
+numbers measure per-call overhead, which is what a pool adds. Three sections:
+
+    per-call   many calls in flight: submit-all-then-result (and 4 caller threads with
+               pool.call) vs ProcessPoolExecutor / multiprocessing.Pool.apply_async /
+               loky / pebble, and the raw floor: 2 forked children serving msgspec frames
+               over socketpairs with 64 calls in flight each (one write per frame, and
+               with writes coalesced per batch)
+    map        pool.map(chunksize=256) vs multiprocessing.Pool.map / ProcessPoolExecutor.map
+               with the same chunk size
+    recovery   SIGKILL one worker mid-load: time until a new call is served, until the
+               replacement serves, and how many in-flight calls failed
+
+Each contender is set up, measured `rounds` times (best and median reported) and torn
+down before the next, in an order where every forking peer forks before this process has
+started any thread. Nothing is asserted: numbers go to the table and to
+``benchmarks/results/pool.json``.
+
+Run: ``python -m benchmarks.bench_pool [--quick]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import selectors
+import signal
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from benchmarks._util import (
+    echo,
+    fmt_ratio,
+    parse_args,
+    print_table,
+    ratio,
+    reap,
+    report_leftovers,
+    write_json,
+)
+
+NAME = "pool"
+IN_FLIGHT = 64
+_LENGTH = struct.Struct(">I")
+
+
+# --------------------------------------------------------------------------- raw floor
+def _floor_serve(sock: socket.socket, batched: bool) -> None:
+    """The floor child: echo every request frame; one write per reply, or per batch."""
+    dec, enc = msgspec.msgpack.Decoder(), msgspec.msgpack.Encoder()
+    buf = bytearray()
+    while data := sock.recv(262144):
+        buf += data
+        out = bytearray()
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = _LENGTH.unpack_from(buf, pos)
+            if len(buf) - pos - 4 < size:
+                break
+            cid, _method, args = dec.decode(memoryview(buf)[pos + 4:pos + 4 + size])
+            pos += 4 + size
+            frame = bytearray(4)
+            enc.encode_into((cid, args[0]), frame, 4)
+            _LENGTH.pack_into(frame, 0, len(frame) - 4)
+            if batched:
+                out += frame
+            else:
+                sock.sendall(frame)
+        del buf[:pos]
+        if out:
+            sock.sendall(out)
+
+
+def _fork_floor(batched: bool, close: list[int]) -> tuple[int, socket.socket]:
+    mine, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            mine.close()
+            for fd in close:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            _floor_serve(theirs, batched)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    theirs.close()
+    return pid, mine
+
+
+def floor_run(n: int, batched: bool) -> float:
+    """Calls/s through 2 forked frame servers, IN_FLIGHT calls in flight on each."""
+    enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+    children = []
+    for _ in range(2):
+        children.append(_fork_floor(batched, [s.fileno() for _, s in children]))
+    sel = selectors.DefaultSelector()
+    state = {}
+    for _pid, sock in children:
+        sel.register(sock, selectors.EVENT_READ)
+        state[sock] = {"buf": bytearray(), "sent": 0, "done": 0}
+    per_child = n // 2
+
+    def send(sock: socket.socket, k: int) -> None:
+        st = state[sock]
+        k = min(k, per_child - st["sent"])
+        frames = []
+        for i in range(k):
+            frame = bytearray(4)
+            enc.encode_into((st["sent"] + i, "echo", (1,)), frame, 4)
+            _LENGTH.pack_into(frame, 0, len(frame) - 4)
+            frames.append(frame)
+        st["sent"] += k
+        if batched:
+            sock.sendall(b"".join(frames))
+        else:
+            for frame in frames:
+                sock.sendall(frame)
+
+    t0 = time.perf_counter()
+    for _pid, sock in children:
+        send(sock, IN_FLIGHT)
+    remaining = len(children)
+    while remaining:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            st = state[sock]
+            st["buf"] += sock.recv(262144)
+            buf, pos, got = st["buf"], 0, 0
+            while len(buf) - pos >= 4:
+                (size,) = _LENGTH.unpack_from(buf, pos)
+                if len(buf) - pos - 4 < size:
+                    break
+                dec.decode(memoryview(buf)[pos + 4:pos + 4 + size])
+                pos += 4 + size
+                got += 1
+            del buf[:pos]
+            st["done"] += got
+            send(sock, got)
+            if st["done"] == per_child:
+                remaining -= 1
+                sel.unregister(sock)
+    elapsed = time.perf_counter() - t0
+    for pid, sock in children:
+        sock.close()
+        reap(pid)
+    return 2 * per_child / elapsed
+
+
+# --------------------------------------------------------------------------- per-call
+def _submit_all(submit: Callable[[], Any], result: Callable[[Any], Any], n: int) -> float:
+    t0 = time.perf_counter()
+    handles = [submit() for _ in range(n)]
+    for h in handles:
+        result(h)
+    return n / (time.perf_counter() - t0)
+
+
+def _threads(call: Callable[[], Any], n: int, threads: int = 4) -> float:
+    per = n // threads
+
+    def run() -> None:
+        for _ in range(per):
+            call()
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return per * threads / (time.perf_counter() - t0)
+
+
+def _rounds(fn: Callable[[], float], rounds: int) -> dict[str, float]:
+    fn()  # warm-up (imports, first forks, caches)
+    rates = [fn() for _ in range(rounds)]
+    return {"best": max(rates), "median": statistics.median(rates)}
+
+
+def peers_per_call(n: int, rounds: int) -> dict[str, dict[str, float]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = {}
+    with ProcessPoolExecutor(2) as ex:
+        out["ProcessPoolExecutor submit"] = _rounds(
+            lambda: _submit_all(lambda: ex.submit(echo, 1), lambda f: f.result(), n), rounds)
+    with multiprocessing.Pool(2) as mp:
+        out["multiprocessing.Pool apply_async"] = _rounds(
+            lambda: _submit_all(lambda: mp.apply_async(echo, (1,)), lambda r: r.get(), n),
+            rounds)
+    try:
+        import pebble
+    except ImportError:
+        print("pebble: not installed, skipped")
+    else:
+        pp = pebble.ProcessPool(max_workers=2)
+        out["pebble schedule"] = _rounds(
+            lambda: _submit_all(lambda: pp.schedule(echo, args=(1,)), lambda f: f.result(),
+                                n), rounds)
+        pp.stop()
+        pp.join()
+    try:
+        import loky
+    except ImportError:
+        print("loky: not installed, skipped")
+    else:
+        lx = loky.get_reusable_executor(max_workers=2)
+        out["loky submit"] = _rounds(
+            lambda: _submit_all(lambda: lx.submit(echo, 1), lambda f: f.result(), n), rounds)
+        lx.shutdown(wait=True, kill_workers=True)
+    return out
+
+
+def _start_pool():
+    import supervisor
+    from supervisor import Pool, Supervisor, telemetry
+    from workers.echo import Echo
+
+    app = supervisor.start(Supervisor("root", children=[Pool("p", Echo, size=2)]))
+    telemetry.detach(telemetry.DEFAULT_REPORTER)  # log lines would be measured too
+    return app
+
+
+def ours_per_call(app: Any, n: int, rounds: int) -> dict[str, dict[str, float]]:
+    pool = app.pool("p")
+    wide = pool.options(max_in_flight=8)
+    return {
+        "ours: pool.submit": _rounds(
+            lambda: _submit_all(lambda: pool.submit("echo", 1), lambda f: f.result(), n),
+            rounds),
+        "ours: pool.call, 4 threads": _rounds(
+            lambda: _threads(lambda: pool.call("echo", 1), n // 4), rounds),
+        "ours: pool.call, 4 threads, max_in_flight=8": _rounds(
+            lambda: _threads(lambda: wide.call("echo", 1), n // 4), rounds),
+    }
+
+
+# --------------------------------------------------------------------------- map
+def map_rates(app: Any | None, m: int, rounds: int) -> dict[str, dict[str, float]]:
+    items = range(m)
+
+    def rate(run: Callable[[], Any]) -> float:
+        t0 = time.perf_counter()
+        run()
+        return m / (time.perf_counter() - t0)
+
+    if app is not None:
+        pool = app.pool("p")
+        return {"ours: pool.map chunksize=256": _rounds(
+            lambda: rate(lambda: list(pool.map("echo", items, chunksize=256))), rounds)}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = {}
+    with multiprocessing.Pool(2) as mp:
+        out["multiprocessing.Pool.map chunksize=256"] = _rounds(
+            lambda: rate(lambda: mp.map(echo, items, chunksize=256)), rounds)
+    with ProcessPoolExecutor(2) as ex:
+        out["ProcessPoolExecutor.map chunksize=256"] = _rounds(
+            lambda: rate(lambda: list(ex.map(echo, items, chunksize=256))), rounds)
+    return out
+
+
+# --------------------------------------------------------------------------- recovery
+def _isolated(fn: Callable[[], dict[str, Any]], timeout: float = 60.0) -> dict[str, Any]:
+    """Run `fn` in a forked child in its own process group, and return its result.
+
+    A peer whose worker is SIGKILLed can be left unable to shut down:
+    multiprocessing.Pool's terminate() blocks forever when the killed worker held the
+    task queue's lock (a shared locked queue a dying process left locked). The child
+    leaves with os._exit, and its whole group is SIGKILLed afterwards, so no peer
+    process outlives the measurement.
+    """
+    import json
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setpgrp()
+        try:
+            data = json.dumps(fn())
+        except BaseException as exc:
+            data = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+        os.write(w, data.encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    with os.fdopen(r, "rb") as pipe:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                continue
+            chunk = os.read(pipe.fileno(), 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    reap(pid)
+    if not chunks:
+        return {"error": f"no result within {timeout}s"}
+    return json.loads(b"".join(chunks))
+
+
+def _first_success(attempt: Callable[[], Any], t0: float, limit: float = 10.0) -> float:
+    """Seconds from `t0` until `attempt()` returns without raising (tries again at once)."""
+    while time.perf_counter() - t0 < limit:
+        try:
+            attempt()
+        except Exception:  # a broken peer raises its own errors: any of them means "not yet"
+            continue
+        return time.perf_counter() - t0
+    return float("nan")
+
+
+def ppe_recovery(n: int) -> dict[str, Any]:
+    """ProcessPoolExecutor breaks when a worker dies: time to a working executor again."""
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    ex = ProcessPoolExecutor(2)
+    ex.submit(echo, 1).result()
+    futures = [ex.submit(echo, 1) for _ in range(n)]
+    futures[n // 10].result()
+    victim = next(iter(ex._processes))  # private, but the only way to name a worker
+    t0 = time.perf_counter()
+    os.kill(victim, signal.SIGKILL)
+    wait(futures, timeout=30)
+    fresh: list[Any] = []
+
+    def rebuild() -> None:
+        ex.shutdown(wait=False, cancel_futures=True)
+        fresh.append(ProcessPoolExecutor(2))
+        fresh[-1].submit(echo, 1).result(timeout=10)
+
+    served = _first_success(rebuild, t0)
+    failed = sum(1 for f in futures if f.exception() is not None)
+    for other in fresh:
+        other.shutdown(wait=True)
+    return {"first_served_ms": served * 1e3, "replacement_ms": served * 1e3,
+            "failed": failed, "in_flight": n, "note": "executor broken: rebuilt"}
+
+
+def mp_recovery(n: int) -> dict[str, Any]:
+    """multiprocessing.Pool replaces a killed worker; the call it ran never completes."""
+    import multiprocessing
+
+    mp = multiprocessing.Pool(2)  # never shut down: see _isolated
+    mp.apply(echo, (1,))
+    results = [mp.apply_async(echo, (1,)) for _ in range(n)]
+    results[n // 10].get()
+    victim = mp._pool[0].pid  # private, as above
+    t0 = time.perf_counter()
+    os.kill(victim, signal.SIGKILL)
+    served = _first_success(lambda: mp.apply_async(echo, (1,)).get(timeout=1), t0)
+    deadline = time.monotonic() + 3.0
+    for r in results:
+        r.wait(max(0.0, deadline - time.monotonic()))
+    failed = sum(1 for r in results if not r.ready())
+    return {"first_served_ms": served * 1e3, "replacement_ms": None, "failed": failed,
+            "in_flight": n, "note": "lost calls hang forever (counted after 3 s)"}
+
+
+def ours_recovery(app: Any, n: int) -> dict[str, Any]:
+    """SIGKILL one pool worker with `n` calls submitted: the rest of the pool serves on."""
+    pool = app.pool("p")
+    pids = {c.id: c.pid for c in app.which_children("p")}
+    victim, survivor = pids["p-0"], pids["p-1"]
+    futures = [pool.submit("echo", 1) for _ in range(n)]
+    futures[n // 10].result()
+    t0 = time.perf_counter()
+    os.kill(victim, signal.SIGKILL)
+    served = _first_success(lambda: pool.call("echo", 1), t0)
+
+    def replacement_serves() -> None:
+        if {pool.submit("pid").result() for _ in range(4)} <= {victim, survivor}:
+            raise LookupError("the replacement has not served yet")
+
+    replaced = _first_success(replacement_serves, t0)
+    failed = sum(1 for f in futures if f.exception() is not None)
+    return {"first_served_ms": served * 1e3, "replacement_ms": replaced * 1e3,
+            "failed": failed, "in_flight": n, "note": "only calls in flight on it fail"}
+
+
+# --------------------------------------------------------------------------- report
+def _rate_rows(rates: dict[str, dict[str, float]], best_peer: float | None,
+               floor: float | None) -> list[list[str]]:
+    rows = []
+    for name, r in rates.items():
+        rows.append([name, f"{r['best']:,.0f}", f"{r['median']:,.0f}",
+                     fmt_ratio(ratio(r["best"], best_peer)), fmt_ratio(ratio(r["best"], floor))])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    quick = args.quick
+    n_ours, n_peer, n_floor = (10_000, 5_000, 50_000) if quick else (100_000, 50_000, 400_000)
+    m, rounds, n_kill = (100_000, 2, 2_000) if quick else (1_000_000, 3, 20_000)
+    # Forking contenders first: this process has no thread yet.
+    floor = {
+        "raw floor: 64 in flight, a write per frame": _rounds(
+            lambda: floor_run(n_floor, False), rounds),
+        "raw floor: 64 in flight, writes batched": _rounds(
+            lambda: floor_run(n_floor, True), rounds),
+    }
+    peers = peers_per_call(n_peer, rounds)
+    peer_map = map_rates(None, m, rounds)
+    recovery = {"ProcessPoolExecutor": _isolated(lambda: ppe_recovery(n_kill)),
+                "multiprocessing.Pool": _isolated(lambda: mp_recovery(n_kill))}
+    app = _start_pool()
+    try:
+        ours = ours_per_call(app, n_ours, rounds)
+        our_map = map_rates(app, m, rounds)
+        recovery["ours"] = ours_recovery(app, n_kill)
+    finally:
+        app.stop()
+    report_leftovers()
+    best_peer = max(r["best"] for r in peers.values())
+    floor_rate = floor["raw floor: 64 in flight, a write per frame"]["best"]
+    headers = ["contender", "best calls/s", "median", "vs best peer", "vs raw floor"]
+    print_table(f"per-call throughput, 2 workers, trivial function ({n_ours:,} calls ours, "
+                f"{n_peer:,} peers; best of {rounds})", headers,
+                _rate_rows({**floor, **peers, **ours}, best_peer, floor_rate))
+    mp_map = peer_map["multiprocessing.Pool.map chunksize=256"]["best"]
+    print_table(f"map of {m:,} items, chunksize=256", ["contender", "best items/s", "median",
+                                                      "vs mp.Pool.map", "vs raw floor"],
+                [[n, f"{r['best']:,.0f}", f"{r['median']:,.0f}",
+                  fmt_ratio(ratio(r["best"], mp_map)), fmt_ratio(ratio(r["best"], floor_rate))]
+                 for n, r in {**peer_map, **our_map}.items()])
+    print_table(f"SIGKILL of one worker with {n_kill:,} calls submitted",
+                ["contender", "kill -> a call served", "kill -> replacement serves",
+                 "calls failed", "note"],
+                [[n, f"{r['first_served_ms']:.1f} ms",
+                  "-" if r["replacement_ms"] is None else f"{r['replacement_ms']:.1f} ms",
+                  f"{r['failed']:,} of {r['in_flight']:,}", r["note"]]
+                 for n, r in recovery.items()])
+    ours_submit = ours["ours: pool.submit"]["best"]
+    summary = {"submit_vs_best_peer": ratio(ours_submit, best_peer),
+               "submit_vs_floor": ratio(ours_submit, floor_rate),
+               "map_vs_mp_map": ratio(our_map["ours: pool.map chunksize=256"]["best"], mp_map)}
+    print(f"\nsummary: pool.submit {fmt_ratio(summary['submit_vs_best_peer'])} the best peer, "
+          f"{fmt_ratio(summary['submit_vs_floor'])} the raw floor; pool.map "
+          f"{fmt_ratio(summary['map_vs_mp_map'])} multiprocessing.Pool.map")
+    write_json(NAME, {"quick": quick, "rounds": rounds, "per_call": {**floor, **peers, **ours},
+                      "map": {**peer_map, **our_map}, "recovery": recovery,
+                      "summary": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

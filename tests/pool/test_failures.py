@@ -1,0 +1,83 @@
+"""A worker's death fails only the calls in flight on it; the pool keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, wait
+
+import pytest
+
+from supervisor import Pool, Supervisor, WorkerCrashed
+
+from .._procs import wait_gone
+from ._workers import Py
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def test_a_killed_worker_fails_only_its_calls_and_the_pool_serves_on(start_tree, gate,
+                                                                     ex, events):
+    app = start_tree(Supervisor("root", children=[Pool("p", Py, size=2)]))
+    pool = app.pool("p")
+    calls = [ex.submit(pool.call, "gate", *gate.args) for _ in range(2)]
+    victim, survivor = gate.wait_arrived(), gate.wait_arrived()
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    done, held = wait(calls, timeout=10, return_when=FIRST_COMPLETED)
+    assert time.monotonic() - t0 < 2.0  # fails fast, while the other call is held
+    with pytest.raises(WorkerCrashed, match=rf"^worker 'p/p-\d' \(pid {victim}\) died "
+                                            r"while the call was in flight"):
+        done.pop().result()
+    # The survivor is busy: this goes to the victim's slot once its replacement is up.
+    assert pool.call("pid") not in (victim, survivor)
+    gate.release()
+    assert held.pop().result(10) == survivor
+    events.wait_count("restarted", 1)
+    pids = {f.result(10) for f in [pool.submit("sleep", 0.01) for _ in range(8)]}
+    assert victim not in pids and survivor in pids and len(pids) == 2
+
+
+def test_async_calls_in_flight_fail_unless_idempotent(start_tree, gate, events):
+    app = start_tree(Supervisor("root", children=[Pool("p", Py, size=1)]))
+    pool = app.pool("p")
+    held = pool.submit("gate", *gate.args)  # written at once: the worker was idle
+    victim = gate.wait_arrived()
+    idem = pool.map("pid_idem", [0])  # map writes at once, behind the held call
+    plain = pool.map("square", [3])
+    queued = pool.submit("square", 4)  # the worker is busy: this one waits in the client
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed, match=rf"^worker 'p/p-0' \(pid {victim}\) died"):
+        held.result(10)
+    with pytest.raises(WorkerCrashed):
+        next(plain)  # may have run: never re-sent
+    replacement = next(idem)  # idempotent: re-sent to the replacement
+    assert replacement != victim
+    assert queued.result(10) == 16  # never left the client: served by the replacement
+    assert pool.call("pid") == replacement
+
+
+def test_a_call_sent_to_a_dead_worker_is_dispatched_again(start_tree):
+    app = start_tree(Supervisor("root", children=[Pool("p", Py, size=2)]))
+    pool = app.pool("p")
+    pids = {w["id"]: pool.call("pid") for w in pool.workers()[:1]}
+    victim = pids["p-0"]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_gone([victim], 10) == []
+    # p-0's channel is dead but not yet noticed: the call never left, so it goes elsewhere.
+    assert pool.call("pid") != victim
+    assert pool.submit("pid").result(10) != victim
+
+
+def test_the_pool_survives_repeated_crashes(start_tree, events):
+    # Three deaths: the pool supervisor's own intensity (3 in 5 s) is not exceeded.
+    app = start_tree(Supervisor("root", children=[
+        Pool("p", Py, size=2, errors={"connection_error": {"backoff": [0.0]}})]))
+    pool = app.pool("p")
+    for _ in range(3):
+        with pytest.raises(WorkerCrashed):
+            pool.call("die", retry=False)
+    assert sorted(pool.submit("square", n).result(10) for n in range(10)) == [
+        n * n for n in range(10)]
+    assert {c.state for c in app.which_children("p")} == {"running"}
