@@ -51,6 +51,9 @@ from benchmarks._util import (
 
 NAME = "pool"
 IN_FLIGHT = 64
+FLOOR = "raw floor: 64 in flight, a write per frame"
+MP_MAP = "multiprocessing.Pool.map chunksize=256"
+OUR_MAP = "ours: pool.map chunksize=256"
 _LENGTH = struct.Struct(">I")
 
 
@@ -100,63 +103,68 @@ def _fork_floor(batched: bool, close: list[int]) -> tuple[int, socket.socket]:
     return pid, mine
 
 
+class _FloorLink:
+    """The parent's side of one floor child: keeps IN_FLIGHT calls on its socket."""
+
+    def __init__(self, sock: socket.socket, calls: int, batched: bool) -> None:
+        self.sock, self.calls, self.batched = sock, calls, batched
+        self.enc, self.dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+        self.buf = bytearray()
+        self.sent = self.done = 0
+
+    def send(self, k: int) -> None:
+        k = min(k, self.calls - self.sent)
+        frames = []
+        for i in range(self.sent, self.sent + k):
+            frame = bytearray(4)
+            self.enc.encode_into((i, "echo", (1,)), frame, 4)
+            _LENGTH.pack_into(frame, 0, len(frame) - 4)
+            frames.append(frame)
+        self.sent += k
+        if self.batched:
+            self.sock.sendall(b"".join(frames))
+        else:
+            for frame in frames:
+                self.sock.sendall(frame)
+
+    def on_readable(self) -> bool:
+        """Read replies, send as many new calls; True once every call was answered."""
+        buf = self.buf
+        buf += self.sock.recv(262144)
+        pos = got = 0
+        while len(buf) - pos >= 4:
+            (size,) = _LENGTH.unpack_from(buf, pos)
+            if len(buf) - pos - 4 < size:
+                break
+            self.dec.decode(memoryview(buf)[pos + 4:pos + 4 + size])
+            pos += 4 + size
+            got += 1
+        del buf[:pos]
+        self.done += got
+        self.send(got)
+        return self.done == self.calls
+
+
 def floor_run(n: int, batched: bool) -> float:
     """Calls/s through 2 forked frame servers, IN_FLIGHT calls in flight on each."""
-    enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
-    children = []
+    children: list[tuple[int, socket.socket]] = []
     for _ in range(2):
         children.append(_fork_floor(batched, [s.fileno() for _, s in children]))
     sel = selectors.DefaultSelector()
-    state = {}
     for _pid, sock in children:
-        sel.register(sock, selectors.EVENT_READ)
-        state[sock] = {"buf": bytearray(), "sent": 0, "done": 0}
-    per_child = n // 2
-
-    def send(sock: socket.socket, k: int) -> None:
-        st = state[sock]
-        k = min(k, per_child - st["sent"])
-        frames = []
-        for i in range(k):
-            frame = bytearray(4)
-            enc.encode_into((st["sent"] + i, "echo", (1,)), frame, 4)
-            _LENGTH.pack_into(frame, 0, len(frame) - 4)
-            frames.append(frame)
-        st["sent"] += k
-        if batched:
-            sock.sendall(b"".join(frames))
-        else:
-            for frame in frames:
-                sock.sendall(frame)
-
+        sel.register(sock, selectors.EVENT_READ, _FloorLink(sock, n // 2, batched))
     t0 = time.perf_counter()
-    for _pid, sock in children:
-        send(sock, IN_FLIGHT)
-    remaining = len(children)
-    while remaining:
+    for key in list(sel.get_map().values()):
+        key.data.send(IN_FLIGHT)
+    while sel.get_map():
         for key, _ in sel.select():
-            sock = key.fileobj
-            st = state[sock]
-            st["buf"] += sock.recv(262144)
-            buf, pos, got = st["buf"], 0, 0
-            while len(buf) - pos >= 4:
-                (size,) = _LENGTH.unpack_from(buf, pos)
-                if len(buf) - pos - 4 < size:
-                    break
-                dec.decode(memoryview(buf)[pos + 4:pos + 4 + size])
-                pos += 4 + size
-                got += 1
-            del buf[:pos]
-            st["done"] += got
-            send(sock, got)
-            if st["done"] == per_child:
-                remaining -= 1
-                sel.unregister(sock)
+            if key.data.on_readable():
+                sel.unregister(key.fileobj)
     elapsed = time.perf_counter() - t0
     for pid, sock in children:
         sock.close()
         reap(pid)
-    return 2 * per_child / elapsed
+    return 2 * (n // 2) / elapsed
 
 
 # --------------------------------------------------------------------------- per-call
@@ -264,14 +272,14 @@ def map_rates(app: Any | None, m: int, rounds: int) -> dict[str, dict[str, float
 
     if app is not None:
         pool = app.pool("p")
-        return {"ours: pool.map chunksize=256": _rounds(
+        return {OUR_MAP: _rounds(
             lambda: rate(lambda: list(pool.map("echo", items, chunksize=256))), rounds)}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     out = {}
     with multiprocessing.Pool(2) as mp:
-        out["multiprocessing.Pool.map chunksize=256"] = _rounds(
+        out[MP_MAP] = _rounds(
             lambda: rate(lambda: mp.map(echo, items, chunksize=256)), rounds)
     with ProcessPoolExecutor(2) as ex:
         out["ProcessPoolExecutor.map chunksize=256"] = _rounds(
@@ -420,15 +428,12 @@ def _rate_rows(rates: dict[str, dict[str, float]], best_peer: float | None,
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    quick = args.quick
+def measure(quick: bool) -> dict[str, Any]:
+    """Every contender, forking ones first (this process has no thread yet then)."""
     n_ours, n_peer, n_floor = (10_000, 5_000, 50_000) if quick else (50_000, 50_000, 400_000)
     m, rounds, n_kill = (100_000, 2, 2_000) if quick else (1_000_000, 3, 20_000)
-    # Forking contenders first: this process has no thread yet.
     floor = {
-        "raw floor: 64 in flight, a write per frame": _rounds(
-            lambda: floor_run(n_floor, False), rounds),
+        FLOOR: _rounds(lambda: floor_run(n_floor, False), rounds),
         "raw floor: 64 in flight, writes batched": _rounds(
             lambda: floor_run(n_floor, True), rounds),
     }
@@ -444,35 +449,48 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         app.stop()
     report_leftovers()
-    best_peer = max(r["best"] for r in peers.values())
-    floor_rate = floor["raw floor: 64 in flight, a write per frame"]["best"]
-    headers = ["contender", "best calls/s", "median", "vs best peer", "vs raw floor"]
-    print_table(f"per-call throughput, 2 workers, trivial function ({n_ours:,} calls ours, "
-                f"{n_peer:,} peers; best of {rounds})", headers,
-                _rate_rows({**floor, **peers, **ours}, best_peer, floor_rate))
-    mp_map = peer_map["multiprocessing.Pool.map chunksize=256"]["best"]
-    print_table(f"map of {m:,} items, chunksize=256", ["contender", "best items/s", "median",
-                                                      "vs mp.Pool.map", "vs raw floor"],
+    return {"quick": quick, "rounds": rounds, "sizes": {"ours": n_ours, "peers": n_peer,
+            "floor": n_floor, "map": m, "kill": n_kill},
+            "per_call": {**floor, **peers, **ours}, "peers": list(peers),
+            "map": {**peer_map, **our_map}, "recovery": recovery}
+
+
+def report(res: dict[str, Any]) -> dict[str, float | None]:
+    sizes, per_call = res["sizes"], res["per_call"]
+    best_peer = max(per_call[name]["best"] for name in res["peers"])
+    floor_rate = per_call[FLOOR]["best"]
+    print_table(f"per-call throughput, 2 workers, trivial function ({sizes['ours']:,} calls "
+                f"ours, {sizes['peers']:,} peers; best of {res['rounds']})",
+                ["contender", "best calls/s", "median", "vs best peer", "vs raw floor"],
+                _rate_rows(per_call, best_peer, floor_rate))
+    mp_map = res["map"][MP_MAP]["best"]
+    print_table(f"map of {sizes['map']:,} items, chunksize=256",
+                ["contender", "best items/s", "median", "vs mp.Pool.map", "vs raw floor"],
                 [[n, f"{r['best']:,.0f}", f"{r['median']:,.0f}",
                   fmt_ratio(ratio(r["best"], mp_map)), fmt_ratio(ratio(r["best"], floor_rate))]
-                 for n, r in {**peer_map, **our_map}.items()])
-    print_table(f"SIGKILL of one worker with {n_kill:,} calls submitted",
+                 for n, r in res["map"].items()])
+    print_table(f"SIGKILL of one worker with {sizes['kill']:,} calls submitted",
                 ["contender", "kill -> a call served", "kill -> replacement serves",
                  "calls failed", "note"],
                 [[n, "-", "-", "-", r["error"]] if "error" in r else
                  [n, _ms(r["first_served_ms"]), _ms(r["replacement_ms"]),
                   f"{r['failed']:,} of {r['in_flight']:,}", r["note"]]
-                 for n, r in recovery.items()])
-    ours_submit = ours["ours: pool.submit"]["best"]
-    summary = {"submit_vs_best_peer": ratio(ours_submit, best_peer),
-               "submit_vs_floor": ratio(ours_submit, floor_rate),
-               "map_vs_mp_map": ratio(our_map["ours: pool.map chunksize=256"]["best"], mp_map)}
+                 for n, r in res["recovery"].items()])
+    submit = per_call["ours: pool.submit"]["best"]
+    summary = {"submit_vs_best_peer": ratio(submit, best_peer),
+               "submit_vs_floor": ratio(submit, floor_rate),
+               "map_vs_mp_map": ratio(res["map"][OUR_MAP]["best"], mp_map)}
     print(f"\nsummary: pool.submit {fmt_ratio(summary['submit_vs_best_peer'])} the best peer, "
           f"{fmt_ratio(summary['submit_vs_floor'])} the raw floor; pool.map "
           f"{fmt_ratio(summary['map_vs_mp_map'])} multiprocessing.Pool.map")
-    write_json(NAME, {"quick": quick, "rounds": rounds, "per_call": {**floor, **peers, **ours},
-                      "map": {**peer_map, **our_map}, "recovery": recovery,
-                      "summary": summary})
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    res = measure(args.quick)
+    res["summary"] = report(res)
+    write_json(NAME, res)
     return 0
 
 

@@ -10,9 +10,14 @@
     pool.options(on_lost="reassign").call(...)       # a view with other options
 
 Calls go straight to the workers over the client's own channels (one per worker process);
-no supervisor and no helper thread sits on the path of a blocking call. The moving parts:
-`_pool_core` (dispatch, sessions, failures), `_pool_link` (one channel's I/O),
-`_pool_async` (submit/map queueing and batching), `_pool_overflow` (extra workers, timers).
+no supervisor sits on the path, and a blocking caller writes its frame and reads its own
+reply (no thread hand-off). Threads of the client: one watcher per pool (epoll) reads the
+channels nobody else is reading (async replies, a leaving worker's notice, a dead idle
+worker's EOF); one timer thread exists while a timer is due; overflow workers are started
+and retired from short-lived threads. The moving parts: `_pool_core` (dispatch, the FIFO
+queue, sessions), `_pool_io` (opening, reading and losing channels), `_pool_link` (one
+channel's non-blocking I/O), `_pool_watch` (the watcher), `_pool_async` (submit/map
+queueing and write batching), `_pool_overflow` (extra workers, timers).
 
 Deviations from `concurrent.futures`, on purpose: the workers belong to the tree, not to
 the client, so `shutdown()` waits for (or cancels) the client's outstanding calls and the
@@ -34,6 +39,7 @@ from ._pool_async import MapResults, Tracker, cancel_queued, enqueue
 from ._pool_core import PoolCore, Slot
 from ._pool_io import await_reply, link_of, register_sync, send_sync, timed_out
 from ._pool_link import NOT_SENT, Job
+from ._pool_session import reached
 from ._worker_runtime import END_SESSION
 from .errors import (
     CallTimeout,
@@ -98,7 +104,11 @@ class PoolClient:
                 pipeline: int | None = None) -> PoolClient:
         """A view of the same pool (same workers, queue and sessions) with other options.
 
-        `on_lost`: "fail" (SessionLost) or "reassign". Raises ValueError for bad values.
+        `on_lost`: "fail" (SessionLost) or "reassign" (a lost session moves, empty).
+        `max_in_flight`: blocking calls a worker takes at once before it counts as busy
+        (more than 1 pipelines tiny calls from many threads, at the price of queueing a
+        call behind a slow one on the same worker). `pipeline`: async calls in flight
+        per worker. Raises ValueError for bad values.
         """
         return PoolClient(
             self.app, self.path, _core=self._core,
@@ -228,8 +238,10 @@ class PoolClient:
             link = link_of(core, slot)
             if link is None:
                 return None
-            if session is not None and not core.session_reached(session, link, on_lost):
-                return None
+            if session is not None:
+                with core.lock:
+                    if not reached(core, session, link, on_lost):
+                        return None
             with core.lock:
                 if link.closed is not None or link.draining is not None:
                     return None

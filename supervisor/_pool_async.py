@@ -6,11 +6,11 @@
     replies  ─▶ the link's reader files them ─▶ settle(): future result / map slot
 
 Batching is Nagle's rule applied to calls: a call goes out at once when some worker is
-idle; while every worker has calls in flight, new calls wait in `pending` until either a
-batch's worth has gathered or replies free room (the reader then plans and writes all that
-waits in one go). A call is therefore never held back while a worker idles, and under
-load many frames share one write and one wake-up of the worker. Each call is still its own
-frame and its own command in the worker: a map chunk batches frames, not commands.
+idle; while every worker has calls in flight, new calls wait in `pending` until replies
+free room (the reader then plans and writes all that waits, up to the cap, in one go). A
+call is therefore never held back while a worker idles, and under load many frames share
+one write and one wake-up of the worker. Each call is still its own frame and its own
+command in the worker: a map chunk batches frames, not commands.
 
 Every function here runs in the caller's or a reader's thread; those named "(under lock)"
 expect the pool core's lock to be held.
@@ -47,9 +47,12 @@ def enqueue(core: PoolCore, units: list[Any], force: bool) -> None:
     with core.lock:
         gone = core.gone
         if not gone:
+            # Calls already queued mean every worker was busy (or down): whoever frees
+            # one plans again, so a submit that queues behind them plans nothing.
+            queued = core.pending_jobs
             core.pending.extend(units)
             core.pending_jobs += sum(1 if type(u) is Job else len(u) for u in units)
-            plans = plan(core, force)
+            plans = plan(core, force) if force or not queued else []
     if gone:
         exc = WorkerCrashed("the tree is not running", path=core.path)
         core.run([(job, exc, core.path) for unit in units for job in _jobs(unit)], ())
@@ -60,17 +63,17 @@ def enqueue(core: PoolCore, units: list[Any], force: bool) -> None:
 def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
     """Assign queued units to slots with room, evening out their loads (under lock).
 
-    Without `force` (a new submit), busy slots get nothing until a batch has gathered:
-    their readers plan again when replies come, which is when a batch is worth writing.
-    Loads are levelled rather than filled one slot at a time, so a short map of slow
-    calls runs on every worker instead of queueing behind one.
+    Without `force` (a new submit), only idle slots are given calls: busy ones are
+    planned again by their readers when replies come, which is when a batch has gathered
+    and is worth one write. Loads are levelled rather than filled one slot at a time, so
+    a short map of slow calls runs on every worker instead of queueing behind one.
     """
     pending = core.pending
     if not pending or core.gone:
         return []
     if core.waiters and any(w.session is None for w in core.waiters):
         return []  # queued blocking callers first: let a slot drain to them
-    gather = not force and core.pending_jobs < core.batch
+    gather = not force
     slots = [s for s in core.slots if not (gather and s.load) and core.usable(s)]
     if not slots:
         if not gather:
@@ -86,8 +89,8 @@ def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
             plans.append((slot, jobs))
         if not pending:
             break
-    if pending and not plans and not gather:
-        maybe_grow(core)
+    if pending and not gather:
+        maybe_grow(core)  # calls still queued: every worker is at its cap
     return plans
 
 
@@ -190,13 +193,16 @@ def _write(core: PoolCore, link: Any, msgs: list[Any], live: list[Job], data: by
     try:
         status = link.write(data)
     except OSError as exc:
-        # Not one byte of these frames left: they never ran, so they go elsewhere.
+        # Not one byte of these frames left: they never ran, so they go elsewhere. Only
+        # those still registered, though: a reader that saw the link die meanwhile has
+        # settled the others already (they count as in flight when it died).
         with core.lock:
-            for msg in msgs:
-                link.waiting.pop(msg.id, None)
-            link.async_count -= len(live)
-            link.slot.load -= len(live)
-            core.requeue(live)
+            mine = [job for msg, job in zip(msgs, live, strict=True)
+                    if link.waiting.pop(msg.id, None) is job]
+            link.async_count -= len(mine)
+            link.slot.load -= len(mine)
+            if mine:
+                core.requeue(mine)
             lost = [] if link.draining else lose_link(core, link, f"send failed: {exc}")
             plans = core.refresh()
         core.run(lost, plans)
@@ -260,42 +266,53 @@ def _encode(core: PoolCore, slot: Slot, link: Any, live: list[Job]
 def settle(job: Job, outcome: Any, path: str) -> None:
     """Give the call's result or error (a Reply/Fail message, or an exception) to its
     future or map slot, and count it done."""
-    _settle(job, outcome, path)
-    job.owner.done()
+    settle_all([(job, outcome, path)])
 
 
 def settle_all(done: Any) -> None:
-    """`settle` for many calls, counting them done once per client view."""
+    """`settle` for many calls: a map's results go in per batch, and calls are counted
+    done once per client view (one lock each, not one per call)."""
     owner, count = None, 0
+    table, batch = None, []
     for job, outcome, path in done:
-        _settle(job, outcome, path)
+        value, exc = _outcome(job, outcome, path)
+        if job.index < 0:
+            _finish(job, value, exc)
+        else:
+            if job.sink is not table:
+                if batch:
+                    table.settle_many(batch)
+                table, batch = job.sink, []
+            batch.append((job.index, value, exc))
         if job.owner is not owner:
             if owner is not None:
                 owner.done(count)
             owner, count = job.owner, 0
         count += 1
+    if batch:
+        table.settle_many(batch)
     if owner is not None:
         owner.done(count)
 
 
-def _settle(job: Job, outcome: Any, path: str) -> None:
+def _outcome(job: Job, outcome: Any, path: str) -> tuple[Any, BaseException | None]:
     if type(outcome) is P.Reply and not outcome.pickled:
-        value, exc = outcome.value, None  # the common case, without a call
-    elif isinstance(outcome, BaseException):
-        value, exc = None, outcome
-    else:
-        try:
-            value, exc = reply_value(outcome, path, job.method), None
-        except WorkerError as error:
-            value, exc = None, error
-    sink = job.sink
-    if job.index >= 0:
-        sink.settle(job.index, value, exc)
-    elif job.started or sink.set_running_or_notify_cancel():
+        return outcome.value, None  # the common case, without a call
+    if isinstance(outcome, BaseException):
+        return None, outcome
+    try:
+        return reply_value(outcome, path, job.method), None
+    except WorkerError as error:
+        return None, error
+
+
+def _finish(job: Job, value: Any, exc: BaseException | None) -> None:
+    fut = job.sink
+    if job.started or fut.set_running_or_notify_cancel():
         if exc is None:
-            sink.set_result(value)
+            fut.set_result(value)
         else:
-            sink.set_exception(exc)
+            fut.set_exception(exc)
 
 
 class Tracker:
@@ -332,24 +349,32 @@ class MapResults:
         self.cancelled = False
 
     def settle(self, index: int, value: Any, exc: BaseException | None) -> None:
+        self.settle_many([(index, value, exc)])
+
+    def settle_many(self, items: list[tuple[int, Any, BaseException | None]]) -> None:
+        values, errors = self.values, self.errors
         with self.cond:
-            if exc is not None:
-                self.errors[index] = exc
-            self.values[index] = value
-            if index == self.want:
+            for index, value, exc in items:
+                if exc is not None:
+                    errors[index] = exc  # before the value: `get` may look without the lock
+                values[index] = value
+            if self.want >= 0 and values[self.want] is not _PENDING:
                 self.cond.notify()
 
     def get(self, index: int, deadline: float | None) -> Any:
         """Item `index`'s result; raises its error, or TimeoutError past `deadline`."""
-        with self.cond:
-            self.want = index
-            while self.values[index] is _PENDING:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError
-                self.cond.wait(remaining)
-            value, self.values[index] = self.values[index], None  # free it as we go
-            exc = self.errors.pop(index, None)
+        value = self.values[index]
+        if value is _PENDING:  # else it is in, error included (set first): no lock needed
+            with self.cond:
+                self.want = index
+                while self.values[index] is _PENDING:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError
+                    self.cond.wait(remaining)
+                value = self.values[index]
+        self.values[index] = None  # free it as we go
+        exc = self.errors.pop(index, None)
         if exc is not None:
             raise exc
         return value

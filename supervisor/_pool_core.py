@@ -43,6 +43,7 @@ from ._pool_async import plan, send_jobs, settle, settle_all
 from ._pool_io import drain, presend, register_sync
 from ._pool_link import Link, SyncCall
 from ._pool_overflow import Timers, maybe_grow, note_idle
+from ._pool_session import Session, bind, bound_slot, may_presend
 from ._pool_watch import Watcher
 from .errors import NoSuchChild, PoolExhausted, SessionLost, WorkerCrashed
 
@@ -69,16 +70,6 @@ class Slot:
     retiring: bool = False
     idle_since: float = 0.0
     retire_timer: bool = False
-
-
-@attrs.define(eq=False)
-class Session:
-    """A session's affinity: its worker position and process; `lost` says why it is gone
-    (sticky until `end_session`, so a session never silently continues elsewhere)."""
-
-    slot: Slot
-    pid: int | None = None  # None until its first call reached the worker
-    lost: str | None = None
 
 
 @attrs.define(eq=False)
@@ -118,7 +109,6 @@ class PoolCore:
         self.size = self.max_overflow = 0
         self.checkout_timeout = 5.0
         self.retire_after = 1.0
-        self.batch = 64
         self.growing = False
         self.grow_after = 0.0
         self.gone = False
@@ -240,37 +230,21 @@ class PoolCore:
                      ) -> tuple[Link, SyncCall] | None:
         link = slot.link
         if link is None or link.closed is not None or link.draining is not None \
-                or not self._may_presend(session, link):
+                or not may_presend(self, session, link):
             return None  # the caller opens the link, or learns the session is lost
         return link, register_sync(self, link, cid)
 
-    def _may_presend(self, session: str | None, link: Link) -> bool:
-        if session is None:
-            return True
-        sess = self.sessions.get(session)
-        if sess is None or sess.slot is not link.slot or sess.lost is not None:
-            return False
-        if sess.pid is None:
-            sess.pid = link.pid
-        return sess.pid == link.pid  # else the caller finds out (SessionLost) itself
-
     def _assign(self, slot: Slot, session: str | None) -> Slot:
         slot.load += 1
-        if session is not None and session not in self.sessions:
-            self.sessions[session] = Session(slot)
+        if session is not None:
+            bind(self, session, slot)
         return slot
 
     def _pick(self, session: str | None, limit: int, on_lost: str) -> Slot | None:
         if session is not None:
-            sess = self.sessions.get(session)
-            if sess is not None:
-                if sess.lost is None and not self.usable(sess.slot):
-                    sess.lost = "is not running"
-                if sess.lost is None:
-                    return sess.slot if sess.slot.load < limit else None
-                if on_lost != "reassign":
-                    raise self.session_lost(session, sess)
-                del self.sessions[session]  # opted in: a fresh worker, empty state
+            bound = bound_slot(self, session, on_lost)
+            if bound is not None:
+                return bound if bound.load < limit else None
         best = None
         for slot in self.slots:  # in index order: ties go to base workers, so overflow idles
             if slot.load < limit and (best is None or slot.load < best.load) \
@@ -317,48 +291,6 @@ class PoolCore:
             f"{self.max_overflow}; {busy} busy, {down} not running, "
             f"{len(self.waiters)} callers queued)",
             path=self.path, context={"session_id": session})
-
-    # ------------------------------------------------------------------ sessions
-    def session_lost(self, session: str, sess: Session) -> SessionLost:
-        return SessionLost(
-            f"session {session!r} is lost: its worker {sess.slot.path!r} (pid {sess.pid}) "
-            f"{sess.lost}; the session's state is gone (end_session({session!r}) to reuse "
-            "the id, or use on_lost='reassign')",
-            path=sess.slot.path, context={"session_id": session})
-
-    def session_reached(self, session: str, link: Link, on_lost: str) -> bool:
-        """Check that the session's worker is still the process it started on; False when
-        it must be dispatched again (reassign). Raises SessionLost."""
-        with self.lock:
-            sess = self.sessions.get(session)
-            if sess is None or sess.slot is not link.slot:
-                return sess is None  # ended meanwhile: a new session; moved: ask again
-            if sess.pid is None:
-                sess.pid = link.pid
-            elif sess.pid != link.pid and sess.lost is None:
-                sess.lost = f"was replaced by pid {link.pid}"
-            if sess.lost is None:
-                return True
-            if on_lost != "reassign":
-                raise self.session_lost(session, sess)
-            return False
-
-    def lose_sessions(self, slot: Slot, pid: int | None, why: str) -> None:
-        for sess in self.sessions.values():
-            if sess.slot is slot and sess.pid == pid and sess.lost is None:
-                sess.lost = why
-        for waiter in self.waiters:
-            if waiter.session is not None:
-                waiter.cond.notify()  # a caller queued for that worker must hear it
-
-    def has_sessions(self, slot: Slot) -> bool:
-        return any(sess.slot is slot for sess in self.sessions.values())
-
-    # ------------------------------------------------------------------ links
-
-    # ------------------------------------------------------------------ blocking calls
-
-    # ------------------------------------------------------------------ reading
 
     # ------------------------------------------------------------------ follow-ups
     def run(self, done: Any, plans: Any) -> None:
@@ -412,32 +344,18 @@ def _watch_tree(core: PoolCore) -> None:
 
     The telemetry hook runs on the App's reader thread: it only takes the lock, or
     schedules work on the timer thread (a request from the reader thread would wait for
-    itself). A worker over its memory limit is stopped gracefully by its supervisor,
-    which says so first ("memory_exceeded"): the pool stops sending it calls at once, so
-    calls queued meanwhile go to its replacement. Both hooks hold the core weakly, so a
-    dropped App takes its pool client with it.
+    itself). Both hooks hold the core weakly, so a dropped App takes its pool client
+    with it.
     """
     ref = weakref.ref(core)
     handler_id = f"supervisor-pool-{id(core)}"
-    prefix = f"{core.path}/" if core.path else ""
 
     def on_event(event: Any, measurements: Any, metadata: Any) -> None:
         target = ref()
         if target is None:
             telemetry.detach(handler_id)
-            return
-        path = metadata.get("path") or ""
-        if not path.startswith(prefix) or "/" in path[len(prefix):]:
-            return
-        if event[-1] == "started":
-            target.timers.call_soon(target.kick)
-            return
-        pid = target.worker_leaving(path, "is leaving (over its memory limit)")
-        if pid is not None:
-            telemetry.execute(("supervisor", "pool", "worker_leaving"), {"time": time.time()},
-                              {"path": path, "id": metadata.get("id"), "pid": pid,
-                               "pool": target.path, "reason": "memory_limit",
-                               "category": "resource_error"})
+        else:
+            _on_child_event(target, event[-1], metadata)
 
     def await_exit(exited: threading.Event) -> None:
         exited.wait()
@@ -450,3 +368,22 @@ def _watch_tree(core: PoolCore) -> None:
                                   ("supervisor", "child", "memory_exceeded")], on_event)
     threading.Thread(target=await_exit, args=(core.app._exited,), daemon=True,
                      name=f"pool-exit-{core.path}").start()
+
+
+def _on_child_event(core: PoolCore, name: str, metadata: Any) -> None:
+    # A worker over its memory limit is stopped gracefully by its supervisor, which says
+    # so first ("memory_exceeded"): the pool stops sending it calls at once, so calls
+    # queued meanwhile go to its replacement.
+    path = metadata.get("path") or ""
+    prefix = f"{core.path}/" if core.path else ""
+    if not path.startswith(prefix) or "/" in path[len(prefix):]:
+        return  # not one of our workers
+    if name == "started":
+        core.timers.call_soon(core.kick)
+        return
+    pid = core.worker_leaving(path, "is leaving (over its memory limit)")
+    if pid is not None:
+        telemetry.execute(("supervisor", "pool", "worker_leaving"), {"time": time.time()},
+                          {"path": path, "id": metadata.get("id"), "pid": pid,
+                           "pool": core.path, "reason": "memory_limit",
+                           "category": "resource_error"})

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import protocol as P
 from ._pool_link import BUFFERED, NOT_SENT, Link, SyncCall
 from ._pool_overflow import note_idle
+from ._pool_session import lose_sessions
 from ._router import NotRunning
 from .errors import (
     CallTimeout,
@@ -94,7 +95,7 @@ def _open(core: PoolCore, slot: Slot) -> Link | None:
         with core.lock:
             if slot in core.slots:
                 core.slots.remove(slot)
-            core.lose_sessions(slot, None, "was deleted")
+            lose_sessions(core, slot, None, "was deleted")
         return None
     except BaseException:
         mine.close()
@@ -316,7 +317,7 @@ def drain(core: PoolCore, link: Link, message: str) -> None:
     if slot.link is link:
         slot.link = None
         slot.down_gen = link.generation
-    core.lose_sessions(slot, link.pid, f"is leaving ({message})")
+    lose_sessions(core, slot, link.pid, f"is leaving ({message})")
 
 
 def lose_link(core: PoolCore, link: Link, why: str, *, error: type = WorkerCrashed,
@@ -329,7 +330,21 @@ def lose_link(core: PoolCore, link: Link, why: str, *, error: type = WorkerCrash
     slot = link.slot
     if slot.link is link:
         slot.link = None
-    core.lose_sessions(slot, link.pid, f"died ({why})")
+    lose_sessions(core, slot, link.pid, f"died ({why})")
+    failed = _in_flight_lost(core, link, why, error, row)
+    link.async_count = 0
+    link.cond.notify_all()
+    link.interrupt()  # a reader blocked in poll returns now
+    if not link.reading:
+        close_link(core, link)
+    return failed
+
+
+def _in_flight_lost(core: PoolCore, link: Link, why: str, error: type, row: str
+                    ) -> list[Any]:
+    # Async calls in flight on a dead link may have run: re-sent only when idempotent
+    # and the matrix row has retries left (after its delay), else failed with `error`.
+    slot = link.slot
     delays = link.policy.get("retries", {}).get(row) or []
     failed, again = [], []
     for cid, entry in list(link.waiting.items()):
@@ -354,13 +369,8 @@ def lose_link(core: PoolCore, link: Link, why: str, *, error: type = WorkerCrash
                     context={"operation": entry.method})
         exc.policy = link.policy
         failed.append((entry, exc, slot.path))
-    link.async_count = 0
     if again:
         core.requeue(again)
-    link.cond.notify_all()
-    link.interrupt()  # a reader blocked in poll returns now
-    if not link.reading:
-        close_link(core, link)
     return failed
 
 

@@ -36,6 +36,8 @@ __all__ = ["Link", "Job", "SyncCall", "SENT", "BUFFERED", "NOT_SENT"]
 SENT = "sent"  # the kernel took every byte
 BUFFERED = "buffered"  # some bytes wait in `outbuf`: the reader must be woken
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+_READ_SIZE = 262144
+_local = threading.local()  # one read buffer per reading thread, reused
 
 
 NOT_SENT = "not sent"  # a SyncCall's reply when its frame never left (dispatch it again)
@@ -190,9 +192,11 @@ class Link:
         Only the holder of the reading role calls this. Returns the replies read and, when
         the channel is dead (EOF, error, a bad frame), why.
         """
+        if timeout is not None and timeout <= 0:
+            return self._io_now()
         events = select.POLLIN | (select.POLLOUT if self.outbuf else 0)
         self.poller.modify(self.fd, events)
-        ms = None if timeout is None else max(0, int(timeout * 1000) + 1)
+        ms = None if timeout is None else int(timeout * 1000) + 1
         msgs: list[Any] = []
         why = None
         for fd, ev in self.poller.poll(ms):
@@ -204,6 +208,29 @@ class Link:
             if why is None and ev & _READABLE:
                 msgs, why = self._recv()
         return msgs, why
+
+    def _io_now(self) -> tuple[list[Any], str | None]:
+        # The watcher was told the socket is ready: flush and read without asking again
+        # (each system call is a chance to lose the GIL to a busy submitting thread).
+        why = self.flush() if self.outbuf else None
+        if why is not None:
+            return [], why
+        buf = getattr(_local, "buf", None)
+        if buf is None:
+            buf = _local.buf = bytearray(_READ_SIZE)
+        try:
+            n = self.sock.recv_into(buf, _READ_SIZE, socket.MSG_DONTWAIT)
+            if not n:
+                self.reader.eof()  # raises for a frame cut short
+                return [], "the worker closed the channel"
+            with memoryview(buf) as view:
+                return self.reader.feed(view[:n]), None
+        except BlockingIOError:
+            return [], None  # a spurious wake-up: nothing to read after all
+        except ProtocolError as exc:
+            return [], f"bad frame from the worker: {exc}"
+        except OSError as exc:
+            return [], f"channel error: {exc}"
 
     def _recv(self) -> tuple[list[Any], str | None]:
         try:

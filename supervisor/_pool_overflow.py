@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import telemetry
+from ._pool_session import has_sessions
 from .errors import SupervisorError
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def _retire_check(core: PoolCore, slot: Slot) -> None:
 
     with core.lock:
         slot.retire_timer = False
-        if slot.retiring or slot not in core.slots or slot.load or core.has_sessions(slot):
+        if slot.retiring or slot not in core.slots or slot.load or has_sessions(core, slot):
             return  # busy again (its next idle period arms a new timer), or pinned
         due = slot.idle_since + core.retire_after
         if due > time.monotonic():  # it was busy in between: wait out its new idle period

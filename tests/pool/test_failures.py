@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 
 import pytest
 
-from supervisor import Pool, Supervisor, WorkerCrashed
+from supervisor import CallTimeout, Pool, PoolExhausted, Supervisor, WorkerCrashed
 
 from .._procs import wait_gone
 from ._workers import Py
@@ -81,3 +81,32 @@ def test_the_pool_survives_repeated_crashes(start_tree, events):
     assert sorted(pool.submit("square", n).result(10) for n in range(10)) == [
         n * n for n in range(10)]
     assert {c.state for c in app.which_children("p")} == {"running"}
+
+
+def test_a_timed_out_call_replaces_its_worker_and_the_pool_serves_on(start_tree, events):
+    app = start_tree(Supervisor("root", children=[Pool("p", Py, size=2)]))
+    pool = app.pool("p")
+    slow_pid = pool.call("pid")
+    t0 = time.monotonic()
+    with pytest.raises(CallTimeout, match=r"^call 'sleep' to 'p/p-0' got no answer within "
+                                          r"0\.3s"):
+        pool.call("sleep", 30, timeout=0.3)
+    assert time.monotonic() - t0 < 2.0
+    assert pool.call("square", 3) == 9  # the sibling serves meanwhile
+    events.wait_count("restarted", 1, "p/p-0")  # its state was unknown: replaced
+    assert slow_pid not in {pool.submit("pid").result(10) for _ in range(8)} | {
+        pool.call("pid")}
+
+
+def test_a_stopped_worker_is_skipped_until_it_runs_again(start_tree):
+    app = start_tree(Supervisor("root", children=[
+        Pool("p", Py, size=1, checkout_timeout=0.3)]))
+    pool = app.pool("p")
+    pid = pool.call("pid")
+    app.terminate_child("p", "p-0")  # stopped: not restarted until asked
+    with pytest.raises(WorkerCrashed, match=r"the call did not run \(retry=False\)"):
+        pool.call("pid", retry=False)
+    with pytest.raises(PoolExhausted):  # with retry, it waits for a worker, in vain
+        pool.call("pid")
+    app.restart_child("p", "p-0")
+    assert pool.call("pid") != pid
