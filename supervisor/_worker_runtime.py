@@ -226,8 +226,10 @@ class WorkerRuntime(Serving):
     def finish(self) -> int:
         """Run `terminate`, report the exit reason, return the exit code."""
         reason = self.exit_reason or "normal"
-        if self.exit_message == "max_calls":
-            # A planned recycle: its callers are live and must not lose a call to it.
+        if self.exit_message == "max_calls" or self.stop_requested not in (None, "shutdown"):
+            # A planned recycle (max_calls, or its supervisor stopping it over its memory
+            # limit or a failed health check): its callers are live and must not lose a
+            # call to it.
             self._close_channels(grace=0.5)
         if reason != "protocol_error":
             hook_reason = self.stop_requested or reason
