@@ -30,7 +30,6 @@ from .errors import (
     CallTimeout,
     CircuitOpen,
     NoSuchChild,
-    SupervisorError,
     WorkerCrashed,
 )
 
@@ -242,13 +241,7 @@ def timed_out(core: PoolCore, link: Link, method: str, limit: float) -> CallTime
 
 
 def _report_failure(core: PoolCore, slot: Slot) -> None:
-    parent, _, child_id = slot.path.rpartition("/")
-    try:
-        core.app._request(P.ReportFailure(id=0, path=parent, child_id=child_id,
-                                          category="timeout_error", reason="timeout"),
-                          timeout=5.0)
-    except SupervisorError:
-        pass  # already gone or restarting: its supervisor handles that on its own
+    core.app._report_timeout(slot.path)
 
 
 def _read_once(core: PoolCore, link: Link, timeout: float | None) -> None:

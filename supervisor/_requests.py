@@ -183,9 +183,7 @@ def _start_child(sup: SupervisorProcess, msg: Any) -> str:
     failure = sup.start_slot(slot)
     if failure is not None:
         sup.children.remove(slot)
-        raise _Refused("StartError", _start_error_text(failure), path=failure.path,
-                       category=failure.category, remote_type=failure.type,
-                       remote_message=failure.message, remote_traceback=failure.traceback)
+        raise _start_refused(failure)
     return child_spec.id
 
 
@@ -203,29 +201,34 @@ def _terminate_child(sup: SupervisorProcess, msg: Any) -> None:
         sup.children.remove(slot)
 
 
-def _restart_child(sup: SupervisorProcess, msg: Any) -> int | None:
+def _stopped_child(sup: SupervisorProcess, msg: Any, operation: str) -> ChildSlot:
+    """The stopped child `restart_child` / `delete_child` acts on (as in OTP, neither
+    applies to simple_one_for_one children nor to a running child)."""
     slot = _find(sup, msg.child_id)
     if sup.spec.strategy == "simple_one_for_one":
-        raise _Refused("WorkerError", "restart_child is not supported by simple_one_for_one",
+        raise _Refused("WorkerError", f"{operation} is not supported by simple_one_for_one",
                        path=slot.path)
     if slot.pid is not None:
         raise _Refused("WorkerError", f"{slot.path!r} is running", path=slot.path)
+    return slot
+
+
+def _start_refused(failure: Any) -> _Refused:
+    return _Refused("StartError", _start_error_text(failure), path=failure.path,
+                    category=failure.category, remote_type=failure.type,
+                    remote_message=failure.message, remote_traceback=failure.traceback)
+
+
+def _restart_child(sup: SupervisorProcess, msg: Any) -> int | None:
+    slot = _stopped_child(sup, msg, "restart_child")
     failure = sup.start_slot(slot)
     if failure is not None:
-        raise _Refused("StartError", _start_error_text(failure), path=failure.path,
-                       category=failure.category, remote_type=failure.type,
-                       remote_message=failure.message, remote_traceback=failure.traceback)
+        raise _start_refused(failure)
     return slot.pid
 
 
 def _delete_child(sup: SupervisorProcess, msg: Any) -> None:
-    slot = _find(sup, msg.child_id)
-    if sup.spec.strategy == "simple_one_for_one":
-        raise _Refused("WorkerError", "delete_child is not supported by simple_one_for_one",
-                       path=slot.path)
-    if slot.pid is not None:
-        raise _Refused("WorkerError", f"{slot.path!r} is running", path=slot.path)
-    sup.children.remove(slot)
+    sup.children.remove(_stopped_child(sup, msg, "delete_child"))
 
 
 def _report_failure(sup: SupervisorProcess, msg: Any) -> None:

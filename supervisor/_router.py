@@ -158,13 +158,7 @@ class Router:
             # The worker's state is unknown after a call it did not finish: its supervisor
             # replaces it, and this channel is finished with it.
             self.drop(chan)
-            parent, _, child_id = chan.path.rpartition("/")
-            try:
-                self.app._request(P.ReportFailure(id=0, path=parent, child_id=child_id,
-                                                  category="timeout_error", reason="timeout"),
-                                  timeout=5.0)
-            except SupervisorError:
-                pass  # already gone or restarting: the supervisor handles that on its own
+            self.app._report_timeout(chan.path)
         return exc
 
     def cast(self, path: str, method: str, args: tuple, kwargs: dict[str, Any]) -> None:

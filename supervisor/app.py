@@ -281,6 +281,17 @@ class App(RootLink):
         """A proxy whose attribute calls are `call(path, name, ...)`."""
         return WorkerProxy(self, path, {})
 
+    def _report_timeout(self, path: str) -> None:
+        """Tell the supervisor of the worker at `path` that a call to it timed out: its
+        state is unknown, so it is replaced (handled as a timeout_error)."""
+        parent, _, child_id = path.rpartition("/")
+        try:
+            self._request(P.ReportFailure(id=0, path=parent, child_id=child_id,
+                                          category="timeout_error", reason="timeout"),
+                          timeout=5.0)
+        except SupervisorError:
+            pass  # already gone or restarting: its supervisor handles that on its own
+
     def _generation_of(self, path: str) -> int:
         with self._state:
             return self._generation.get(path, 0)
