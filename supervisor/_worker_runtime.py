@@ -43,6 +43,7 @@ __all__ = ["serve", "call_policy", "END_SESSION"]
 
 
 MAX_RESENDS = 32
+CLOSE_GRACE = 2.0  # seconds a leaving worker waits for its callers to see its notice
 
 
 def call_policy(spec: Any, commands: Mapping[str, Any], matrix: Any) -> dict[str, Any]:
@@ -229,8 +230,11 @@ class WorkerRuntime(Serving):
         if self.exit_message == "max_calls" or self.stop_requested not in (None, "shutdown"):
             # A planned recycle (max_calls, or its supervisor stopping it over its memory
             # limit or a failed health check): its callers are live and must not lose a
-            # call to it.
-            self._close_channels(grace=0.5)
+            # call to it. The wait ends as soon as every caller has closed its side; the
+            # grace only bounds a caller that does not react (an idle one), and must
+            # outlast a loaded machine's scheduling delays, or a call written just before
+            # we exit is lost.
+            self._close_channels(grace=CLOSE_GRACE)
         if reason != "protocol_error":
             hook_reason = self.stop_requested or reason
             try:
