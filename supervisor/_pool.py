@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
 from . import protocol as P
@@ -38,7 +39,7 @@ from ._channel import reply_value
 from ._pool_async import MapResults, Tracker, cancel_queued, enqueue
 from ._pool_core import PoolCore, Slot
 from ._pool_io import await_reply, link_of, register_sync, send_sync, timed_out
-from ._pool_link import NOT_SENT, Job
+from ._pool_link import NOT_SENT, ONE, STAR, Job
 from ._pool_session import reached
 from ._worker_runtime import END_SESSION
 from .errors import (
@@ -282,22 +283,31 @@ class PoolClient:
 
         As `Executor.map`: the calls are scheduled at once; iterating raises an item's
         error when its result is reached, and TimeoutError if a result is not ready
-        `timeout` s after this call. `chunksize` calls go to one worker in one write (each
-        call is still its own frame and command: chunksize batches frames, not commands).
+        `timeout` s after this call. With `chunksize` > 1, each chunk of items goes to one
+        worker as one command and comes back as one reply; as in ProcessPoolExecutor, the
+        items of a chunk after a failing one are not run (the iterator stops at the
+        failure anyway), and a worker crash fails the whole chunk.
         """
-        if not isinstance(chunksize, int) or chunksize < 1:
+        if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
         end = None if timeout is None else time.monotonic() + timeout
         name = _method_name(method)
-        items = list(zip(*iterables, strict=False))
-        results = MapResults(len(items))
         tracker = self._tracker
-        cap = max(self._pipeline, chunksize)
-        jobs = [Job(name, args, None, results, i, tracker, cap)
-                for i, args in enumerate(items)]
+        cap = self._pipeline
+        if chunksize == 1:
+            jobs = [Job(name, args, None, None, i, tracker, cap)
+                    for i, args in enumerate(zip(*iterables, strict=False))]
+        else:  # one iterable: its items are the arguments, no tuple each
+            kind = ONE if len(iterables) == 1 else STAR
+            items = iter(iterables[0] if kind == ONE else zip(*iterables, strict=False))
+            jobs = []
+            while chunk := list(islice(items, chunksize)):
+                jobs.append(Job(name, chunk, None, None, len(jobs), tracker, cap, kind))
+        results = MapResults(len(jobs))
+        for job in jobs:
+            job.sink = results
         tracker.add(len(jobs))
-        enqueue(self._core, jobs if chunksize == 1 else
-                [jobs[i:i + chunksize] for i in range(0, len(jobs), chunksize)], force=True)
+        enqueue(self._core, jobs, force=True)
         return _iterate(results, len(jobs), end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -317,9 +327,16 @@ class PoolClient:
 
 
 def _iterate(results: MapResults, n: int, end: float | None) -> Iterator[Any]:
+    return chain.from_iterable(_units(results, n, end))  # items at C speed, units here
+
+
+def _units(results: MapResults, n: int, end: float | None) -> Iterator[list[Any]]:
     try:
         for index in range(n):
-            yield results.get(index, end)
+            values, exc = results.get(index, end)
+            yield values
+            if exc is not None:
+                raise exc
     finally:
         results.cancelled = True  # closed early: calls not yet sent are never sent
 

@@ -9,8 +9,9 @@ Batching is Nagle's rule applied to calls: a call goes out at once when some wor
 idle; while every worker has calls in flight, new calls wait in `pending` until replies
 free room (the reader then plans and writes all that waits, up to the cap, in one go). A
 call is therefore never held back while a worker idles, and under load many frames share
-one write and one wake-up of the worker. Each call is still its own frame and its own
-command in the worker: a map chunk batches frames, not commands.
+one write and one wake-up of the worker. A submitted call is its own frame and command;
+a map chunk (chunksize > 1) is one `_batch` frame the worker runs item by item and
+answers with one reply of all the chunk's results.
 
 Every function here runs in the caller's or a reader's thread; those named "(under lock)"
 expect the pool core's lock to be held.
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 from . import protocol as P
 from ._channel import reply_value
 from ._pool_io import link_of, lose_link, wake_io, watch_progress
-from ._pool_link import BUFFERED, Job
+from ._pool_link import BUFFERED, STAR, Job
 from ._pool_overflow import maybe_grow
-from .errors import EncodeError, SupervisorError, WorkerCrashed, WorkerError
+from ._serving import BATCH
+from .errors import EncodeError, ProtocolError, SupervisorError, WorkerCrashed, WorkerError
 
 if TYPE_CHECKING:
     from ._pool_core import PoolCore, Slot
@@ -147,7 +149,7 @@ def cancel_queued(core: PoolCore, owner: Tracker) -> None:
         if job.index < 0:
             job.sink.cancel()
         else:  # the map's iterator raises it when it reaches the item, as a future would
-            job.sink.settle(job.index, None, CancelledError())
+            job.sink.settle(job.index, [], CancelledError())
         owner.done()
 
 
@@ -243,7 +245,9 @@ def _start(core: PoolCore, slot: Slot, jobs: list[Job]) -> list[Job]:
 def _encode(core: PoolCore, slot: Slot, link: Any, live: list[Job]
             ) -> tuple[list[Any], bytes, list[Job]]:
     ids = core.ids
-    msgs = [P.Call(id=next(ids), method=job.method, args=job.args, kwargs=job.kwargs)
+    msgs = [P.Call(id=next(ids), method=BATCH, args=(job.method, job.args, job.batch == STAR))
+            if job.batch
+            else P.Call(id=next(ids), method=job.method, args=job.args, kwargs=job.kwargs)
             for job in live]
     try:
         return msgs, P.CALL_CODEC.encode_many(msgs), live
@@ -283,7 +287,12 @@ def settle_all(done: Any) -> None:
                 if batch:
                     table.settle_many(batch)
                 table, batch = job.sink, []
-            batch.append((job.index, value, exc))
+            if not job.batch:
+                batch.append((job.index, [] if exc else [value], exc))
+            elif exc is not None:
+                batch.append((job.index, [], exc))
+            else:
+                batch.append((job.index, *_chunk(job, value, path)))
         if job.owner is not owner:
             if owner is not None:
                 owner.done(count)
@@ -304,6 +313,20 @@ def _outcome(job: Job, outcome: Any, path: str) -> tuple[Any, BaseException | No
         return reply_value(outcome, path, job.method), None
     except WorkerError as error:
         return None, error
+
+
+def _chunk(job: Job, value: Any, path: str) -> tuple[list[Any], BaseException | None]:
+    # A `_batch` reply: the results in order, and the failure of the item after them.
+    try:
+        results, failure = value
+        if failure is None:
+            return results, None
+        reply_value(P.Fail(0, *failure), path, job.method)
+    except WorkerError as error:
+        return results, error
+    except (TypeError, ValueError):
+        pass
+    return [], ProtocolError(f"malformed {BATCH} reply from {path!r}: {value!r:.200}")
 
 
 def _finish(job: Job, value: Any, exc: BaseException | None) -> None:
@@ -339,7 +362,9 @@ class Tracker:
 
 
 class MapResults:
-    """The results of one `map`, by position; the iterator waits on one at a time."""
+    """The results of one `map`, by unit (a chunk, or one item when chunksize is 1):
+    each unit's results in order, and the error of the item after them, if any. The
+    iterator waits on one unit at a time."""
 
     def __init__(self, n: int) -> None:
         self.values: list[Any] = [_PENDING] * n
@@ -348,23 +373,23 @@ class MapResults:
         self.want = -1
         self.cancelled = False
 
-    def settle(self, index: int, value: Any, exc: BaseException | None) -> None:
-        self.settle_many([(index, value, exc)])
+    def settle(self, index: int, values: list[Any], exc: BaseException | None) -> None:
+        self.settle_many([(index, values, exc)])
 
-    def settle_many(self, items: list[tuple[int, Any, BaseException | None]]) -> None:
+    def settle_many(self, units: list[tuple[int, list[Any], BaseException | None]]) -> None:
         values, errors = self.values, self.errors
         with self.cond:
-            for index, value, exc in items:
+            for index, results, exc in units:
                 if exc is not None:
                     errors[index] = exc  # before the value: `get` may look without the lock
-                values[index] = value
+                values[index] = results
             if self.want >= 0 and values[self.want] is not _PENDING:
                 self.cond.notify()
 
-    def get(self, index: int, deadline: float | None) -> Any:
-        """Item `index`'s result; raises its error, or TimeoutError past `deadline`."""
-        value = self.values[index]
-        if value is _PENDING:  # else it is in, error included (set first): no lock needed
+    def get(self, index: int, deadline: float | None) -> tuple[list[Any], BaseException | None]:
+        """Unit `index`'s results and error; TimeoutError past `deadline`."""
+        values = self.values[index]
+        if values is _PENDING:  # else it is in, error included (set first): no lock needed
             with self.cond:
                 self.want = index
                 while self.values[index] is _PENDING:
@@ -372,9 +397,6 @@ class MapResults:
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError
                     self.cond.wait(remaining)
-                value = self.values[index]
+                values = self.values[index]
         self.values[index] = None  # free it as we go
-        exc = self.errors.pop(index, None)
-        if exc is not None:
-            raise exc
-        return value
+        return values, self.errors.pop(index, None)

@@ -53,6 +53,9 @@ class SyncCall:
         self.reply: Any = None
 
 
+ONE, STAR = 1, 2  # Job.batch: a map chunk of single arguments / of argument tuples
+
+
 class Job:
     """One asynchronous call (`submit`, `map`), queued or in flight.
 
@@ -61,14 +64,16 @@ class Job:
     its caller allows (the view's pipeline). `attempt` counts sends after a crash (the
     matrix row's delays are indexed by it); `started` is set once the future was marked
     running (a cancelled one is dropped then, never sent). `owner` counts the client
-    view's outstanding calls for ``shutdown(wait=True)``.
+    view's outstanding calls for ``shutdown(wait=True)``. A map chunk is one Job with
+    `batch` set (ONE: `args` lists the items' single arguments; STAR: their argument
+    tuples), run by the worker's `_batch` command from one frame and answered in one.
     """
 
     __slots__ = ("method", "args", "kwargs", "sink", "index", "owner", "cap", "attempt",
-                 "started")
+                 "started", "batch")
 
-    def __init__(self, method: str, args: tuple, kwargs: dict | None, sink: Any,
-                 index: int, owner: Any, cap: int) -> None:
+    def __init__(self, method: str, args: Any, kwargs: dict | None, sink: Any,
+                 index: int, owner: Any, cap: int, batch: int = 0) -> None:
         self.method = method
         self.args = args
         self.kwargs = kwargs
@@ -78,6 +83,7 @@ class Job:
         self.cap = cap
         self.attempt = 1
         self.started = False
+        self.batch = batch
 
 
 class Link:

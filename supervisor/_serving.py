@@ -14,6 +14,7 @@ import os
 import pickle
 import socket
 import traceback
+from itertools import starmap
 from typing import Any
 
 from . import protocol as P
@@ -21,10 +22,16 @@ from ._framing import FrameReader
 from ._poller import READ, WRITE
 from .errors import EncodeError, ProtocolError
 
-__all__ = ["Serving", "END_SESSION"]
+__all__ = ["Serving", "END_SESSION", "BATCH"]
 
 # The reserved method that ends a session: its state is dropped; replies whether it existed.
 END_SESSION = "_end_session"
+# The reserved method that runs one command over many items (a pool's map chunk): args
+# are (method, items, star), each item the one argument or (star) the argument list; the
+# reply's value is [results, failure], where
+# failure is None or [category, type, message, traceback] for the item after the last
+# result. Items after a failing one are not run (as a ProcessPoolExecutor chunk).
+BATCH = "_batch"
 
 
 def describe(exc: BaseException) -> tuple[str, str, str]:
@@ -159,6 +166,8 @@ class Serving:
             if msg.method == END_SESSION:
                 existed = self.sessions.pop(msg.session, None) is not None
                 return P.CALL_CODEC.encode(P.Reply(id=msg.id, value=existed))
+            if msg.method == BATCH:
+                return self._run_batch(msg.id, msg.args)
             self.calls += 1
             if msg.session is not None or self.worker.session is not self.no_session:
                 self._enter_session(msg.session)
@@ -181,10 +190,7 @@ class Serving:
                      pickled: bool) -> bytes | None:
         fn = self.commands.get(method)
         if fn is None:
-            names = ", ".join(sorted(self.commands)) or "none"
-            return self._fail(cid, "python_error", "UnknownCommand",
-                              f"{type(self.worker).__name__} has no command {method!r} "
-                              f"(commands: {names})", "")
+            return self._unknown(cid, method)
         try:
             if pickled:
                 args, kwargs = pickle.loads(args)
@@ -201,6 +207,50 @@ class Serving:
         except EncodeError as exc:
             return self._fail(cid, "communication_error", "EncodeError",
                               f"cannot encode the result of {method!r}: {exc}", "")
+
+    def _run_batch(self, cid: int, args: Any) -> bytes | None:
+        if not (len(args) == 3 and isinstance(args[0], str) and isinstance(args[1], list)):
+            return self._fail(cid, "communication_error", "ProtocolError",
+                              f"{BATCH} takes (method, [item, ...], star), got {args!r:.200}",
+                              "")
+        method, items, star = args
+        fn = self.commands.get(method)
+        if fn is None:
+            return self._unknown(cid, method)
+        self.worker.session = self.no_session
+        results: list[Any] = []
+        failure = None
+        try:  # extend keeps the results of the items before a failing one
+            results.extend(starmap(fn, items) if star else map(fn, items))
+        except Exception as exc:  # the item's error ends the chunk, as in a peer's
+            failure = ["python_error", *describe(exc)]
+        self.calls += len(results) + (failure is not None)
+        try:
+            if self.pickled:
+                return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(
+                    [results, failure]), pickled=True))
+            return P.CALL_CODEC.encode(P.Reply(id=cid, value=[results, failure]))
+        except (EncodeError, pickle.PicklingError, TypeError, AttributeError):
+            pass
+        # Some result cannot be encoded: the results before it go back, it fails.
+        encode = pickle.dumps if self.pickled else P.CALL_CODEC.encode
+        for index, value in enumerate(results):
+            try:
+                encode(value)
+            except Exception as exc:  # noqa: BLE001 - any encoder error names the item
+                results, failure = results[:index], [
+                    "communication_error", "EncodeError",
+                    f"cannot encode the result of {method!r}: {exc}", ""]
+                break
+        value = [results, failure]
+        return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(value) if self.pickled
+                                           else value, pickled=self.pickled))
+
+    def _unknown(self, cid: int | None, method: str) -> bytes | None:
+        names = ", ".join(sorted(self.commands)) or "none"
+        return self._fail(cid, "python_error", "UnknownCommand",
+                          f"{type(self.worker).__name__} has no command {method!r} "
+                          f"(commands: {names})", "")
 
     def _not_run(self, msg: Any) -> bytes | None:
         if not isinstance(msg, P.Call):

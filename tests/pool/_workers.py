@@ -62,6 +62,17 @@ class Py(Worker):
     def die(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def die_if(self, x: int) -> int:
+        if x:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+    def unencodable_at(self, x: int, bad: int) -> object:
+        return object() if x == bad else x
+
 
 class Ordered(Worker):
     """Records the order in which `mark` calls were served."""
@@ -70,7 +81,10 @@ class Ordered(Worker):
         self.order: list[int] = []
 
     def mark(self, n: int) -> int:
+        """Record `n`; a negative one is recorded, then raises ValueError."""
         self.order.append(n)
+        if n < 0:
+            raise ValueError(f"negative: {n}")
         return n
 
     def served(self) -> list[int]:

@@ -1,0 +1,81 @@
+"""`pool.map` with chunksize > 1: a chunk is one `_batch` command in the worker and one
+reply. Results come back in order, an item's error surfaces at that item with the results
+before it, the items after a failing one in the same chunk are not run (as in a
+ProcessPoolExecutor chunk), a crash fails the whole chunk and nothing else, and every item
+counts as a call (max_calls)."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor import CommandError, EncodeError, Pool, Supervisor, WorkerCrashed, WorkerError
+
+from ._workers import Ordered, Py
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def pool(start_tree):
+    app = start_tree(Supervisor("root", children=[Pool("p", Py, size=2)]))
+    return app.pool("p")
+
+
+def test_several_iterables_are_zipped_like_map(pool):
+    xs, ys = list(range(100)), list(range(1000, 1090))  # the shortest one ends it
+    assert list(pool.map("add", xs, ys, chunksize=16)) == list(map(int.__add__, xs, ys))
+    assert list(pool.map(Py.add, [1], [2], chunksize=4)) == [3]
+
+
+def test_an_item_error_surfaces_at_the_item_and_the_rest_of_its_chunk_does_not_run(
+        start_tree):
+    app = start_tree(Supervisor("root", children=[Pool("p", Ordered, size=1)]))
+    pool = app.pool("p")
+    results = pool.map("mark", [1, 2, -3, 4, 5, 6], chunksize=2)
+    assert [next(results), next(results)] == [1, 2]
+    with pytest.raises(CommandError, match=r"^ValueError: negative: -3") as info:
+        next(results)
+    assert info.value.category == "python_error"
+    assert info.value.remote_type == "ValueError"
+    with pytest.raises(StopIteration):  # an iterator that raised is finished, as a generator
+        next(results)
+    # -3 ran and failed; 4 shared its chunk and never ran; later chunks ran all the same.
+    assert pool.call("served") == [1, 2, -3, 5, 6]
+
+
+def test_an_unencodable_result_fails_its_item_after_the_results_before_it(pool):
+    results = pool.map("unencodable_at", range(8), [5] * 8, chunksize=8)
+    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(EncodeError, match="cannot encode the result of 'unencodable_at'"):
+        next(results)
+
+
+def test_a_worker_crash_fails_its_chunk_only_and_the_pool_serves_on(start_tree):
+    app = start_tree(Supervisor("root", children=[Pool("p", Py, size=1)]))
+    pool = app.pool("p")
+    pid = pool.call("pid")
+    with pytest.raises(WorkerCrashed) as info:
+        list(pool.map("die_if", [0, 0, 1, 0], chunksize=4))
+    assert info.value.category == "connection_error"
+    assert list(pool.map("echo", range(50), chunksize=8)) == list(range(50))
+    assert pool.call("pid") != pid
+
+
+def test_unknown_commands_and_malformed_batches_are_classified(pool):
+    with pytest.raises(CommandError, match="has no command 'nope'") as info:
+        list(pool.map("nope", range(3), chunksize=3))
+    assert info.value.remote_type == "UnknownCommand"
+    with pytest.raises(WorkerError, match=r"^ProtocolError: _batch takes") as info:
+        pool.call("_batch", "echo")
+    assert info.value.category == "communication_error"
+    assert list(pool.map("echo", range(3), chunksize=3)) == [0, 1, 2]  # still serving
+
+
+def test_every_item_of_a_chunk_counts_toward_max_calls(start_tree):
+    app = start_tree(Supervisor("root", children=[
+        Pool("p", Py, size=1, max_calls=10)]))
+    pool = app.pool("p")
+    pids = list(pool.map("pid_idem", range(60), chunksize=5))
+    assert len(pids) == 60
+    # Recycled after every 10 items (2 chunks): counted per frame it would never recycle.
+    assert len(set(pids)) >= 3
