@@ -163,7 +163,8 @@ SUPERVISOR = Kind("supervisor", {"id": STRING, "type": STRING, **_SUPERVISOR_KEY
 POOL = Kind(
     "pool",
     {"id": STRING, "type": STRING, "worker": STRING, "size": INTEGER, "max_overflow": INTEGER,
-     "checkout_timeout": NUMBER, **_WORKER_OPTIONS},
+     "checkout_timeout": NUMBER, "max_restarts": INTEGER, "max_seconds": NUMBER,
+     **_WORKER_OPTIONS},
     required=("id", "worker"),
 )
 # [tree] is a supervisor that is nobody's child: it has no `type` to choose.

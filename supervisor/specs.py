@@ -448,9 +448,12 @@ def Supervisor(id: str, children: Sequence[Any] = (), *, strategy: str = "one_fo
 
 
 def Pool(id: str, worker: type | str, size: int = 4, *, max_overflow: int = 0,
-         checkout_timeout: float = 5.0, **child_options: Any) -> PoolSpec:
+         checkout_timeout: float = 5.0, max_restarts: int = 3, max_seconds: float = 5.0,
+         **child_options: Any) -> PoolSpec:
     """A pool: a one_for_one supervisor of `size` identical workers ``id-0 .. id-{size-1}``.
 
+    `max_restarts`/`max_seconds` are the pool supervisor's own restart intensity (more
+    worker restarts than that in the window and the pool gives up, as any supervisor);
     `child_options` are `child(...)` options applied to every worker. Raises ConfigError.
     """
     _integer("size", size, minimum=1)
@@ -459,4 +462,5 @@ def Pool(id: str, worker: type | str, size: int = 4, *, max_overflow: int = 0,
     return PoolSpec(
         id=id, children=children, size=size, max_overflow=max_overflow,
         checkout_timeout=checkout_timeout, worker_template=template,
+        max_restarts=max_restarts, max_seconds=max_seconds,
     )

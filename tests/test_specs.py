@@ -88,6 +88,8 @@ def test_specs_are_frozen():
      r"^auto_shutdown: expected one of never, any_significant, all_significant"),
     (lambda: Supervisor("r", bogus=1), r"^bogus: unknown key 'bogus'"),
     (lambda: Pool("p", Echo, size=0), r"^size: expected an integer >= 1, got 0$"),
+    (lambda: Pool("p", Echo, max_restarts=-1), r"^max_restarts: expected an integer >= 0"),
+    (lambda: Pool("p", Echo, max_seconds=0), r"^max_seconds: expected a number > 0"),
 ])
 def test_invalid_specs_raise_config_error_naming_the_field(build, pattern):
     with pytest.raises(ConfigError, match=pattern) as info:
@@ -101,6 +103,10 @@ def test_pool_is_a_supervisor_of_numbered_identical_workers():
     assert [c.id for c in pool.children] == ["py-0", "py-1", "py-2"]
     assert {c.restart for c in pool.children} == {"transient"}
     assert pool.strategy == "one_for_one"
+    assert (pool.max_restarts, pool.max_seconds) == (3, 5.0)  # a supervisor's defaults
+    tuned = Pool("py", Echo, size=2, max_restarts=10, max_seconds=2.5)
+    assert (tuned.max_restarts, tuned.max_seconds) == (10, 2.5)
+    assert {c.restart for c in tuned.children} == {"permanent"}  # not worker options
 
 
 def test_nested_tree_builds():

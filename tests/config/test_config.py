@@ -71,7 +71,8 @@ def full_jobs() -> SupervisorSpec:
 def full_pool() -> PoolSpec:
     """The pool of good/full.toml."""
     return Pool(
-        "py", ECHO, 3, max_overflow=2, checkout_timeout=0.25, args=["pooled"],
+        "py", ECHO, 3, max_overflow=2, checkout_timeout=0.25, max_restarts=9, max_seconds=2.5,
+        args=["pooled"],
         kwargs={"prefix": "pool> "}, restart="transient", shutdown=4, heartbeat=3,
         heartbeat_timeout=9, max_memory_mb=512, max_calls=100, call_timeout=1.5,
         on_timeout="ignore", fallback="echo", serializer="pickle", stable_after=2,

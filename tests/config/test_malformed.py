@@ -134,7 +134,8 @@ EXPECTED = {
         'serializer, stable_after, circuit_timeout',
     'unknown_key_pool.toml':
         ": tree.children[0].strategy: unknown key 'strategy'; expected one of id, type, "
-        'worker, size, max_overflow, checkout_timeout, args, kwargs, restart, shutdown, '
+        'worker, size, max_overflow, checkout_timeout, max_restarts, max_seconds, args, '
+        'kwargs, restart, shutdown, '
         'significant, errors, heartbeat, heartbeat_timeout, max_memory_mb, max_calls, '
         'call_timeout, on_timeout, fallback, serializer, stable_after, circuit_timeout',
     'unknown_key_program.toml':

@@ -83,6 +83,26 @@ def test_the_pool_survives_repeated_crashes(start_tree, events):
     assert {c.state for c in app.which_children("p")} == {"running"}
 
 
+@pytest.mark.parametrize("max_restarts, gives_up", [(1, True), (8, False)])
+def test_the_pool_supervisors_own_intensity_is_set_on_the_pool(start_tree, events,
+                                                               max_restarts, gives_up):
+    app = start_tree(Supervisor("root", children=[
+        Pool("p", Py, size=2, max_restarts=max_restarts, max_seconds=60,
+             # minor: repeated crashes of one worker never reach "critical" (abandon)
+             errors={"connection_error": {"backoff": [0.0], "severity": "minor"}})]))
+    pool = app.pool("p")
+    for crash in range(1, 5):
+        with pytest.raises(WorkerCrashed):
+            pool.call("die", retry=False)
+        events.wait_count("restarted", crash)  # the worker's, or (given up) the pool's
+    assert sorted(pool.submit("square", n).result(10) for n in range(6)) == [
+        n * n for n in range(6)]
+    restarts = [c.restarts for c in app.which_children("") if c.id == "p"][0]
+    # More than max_restarts worker restarts in the window: the pool gave up and its
+    # parent restarted it (a fresh pool); under the limit it carried on.
+    assert (restarts >= 1) is gives_up
+
+
 def test_a_timed_out_call_replaces_its_worker_and_the_pool_serves_on(start_tree, events):
     app = start_tree(Supervisor("root", children=[Pool("p", Py, size=2)]))
     pool = app.pool("p")
