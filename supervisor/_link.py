@@ -167,9 +167,13 @@ class RootLink:
         self._router.close_all()
         if self._sock is not None:
             self._sock.close()  # the root is gone: its channel is finished
+        self._release_clients()  # before `_exited`: stop() returns with their fds closed
         with self._state:
             self._state.notify_all()
         self._exited.set()
+
+    def _release_clients(self) -> None:
+        """The root is gone: fail and close what the tree's clients still hold."""
         live_apps.discard(self)
 
     def _kill_root(self) -> None:

@@ -39,8 +39,8 @@ import msgspec
 
 from . import protocol as P
 from . import telemetry
-from ._pool_async import plan, send_jobs, settle, settle_all
-from ._pool_io import drain, presend, register_sync
+from ._pool_async import plan, send_jobs, settle_all
+from ._pool_io import drain, lose_link, presend, register_sync
 from ._pool_link import Link, SyncCall
 from ._pool_overflow import Timers, maybe_grow, note_idle
 from ._pool_session import Session, bind, bound_slot, may_presend
@@ -324,19 +324,28 @@ class PoolCore:
         self.run((), plans)
 
     def tree_gone(self) -> None:
-        """The root exited: fail everything still queued, wake every waiter."""
+        """The root exited: fail everything still queued or in flight, wake every waiter,
+        and release the pool's descriptors (its links, its watcher). Idempotent."""
         with self.lock:
+            if self.gone:
+                return
             self.gone = True
-            self.watcher.close()
+            self.watcher.closed = True
             jobs = [job for unit in self.pending
                     for job in (unit if isinstance(unit, list) else [unit])]
             self.pending.clear()
             self.pending_jobs = 0
             for waiter in self.waiters:
                 waiter.cond.notify()
+            lost = []
+            for slot in self.slots:
+                if slot.link is not None:
+                    # Closed here unless a caller is reading it; that caller is woken
+                    # and closes it as it lets go (see `release`).
+                    lost.extend(lose_link(self, slot.link, "the tree stopped"))
+        self.watcher.close()
         exc = WorkerCrashed("the tree is not running", path=self.path)
-        for job in jobs:
-            settle(job, exc, self.path)
+        self.run([(job, exc, self.path) for job in jobs] + lost, ())
 
 
 def _watch_tree(core: PoolCore) -> None:

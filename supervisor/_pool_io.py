@@ -67,12 +67,16 @@ def link_of(core: PoolCore, slot: Slot) -> Link | None:
     finally:
         with core.lock:
             slot.opening = False
-            if link is not None:
+            gone = core.gone
+            if link is not None and not gone:
                 slot.link = link
                 core.watcher.add(link)
             core.open_cond.notify_all()
-        if link is not None:
-            core.watcher.apply(link)
+    if link is not None:
+        if gone:  # the tree ended while we asked: nobody else will close this one
+            link.close_fds()
+            raise WorkerCrashed("the tree is not running", path=slot.path)
+        core.watcher.apply(link)
     return link
 
 

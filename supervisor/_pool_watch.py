@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["Watcher"]
 
 _EPOLL = hasattr(select, "epoll")
+_JOIN_TIMEOUT = 5.0  # the thread only ever waits for the core's lock; this is a backstop
 
 
 class Watcher:
@@ -109,9 +110,21 @@ class Watcher:
             self._poke()
 
     def close(self) -> None:
-        """The tree is gone: let the thread end."""
+        """The tree is gone: end the thread and release our descriptors before returning
+        (the caller has set `closed` under the core's lock, so no thread starts now)."""
         self.closed = True
-        self._poke()
+        thread = self.thread
+        if thread is None:
+            self._close_fds()
+        elif thread is not threading.current_thread():
+            self._poke()
+            thread.join(_JOIN_TIMEOUT)
+
+    def _close_fds(self) -> None:
+        if _EPOLL:
+            self.ep.close()
+        self.wake.close()
+        self._wake_peer.close()
 
     def _poke(self) -> None:
         try:
@@ -134,10 +147,7 @@ class Watcher:
                 with link.elock:
                     link.kernel_armed = False  # a one-shot event: spent (see the doc)
                 on_ready(core, link)
-        if _EPOLL:
-            self.ep.close()
-        self.wake.close()
-        self._wake_peer.close()
+        self._close_fds()
 
     def _wait(self) -> list[int]:
         if _EPOLL:

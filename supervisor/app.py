@@ -277,6 +277,12 @@ class App(RootLink):
                 client = self._pools[path] = PoolClient(self, path)
         return client
 
+    def _release_clients(self) -> None:
+        with self._state:
+            pools = list(self._pools.values())
+        for client in pools:
+            client._core.tree_gone()
+
     def worker(self, path: str) -> WorkerProxy:
         """A proxy whose attribute calls are `call(path, name, ...)`."""
         return WorkerProxy(self, path, {})

@@ -38,7 +38,7 @@ import pytest
 import supervisor
 import supervisor.errors
 from strategies.matrix import ErrorCategory
-from supervisor import Pool, Supervisor, WorkerError, child
+from supervisor import Pool, Supervisor, WorkerCrashed, WorkerError, child
 
 from .._procs import wait_gone
 from ._workers import Target
@@ -405,13 +405,6 @@ def test_a_killed_nested_supervisor_is_restarted_by_its_parent(start_tree, event
     assert app.wait(timeout=0) is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "After stop() (the root is gone) the caller still holds descriptors of the dead tree "
-    "until the objects are garbage collected (ResourceWarning: unclosed socket): "
-    "supervisor/_link.py RootLink._on_root_gone() (the App's reader) closes the router's "
-    "channels but not the App's control socket (App._sock); supervisor/_pool_core.py PoolCore.tree_gone() fails the "
-    "queued jobs but never closes its links (each _pool_link.Link holds its channel socket "
-    "and its wake socketpair: Link.close_fds()). Fix: close both when the root is gone."))
 def test_stop_closes_the_callers_descriptors():
     """After `stop()` returns, the caller holds no descriptor of the stopped tree, even
     while it keeps a reference to the App and its pool client."""
@@ -423,8 +416,14 @@ def test_stop_closes_the_callers_descriptors():
         assert app.call("a", "ping") == "pong"
         pool = app.pool("py")
         assert pool.call("ping") == "pong"
+        assert [f.result(10) for f in [pool.submit("ping") for _ in range(50)]] == [
+            "pong"] * 50  # async calls: the pool's watcher thread reads its links
     finally:
         app.stop(timeout=10)
     held = {fd: what for fd, what in open_fds().items() if before.get(fd) != what}
     assert held == {}
+    with pytest.raises(WorkerCrashed, match="the tree is not running"):
+        pool.call("ping")
+    with pytest.raises(WorkerCrashed, match="the tree is not running"):
+        pool.submit("ping").result(10)
     del app, pool
