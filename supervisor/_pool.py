@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from . import protocol as P
 from . import telemetry
 from ._channel import reply_value
+from ._future import PoolFuture
 from ._pool_async import MapResults, Tracker, cancel_queued, enqueue
 from ._pool_core import PoolCore, Slot
 from ._pool_io import await_reply, link_of, register_sync, send_sync, timed_out
@@ -99,7 +100,7 @@ class PoolClient:
         self._max_in_flight = max_in_flight
         self._pipeline = pipeline
         self._on_lost = on_lost
-        self._tracker = Tracker()
+        self._tracker = Tracker(self._core)
 
     def options(self, *, on_lost: str | None = None, max_in_flight: int | None = None,
                 pipeline: int | None = None) -> PoolClient:
@@ -271,8 +272,7 @@ class PoolClient:
         message, WorkerCrashed, EncodeError, ...). `cancel()` succeeds while the call is
         still queued in the client. No keyword is reserved.
         """
-        fut: Future = Future()
-        self._tracker.add(1)
+        fut = PoolFuture()
         enqueue(self._core, [Job(_method_name(method), args, kwargs or None, fut, -1,
                                  self._tracker, self._pipeline)], force=False)
         return fut
@@ -306,7 +306,6 @@ class PoolClient:
         results = MapResults(len(jobs))
         for job in jobs:
             job.sink = results
-        tracker.add(len(jobs))
         enqueue(self._core, jobs, force=True)
         return _iterate(results, len(jobs), end)
 

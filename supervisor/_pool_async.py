@@ -1,7 +1,7 @@
 """Asynchronous pool calls (`submit`, `map`): queueing, batching on the wire, settling.
 
-    submit() ─▶ pending: deque of units (a Job, or a map   ─▶ plan(): per slot with room,
-    map()    ─▶   chunk: a list of Jobs that go together)      the units it can take
+    submit() ─▶ pending: deque of Jobs (a call, or a map  ─▶ plan(): per slot with room,
+    map()    ─▶   chunk run by the worker's _batch)            the calls it can take
                                                         ─▶ send_jobs(): ONE write per slot
     replies  ─▶ the link's reader files them ─▶ settle(): future result / map slot
 
@@ -41,29 +41,32 @@ __all__ = ["enqueue", "plan", "cancel_queued", "send_jobs", "settle",
 _PENDING = object()
 
 
-def enqueue(core: PoolCore, units: list[Any], force: bool) -> None:
-    """Queue units (Jobs or chunks) and send what can go now; fails them if the tree is
-    gone."""
+def enqueue(core: PoolCore, jobs: list[Job], force: bool) -> None:
+    """Queue calls and send what can go now; fails them if the tree is gone."""
+    if not jobs:
+        return
     if not core._started:
         core.start()
+    owner = jobs[0].owner  # one view's calls
     with core.lock:
+        owner.count += len(jobs)
         gone = core.gone
         if not gone:
             # Calls already queued mean every worker was busy (or down): whoever frees
             # one plans again, so a submit that queues behind them plans nothing.
-            queued = core.pending_jobs
-            core.pending.extend(units)
-            core.pending_jobs += sum(1 if type(u) is Job else len(u) for u in units)
-            plans = plan(core, force) if force or not queued else []
+            queued = core.pending
+            was_queued = bool(queued)
+            queued.extend(jobs)
+            plans = plan(core, force) if force or not was_queued else []
     if gone:
         exc = WorkerCrashed("the tree is not running", path=core.path)
-        core.run([(job, exc, core.path) for unit in units for job in _jobs(unit)], ())
+        core.run([(job, exc, core.path) for job in jobs], ())
     elif plans:
         core.run((), plans)
 
 
 def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
-    """Assign queued units to slots with room, evening out their loads (under lock).
+    """Assign queued calls to slots with room, evening out their loads (under lock).
 
     Without `force` (a new submit), only idle slots are given calls: busy ones are
     planned again by their readers when replies come, which is when a batch has gathered
@@ -83,7 +86,7 @@ def plan(core: PoolCore, force: bool) -> list[tuple[Slot, list[Job]]]:
         return []
     if len(slots) > 1:
         slots.sort(key=_load)
-    level = -(-(sum(s.load for s in slots) + core.pending_jobs) // len(slots))
+    level = -(-(sum(s.load for s in slots) + len(pending)) // len(slots))
     plans = []
     for slot in slots:
         jobs = _take(core, slot, level)
@@ -100,57 +103,36 @@ def _load(slot: Slot) -> int:
     return slot.load
 
 
-def _jobs(unit: Any) -> list[Job]:
-    return [unit] if type(unit) is Job else unit
-
-
 def _take(core: PoolCore, slot: Slot, level: int) -> list[Job]:
-    # Units up to `level`, while the slot stays under its cap; a chunk larger than half
-    # the cap still gets room for two (the next is on the wire while the worker runs one).
+    # Calls up to `level`, while the slot stays under the calls' cap (their view's
+    # pipeline); an idle slot takes at least one.
     jobs: list[Job] = []
     load = slot.load
     pending = core.pending
     while pending and (load < level or not load):
-        unit = pending[0]
-        if type(unit) is Job:
-            if load >= unit.cap:
-                break
-            jobs.append(unit)
-            load += 1
-        else:
-            size = len(unit)
-            if load and load + size > max(unit[0].cap, 2 * size):
-                break
-            jobs.extend(unit)
-            load += size
-        pending.popleft()
-    core.pending_jobs -= load - slot.load
+        if load >= pending[0].cap:
+            break
+        jobs.append(pending.popleft())
+        load += 1
     slot.load = load
     return jobs
 
 
 def cancel_queued(core: PoolCore, owner: Tracker) -> None:
     """Take `owner`'s calls that were not sent yet out of the queue and cancel them."""
-    dropped = []
     with core.lock:
-        kept = []
-        for unit in core.pending:
-            jobs = _jobs(unit)
-            mine = [job for job in jobs if job.owner is owner and not job.started]
-            if mine:
-                dropped.extend(mine)
-                jobs = [job for job in jobs if not (job.owner is owner and not job.started)]
-            if jobs:
-                kept.append(jobs)
-        core.pending.clear()
-        core.pending.extend(kept)
-        core.pending_jobs -= len(dropped)
+        dropped = [job for job in core.pending if job.owner is owner and not job.started]
+        if dropped:
+            kept = [job for job in core.pending if not (job.owner is owner and not job.started)]
+            core.pending.clear()
+            core.pending.extend(kept)
     for job in dropped:
         if job.index < 0:
             job.sink.cancel()
         else:  # the map's iterator raises it when it reaches the item, as a future would
             job.sink.settle(job.index, [], CancelledError())
-        owner.done()
+    if dropped:
+        owner.done(len(dropped))
 
 
 def send_jobs(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
@@ -339,26 +321,27 @@ def _finish(job: Job, value: Any, exc: BaseException | None) -> None:
 
 
 class Tracker:
-    """Counts one client view's outstanding async calls, for ``shutdown(wait=True)``."""
+    """Counts one client view's outstanding async calls, for ``shutdown(wait=True)``.
 
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
+    `count` is guarded by the pool core's lock: `enqueue` adds under the lock it takes
+    anyway, so a submit pays no lock of its own; `done` runs outside that lock.
+    """
+
+    def __init__(self, core: PoolCore) -> None:
+        self.lock = core.lock
+        self.idle = threading.Condition(core.lock)
         self.count = 0
 
-    def add(self, n: int) -> None:
-        with self.cond:
-            self.count += n
-
     def done(self, n: int = 1) -> None:
-        with self.cond:
+        with self.lock:
             self.count -= n
             if not self.count:
-                self.cond.notify_all()
+                self.idle.notify_all()
 
     def wait_idle(self) -> None:
-        with self.cond:
+        with self.lock:
             while self.count:
-                self.cond.wait()
+                self.idle.wait()
 
 
 class MapResults:

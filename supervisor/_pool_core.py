@@ -41,7 +41,7 @@ from . import protocol as P
 from . import telemetry
 from ._pool_async import plan, send_jobs, settle_all
 from ._pool_io import drain, lose_link, presend, register_sync
-from ._pool_link import Link, SyncCall
+from ._pool_link import Job, Link, SyncCall
 from ._pool_overflow import Timers, maybe_grow, note_idle
 from ._pool_session import Session, bind, bound_slot, may_presend
 from ._pool_watch import Watcher
@@ -103,8 +103,7 @@ class PoolCore:
         self.slots: list[Slot] = []
         self.waiters: deque[Waiter] = deque()
         self.queued = threading.Condition(self.lock)  # notified when a caller queues
-        self.pending: deque[Any] = deque()  # units: a Job, or a map chunk (list of Jobs)
-        self.pending_jobs = 0
+        self.pending: deque[Job] = deque()  # async calls (a map chunk is one) not sent yet
         self.sessions: dict[str, Session] = {}
         self.size = self.max_overflow = 0
         self.checkout_timeout = 5.0
@@ -263,8 +262,7 @@ class PoolCore:
 
     def requeue(self, jobs: list[Any]) -> None:
         """Put calls that never ran back at the front of the queue, in order (under lock)."""
-        self.pending.appendleft(jobs)
-        self.pending_jobs += len(jobs)
+        self.pending.extendleft(reversed(jobs))
 
     def refresh(self) -> list[Any]:
         """Capacity changed: serve queued callers, then plan queued async calls (under lock)."""
@@ -331,10 +329,8 @@ class PoolCore:
                 return
             self.gone = True
             self.watcher.closed = True
-            jobs = [job for unit in self.pending
-                    for job in (unit if isinstance(unit, list) else [unit])]
+            jobs = list(self.pending)
             self.pending.clear()
-            self.pending_jobs = 0
             for waiter in self.waiters:
                 waiter.cond.notify()
             lost = []
