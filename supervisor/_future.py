@@ -4,8 +4,8 @@
 methods, a dozen objects the cyclic GC has to track for every call. Under `submit` load
 that tracking was 40% of the caller's CPU (measured: 78k calls/s with the collector on,
 130k/s with it off). Most pool futures are settled before anybody waits on them, so
-`PoolFuture` makes the Condition on first use, and its state changes that no waiter can
-observe yet (running, result, exception, all before any condition exists) skip it.
+`PoolFuture` makes the Condition (and its waiter and callback lists) on first use, and its
+state changes that no waiter can observe yet (running, result, exception, all before any condition exists) skip it.
 
 Why this is safe: a waiter (`result`/`exception` with a wait, `add_done_callback`,
 `concurrent.futures.wait`/`as_completed`, `cancel`) always goes through `_condition`,
@@ -32,13 +32,12 @@ _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 class PoolFuture(Future):
     """A `concurrent.futures.Future`, cheaper to make and to settle unobserved."""
 
-    def __init__(self) -> None:  # Future.__init__ without the Condition
+    def __init__(self) -> None:  # Future.__init__ without the Condition and lists
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
         self._cond: threading.Condition | None = None
+        self._lists: tuple[list[Any], list[Any]] | None = None
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -49,6 +48,22 @@ class PoolFuture(Future):
                 if cond is None:
                     cond = self._cond = threading.Condition()
         return cond
+
+    # The waiter and callback lists are only touched by code that holds the Condition (or
+    # settles after it): made on first use, like it.
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        return (self._lists or self._make_lists())[0]
+
+    @property
+    def _done_callbacks(self) -> list[Any]:  # type: ignore[override]
+        return (self._lists or self._make_lists())[1]
+
+    def _make_lists(self) -> tuple[list[Any], list[Any]]:
+        with _CREATE:
+            if self._lists is None:
+                self._lists = ([], [])
+            return self._lists
 
     def _quietly(self, state: str, old: tuple[str, ...], result: Any = None,
                  exception: BaseException | None = None) -> bool:
