@@ -350,6 +350,7 @@ def ppe_recovery(n: int) -> dict[str, Any]:
     futures = [ex.submit(echo, 1) for _ in range(n)]
     futures[n // 10].result()
     victim = next(iter(ex._processes))  # private, but the only way to name a worker
+    pending = sum(1 for f in futures if not f.done())
     t0 = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
     wait(futures, timeout=30)
@@ -365,7 +366,8 @@ def ppe_recovery(n: int) -> dict[str, Any]:
     for other in fresh:
         other.shutdown(wait=True)
     return {"first_served_ms": served * 1e3, "replacement_ms": served * 1e3,
-            "failed": failed, "in_flight": n, "note": "executor broken: rebuilt"}
+            "failed": failed, "in_flight": n, "pending": pending,
+            "note": "executor broken: rebuilt"}
 
 
 def mp_recovery(n: int) -> dict[str, Any]:
@@ -377,6 +379,7 @@ def mp_recovery(n: int) -> dict[str, Any]:
     results = [mp.apply_async(echo, (1,)) for _ in range(n)]
     results[n // 10].get()
     victim = mp._pool[0].pid  # private, as above
+    pending = sum(1 for r in results if not r.ready())
     t0 = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
     served = _first_success(lambda: mp.apply_async(echo, (1,)).get(timeout=1), t0)
@@ -385,7 +388,8 @@ def mp_recovery(n: int) -> dict[str, Any]:
         r.wait(max(0.0, deadline - time.monotonic()))
     failed = sum(1 for r in results if not r.ready())
     return {"first_served_ms": served * 1e3, "replacement_ms": None, "failed": failed,
-            "in_flight": n, "note": "lost calls hang forever (counted after 3 s)"}
+            "in_flight": n, "pending": pending,
+            "note": "lost calls hang forever (counted after 3 s)"}
 
 
 def ours_recovery(app: Any, n: int) -> dict[str, Any]:
@@ -395,6 +399,7 @@ def ours_recovery(app: Any, n: int) -> dict[str, Any]:
     victim, survivor = pids["p-0"], pids["p-1"]
     futures = [pool.submit("echo", 1) for _ in range(n)]
     futures[n // 10].result()
+    pending = sum(1 for f in futures if not f.done())
     t0 = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
     served = _first_success(lambda: pool.call("echo", 1), t0)
@@ -407,7 +412,8 @@ def ours_recovery(app: Any, n: int) -> dict[str, Any]:
     replaced = _first_success(replacement_serves, t0)
     failed = sum(1 for f in futures if f.exception() is not None)
     return {"first_served_ms": served * 1e3, "replacement_ms": replaced * 1e3,
-            "failed": failed, "in_flight": n, "note": "only calls in flight on it fail"}
+            "failed": failed, "in_flight": n, "pending": pending,
+            "note": "only calls in flight on it fail"}
 
 
 # --------------------------------------------------------------------------- report
@@ -471,10 +477,10 @@ def report(res: dict[str, Any]) -> dict[str, float | None]:
                  for n, r in res["map"].items()])
     print_table(f"SIGKILL of one worker with {sizes['kill']:,} calls submitted",
                 ["contender", "kill -> a call served", "kill -> replacement serves",
-                 "calls failed", "note"],
-                [[n, "-", "-", "-", r["error"]] if "error" in r else
+                 "not done at kill", "calls failed", "note"],
+                [[n, "-", "-", "-", "-", r["error"]] if "error" in r else
                  [n, _ms(r["first_served_ms"]), _ms(r["replacement_ms"]),
-                  f"{r['failed']:,} of {r['in_flight']:,}", r["note"]]
+                  f"{r['pending']:,}", f"{r['failed']:,} of {r['in_flight']:,}", r["note"]]
                  for n, r in res["recovery"].items()])
     submit = per_call["ours: pool.submit"]["best"]
     summary = {"submit_vs_best_peer": ratio(submit, best_peer),

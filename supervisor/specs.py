@@ -2,7 +2,9 @@
 
 A spec never holds runtime state; the supervisor process keeps a runtime record beside
 each spec (see `_children`). Every invalid value raises `ConfigError` naming the field and
-the value, at construction, so a bad tree never reaches a process.
+the value, at construction, so a bad tree never reaches a process. The checks of single
+values live in `_validate`; this module says which fields each spec has and how they
+depend on each other.
 
     child("counter", Counter, kwargs={"start": 10})       -> ChildSpec
     Supervisor("root", children=[...], strategy=...)      -> SupervisorSpec
@@ -12,8 +14,6 @@ the value, at construction, so a bad tree never reaches a process.
 from __future__ import annotations
 
 import importlib
-import math
-import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +21,18 @@ import attrs
 
 from strategies.restart import RestartType, Strategy
 
+from ._validate import SHUTDOWN_WORDS as SHUTDOWN_WORDS  # still importable from here
+from ._validate import (
+    check_choice,
+    check_errors,
+    check_id,
+    check_integer,
+    check_number,
+    check_shutdown,
+    check_signal,
+    check_significant,
+    reject_unknown,
+)
 from .errors import ConfigError
 
 __all__ = [
@@ -38,50 +50,6 @@ __all__ = [
 AUTO_SHUTDOWN = ("never", "any_significant", "all_significant")
 ON_TIMEOUT = ("restart", "ignore")
 SERIALIZERS = ("msgpack", "pickle")
-SHUTDOWN_WORDS = ("brutal_kill", "infinity")
-
-
-def _choice(field: str, value: Any, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(
-            f"expected one of {', '.join(allowed)}, got {value!r}", field=field, value=value
-        )
-    return value
-
-
-def _number(field: str, value: Any, *, minimum: float, strict: bool = False,
-            allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
-    if ok and (value > minimum if strict else value >= minimum):
-        return value
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-    raise ConfigError(f"expected a number {bound}, got {value!r}", field=field, value=value)
-
-
-def _integer(field: str, value: Any, *, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
-        return value
-    raise ConfigError(f"expected an integer >= {minimum}, got {value!r}", field=field, value=value)
-
-
-def _check_id(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value or "/" in value or value.strip() != value:
-        raise ConfigError(
-            f"expected a non-empty string without '/' or surrounding spaces, got {value!r}",
-            field=field,
-            value=value,
-        )
-    return value
-
-
-def _shutdown(field: str, value: Any) -> float | str:
-    if isinstance(value, str):
-        return _choice(field, value, SHUTDOWN_WORDS)
-    return _number(field, value, minimum=0)
 
 
 def resolve_worker(value: Any, field: str = "worker") -> type:
@@ -154,66 +122,28 @@ class ChildSpec:
     kind = "worker"
 
     def __attrs_post_init__(self) -> None:
-        _check_id("id", self.id)
+        check_id("id", self.id)
         object.__setattr__(self, "worker_class", resolve_worker(self.worker))
         if not isinstance(self.args, tuple):
             object.__setattr__(self, "args", tuple(self.args))
         if not isinstance(self.kwargs, Mapping):
             raise ConfigError(f"expected a mapping, got {self.kwargs!r}", field="kwargs")
-        _choice("restart", self.restart, tuple(RestartType))
-        _shutdown("shutdown", self.shutdown)
-        _check_significant(self.significant, self.restart)
-        _number("heartbeat", self.heartbeat, minimum=0, strict=True, allow_none=True)
-        _number("heartbeat_timeout", self.heartbeat_timeout, minimum=0, strict=True,
-                allow_none=True)
-        _number("max_memory_mb", self.max_memory_mb, minimum=0, strict=True, allow_none=True)
-        _integer("max_calls", self.max_calls, minimum=1, allow_none=True)
-        _number("call_timeout", self.call_timeout, minimum=0, strict=True, allow_none=True)
-        _choice("on_timeout", self.on_timeout, ON_TIMEOUT)
+        check_choice("restart", self.restart, tuple(RestartType))
+        check_shutdown("shutdown", self.shutdown)
+        check_significant(self.significant, self.restart)
+        check_number("heartbeat", self.heartbeat, minimum=0, strict=True, allow_none=True)
+        check_number("heartbeat_timeout", self.heartbeat_timeout, minimum=0, strict=True,
+                     allow_none=True)
+        check_number("max_memory_mb", self.max_memory_mb, minimum=0, strict=True, allow_none=True)
+        check_integer("max_calls", self.max_calls, minimum=1, allow_none=True)
+        check_number("call_timeout", self.call_timeout, minimum=0, strict=True, allow_none=True)
+        check_choice("on_timeout", self.on_timeout, ON_TIMEOUT)
         if self.fallback is not None:
-            _check_id("fallback", self.fallback)
-        _choice("serializer", self.serializer, SERIALIZERS)
-        _number("stable_after", self.stable_after, minimum=0)
-        _number("circuit_timeout", self.circuit_timeout, minimum=0)
-        _check_errors(self.errors)
-
-
-def _check_significant(significant: Any, restart: str) -> None:
-    if not isinstance(significant, bool):
-        raise ConfigError(f"expected true or false, got {significant!r}", field="significant")
-    if significant and restart == "permanent":
-        raise ConfigError(
-            "a significant child must be transient or temporary, got restart='permanent'",
-            field="significant",
-            value=significant,
-        )
-
-
-def _check_errors(errors: Any) -> None:
-    if errors is None:
-        return
-    from strategies.matrix import DEFAULT_MATRIX, MatrixError, override_matrix
-
-    try:
-        override_matrix(DEFAULT_MATRIX, errors)
-    except MatrixError as exc:
-        raise ConfigError(str(exc), field=None, value=errors) from exc
-
-
-def _signal(field: str, value: Any) -> int:
-    if isinstance(value, str):
-        name = value.upper()
-        name = name if name.startswith("SIG") else f"SIG{name}"
-        sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
-        if sig is not None:
-            return int(sig)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return int(signal.Signals(value))
-        except ValueError:
-            pass
-    raise ConfigError(f"expected a signal name such as 'SIGTERM', got {value!r}",
-                      field=field, value=value)
+            check_id("fallback", self.fallback)
+        check_choice("serializer", self.serializer, SERIALIZERS)
+        check_number("stable_after", self.stable_after, minimum=0)
+        check_number("circuit_timeout", self.circuit_timeout, minimum=0)
+        check_errors(self.errors)
 
 
 @attrs.frozen(kw_only=True)
@@ -240,7 +170,7 @@ class ProgramSpec:
     kind = "worker"
 
     def __attrs_post_init__(self) -> None:
-        _check_id("id", self.id)
+        check_id("id", self.id)
         command = self.command
         if isinstance(command, str) or not isinstance(command, Sequence) or not command or \
                 not all(isinstance(part, str) for part in command):
@@ -252,17 +182,17 @@ class ProgramSpec:
         if self.env is not None and (not isinstance(self.env, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.env.items())):
             raise ConfigError(f"expected a table of strings, got {self.env!r}", field="env")
-        _signal("stop_signal", self.stop_signal)
-        _choice("restart", self.restart, tuple(RestartType))
-        _shutdown("shutdown", self.shutdown)
-        _check_significant(self.significant, self.restart)
-        _check_errors(self.errors)
-        _number("stable_after", self.stable_after, minimum=0)
-        _number("circuit_timeout", self.circuit_timeout, minimum=0)
+        check_signal("stop_signal", self.stop_signal)
+        check_choice("restart", self.restart, tuple(RestartType))
+        check_shutdown("shutdown", self.shutdown)
+        check_significant(self.significant, self.restart)
+        check_errors(self.errors)
+        check_number("stable_after", self.stable_after, minimum=0)
+        check_number("circuit_timeout", self.circuit_timeout, minimum=0)
 
     @property
     def signal_number(self) -> int:
-        return _signal("stop_signal", self.stop_signal)
+        return check_signal("stop_signal", self.stop_signal)
 
 
 @attrs.frozen(kw_only=True)
@@ -285,18 +215,18 @@ class SupervisorSpec:
     kind = "supervisor"
 
     def __attrs_post_init__(self) -> None:
-        _check_id("id", self.id)
+        check_id("id", self.id)
         if not isinstance(self.children, tuple):
             object.__setattr__(self, "children", tuple(self.children))
-        _choice("strategy", self.strategy, tuple(Strategy))
-        _integer("max_restarts", self.max_restarts, minimum=0)
-        _number("max_seconds", self.max_seconds, minimum=0, strict=True)
-        _choice("restart", self.restart, tuple(RestartType))
-        _shutdown("shutdown", self.shutdown)
-        _integer("max_children", self.max_children, minimum=1, allow_none=True)
-        _choice("auto_shutdown", self.auto_shutdown, AUTO_SHUTDOWN)
-        _check_significant(self.significant, self.restart)
-        _check_errors(self.errors)
+        check_choice("strategy", self.strategy, tuple(Strategy))
+        check_integer("max_restarts", self.max_restarts, minimum=0)
+        check_number("max_seconds", self.max_seconds, minimum=0, strict=True)
+        check_choice("restart", self.restart, tuple(RestartType))
+        check_shutdown("shutdown", self.shutdown)
+        check_integer("max_children", self.max_children, minimum=1, allow_none=True)
+        check_choice("auto_shutdown", self.auto_shutdown, AUTO_SHUTDOWN)
+        check_significant(self.significant, self.restart)
+        check_errors(self.errors)
         self._check_children()
 
     def _check_children(self) -> None:
@@ -361,25 +291,15 @@ class PoolSpec(SupervisorSpec):
     worker_template: ChildSpec | None = None
 
     def __attrs_post_init__(self) -> None:
-        _integer("size", self.size, minimum=1)
-        _integer("max_overflow", self.max_overflow, minimum=0)
-        _number("checkout_timeout", self.checkout_timeout, minimum=0, strict=True)
+        check_integer("size", self.size, minimum=1)
+        check_integer("max_overflow", self.max_overflow, minimum=0)
+        check_number("checkout_timeout", self.checkout_timeout, minimum=0, strict=True)
         super().__attrs_post_init__()
 
 
 _CHILD_KEYS = tuple(a.name for a in attrs.fields(ChildSpec) if a.init)
 _PROGRAM_KEYS = tuple(a.name for a in attrs.fields(ProgramSpec) if a.init)
 _SUPERVISOR_KEYS = tuple(a.name for a in attrs.fields(SupervisorSpec) if a.init)
-
-
-def _reject_unknown(unknown: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ConfigError(
-            f"unknown key {name!r}; expected one of {', '.join(allowed)}",
-            field=name,
-            value=unknown[name],
-        )
 
 
 def child(id: str, worker: type | str, *, args: Sequence[Any] = (),
@@ -397,7 +317,7 @@ def child(id: str, worker: type | str, *, args: Sequence[Any] = (),
     `init`. `restart`: permanent | transient | temporary. `shutdown`: seconds of grace,
     ``"brutal_kill"`` or ``"infinity"``. Raises ConfigError for any invalid or unknown field.
     """
-    _reject_unknown(unknown, _CHILD_KEYS)
+    reject_unknown(unknown, _CHILD_KEYS)
     return ChildSpec(
         id=id, worker=worker, args=tuple(args), kwargs=dict(kwargs or {}), restart=restart,
         shutdown=shutdown, significant=significant, errors=errors, heartbeat=heartbeat,
@@ -418,7 +338,7 @@ def program(id: str, command: Sequence[str], *, cwd: str | None = None,
     `env` is added to the supervisor's environment; `stop_signal` goes to the program's
     process group on a graceful stop. Raises ConfigError for any invalid or unknown field.
     """
-    _reject_unknown(unknown, _PROGRAM_KEYS)
+    reject_unknown(unknown, _PROGRAM_KEYS)
     return ProgramSpec(
         id=id, command=command, cwd=cwd, env=dict(env) if env is not None else None,
         stop_signal=stop_signal, restart=restart, shutdown=shutdown, significant=significant,
@@ -438,7 +358,7 @@ def Supervisor(id: str, children: Sequence[Any] = (), *, strategy: str = "one_fo
     simple_one_for_one, ``max_restarts < 0``, ``max_seconds <= 0``, a significant child under
     ``auto_shutdown="never"``, or any unknown key.
     """
-    _reject_unknown(unknown, _SUPERVISOR_KEYS)
+    reject_unknown(unknown, _SUPERVISOR_KEYS)
     return SupervisorSpec(
         id=id, children=tuple(children), strategy=strategy, max_restarts=max_restarts,
         max_seconds=max_seconds, restart=restart, shutdown=shutdown, template=template,
@@ -456,7 +376,7 @@ def Pool(id: str, worker: type | str, size: int = 4, *, max_overflow: int = 0,
     worker restarts than that in the window and the pool gives up, as any supervisor);
     `child_options` are `child(...)` options applied to every worker. Raises ConfigError.
     """
-    _integer("size", size, minimum=1)
+    check_integer("size", size, minimum=1)
     template = child(id, worker, **child_options)
     children = tuple(attrs.evolve(template, id=f"{id}-{i}") for i in range(size))
     return PoolSpec(

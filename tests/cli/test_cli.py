@@ -12,8 +12,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from supervisor import cli
 from supervisor._control import ControlServer, peer_uid
 
 from .._procs import wait_gone
+from .._service import Service, running
 from ..config.test_malformed import EXPECTED, MALFORMED
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -54,77 +53,16 @@ type = "supervisor"
 """
 
 
-class Service:
-    """`python -m supervisor run` in a subprocess, its stderr collected line by line."""
-
-    def __init__(self, tmp_path: Path, tree: str = TREE, *extra: str) -> None:
-        self.toml = tmp_path / "tree.toml"
-        self.toml.write_text(textwrap.dedent(tree))
-        self.socket = str(tmp_path / "ctl.sock")
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", str(self.toml), "--socket",
-             self.socket, *extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.reader = threading.Thread(target=self._collect, daemon=True)
-        self.reader.start()
-
-    def _collect(self) -> None:
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-
-    def wait_line(self, text: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    if text in line:
-                        return line
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
-                    raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(self.lines))
-                self.cond.wait(min(remaining, 0.5))
-
-    def cmd(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "supervisor", *args, "--socket",
-                               self.socket], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60)
-
-    def finish(self, timeout: float = 30.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.reader.join(5)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-
-
 @pytest.fixture
 def service(tmp_path):
-    services = []
+    """service(tree=TREE, *extra) -> a Service just started (not yet up); stopped at
+    teardown."""
+    with running(tmp_path) as start:
 
-    def _start(tree: str = TREE, *extra: str) -> Service:
-        svc = Service(tmp_path, tree, *extra)
-        services.append(svc)
-        return svc
+        def _start(tree: str = TREE, *extra: str) -> Service:
+            return start(tree, *extra)
 
-    yield _start
-    for svc in services:
-        if svc.proc.poll() is None:
-            svc.proc.send_signal(signal.SIGTERM)
-            try:
-                svc.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        svc.kill()
+        yield _start
 
 
 def test_run_status_kill_restart_and_shutdown(service):

@@ -7,18 +7,14 @@ Tests marked `slow` (the long chaos campaign) are skipped unless they are asked 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from supervisor import WorkerError
+
+from .._service import Service, running
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -77,74 +73,14 @@ def raw_channel():
 
 
 # ------------------------------------------------------------------ service mode
-class Service:
-    """`python -m supervisor run TREE.toml --socket PATH` in a subprocess; its stderr is
-    collected line by line so tests wait for log lines (a condition, not a sleep)."""
-
-    def __init__(self, tmp_path: Path, tree: str) -> None:
-        self.toml = tmp_path / "tree.toml"
-        self.toml.write_text(textwrap.dedent(tree))
-        self.socket = str(tmp_path / "ctl.sock")
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", str(self.toml), "--socket",
-             self.socket], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, errors="replace")
-        self.reader = threading.Thread(target=self._collect, daemon=True)
-        self.reader.start()
-
-    def _collect(self) -> None:
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def wait_line(self, text: str, timeout: float = 20.0, start: int = 0) -> int:
-        """Index of the first line from `start` on that contains `text`."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for i in range(start, len(self.lines)):
-                    if text in self.lines[i]:
-                        return i
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.reader.is_alive():
-                    tail = "\n".join(line[:200] for line in self.lines[-30:])
-                    raise AssertionError(f"no line with {text!r}; last lines:\n{tail}")
-                self.cond.wait(remaining)
-
-    def connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(10.0)
-        sock.connect(self.socket)
-        return sock
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait(10)
-        self.reader.join(5)
-        self.proc.stderr.close()
-
-
 @pytest.fixture
 def service(tmp_path):
     """service(tree_toml) -> a running Service (up and serving); stopped at teardown."""
-    started: list[Service] = []
+    with running(tmp_path) as start:
 
-    def _start(tree: str) -> Service:
-        svc = Service(tmp_path, tree)
-        started.append(svc)
-        svc.wait_line("is up")
-        return svc
+        def _start(tree: str) -> Service:
+            svc = start(tree)
+            svc.wait_line("is up")
+            return svc
 
-    yield _start
-    for svc in started:
-        svc.stop()
+        yield _start
