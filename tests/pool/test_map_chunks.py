@@ -6,6 +6,11 @@ counts as a call (max_calls)."""
 
 from __future__ import annotations
 
+import collections
+import os
+import signal
+import threading
+
 import pytest
 
 from supervisor import CommandError, EncodeError, Pool, Supervisor, WorkerCrashed, WorkerError
@@ -79,3 +84,46 @@ def test_every_item_of_a_chunk_counts_toward_max_calls(start_tree):
     assert len(pids) == 60
     # Recycled after every 10 items (2 chunks): counted per frame it would never recycle.
     assert len(set(pids)) >= 3
+
+
+def test_chunked_maps_under_repeated_worker_kills_give_whole_results_or_worker_crashed(
+        start_tree, events):
+    # A killer SIGKILLs a pool worker each time one has started serving; maps keep running.
+    # Every map returns exactly its own items or raises WorkerCrashed: no mixed chunk, no
+    # hang, and the pool serves whole afterwards.
+    app = start_tree(Supervisor("root", children=[
+        Pool("p", Py, size=2, max_restarts=100, max_seconds=1,
+             errors={"connection_error": {"backoff": [0.0], "severity": "minor"}})]))
+    pool = app.pool("p")
+    kills = 8
+    stop = threading.Event()
+
+    def killer() -> None:
+        for n in range(kills):
+            if stop.is_set():
+                return
+            events.wait_count("started", 3 + n, timeout=20)  # p-0, p-1, p, then replacements
+            pid = app.which_children("p")[n % 2].pid
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    outcomes = collections.Counter()
+    try:
+        round_ = 0
+        while thread.is_alive() or round_ < 3:
+            items = [f"r{round_}-{i}" for i in range(2000)]
+            try:
+                assert list(pool.map("echo", items, chunksize=64, timeout=30)) == items
+                outcomes["ok"] += 1
+            except WorkerCrashed as exc:
+                assert exc.category == "connection_error"
+                outcomes["crashed"] += 1
+            round_ += 1
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert outcomes["ok"] >= 3
+    assert list(pool.map("echo", range(500), chunksize=50)) == list(range(500))
