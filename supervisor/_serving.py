@@ -38,6 +38,10 @@ def describe(exc: BaseException) -> tuple[str, str, str]:
     return type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc))
 
 
+# What encoding a result can raise: msgspec's error, or pickle's for a worker that chose
+# serializer="pickle" (unpicklable objects raise any of the other three).
+_ENCODE_ERRORS = (EncodeError, pickle.PicklingError, TypeError, AttributeError)
+
 _HIGH_WATER = 4 * 1024 * 1024  # replies owed to one caller before we stop reading it
 _LOW_WATER = 1024 * 1024  # ... and resume once it has taken this much back
 
@@ -200,13 +204,16 @@ class Serving:
         if cid is None:
             return None
         try:
-            if self.pickled:
-                return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(value),
-                                                   pickled=True))
-            return P.CALL_CODEC.encode(P.Reply(id=cid, value=value))
-        except EncodeError as exc:
+            return self._reply(cid, value)
+        except _ENCODE_ERRORS as exc:
             return self._fail(cid, "communication_error", "EncodeError",
                               f"cannot encode the result of {method!r}: {exc}", "")
+
+    def _reply(self, cid: int, value: Any) -> bytes:
+        """The Reply frame for `value`; raises one of _ENCODE_ERRORS if it cannot be sent."""
+        if self.pickled:
+            return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(value), pickled=True))
+        return P.CALL_CODEC.encode(P.Reply(id=cid, value=value))
 
     def _run_batch(self, cid: int, args: Any) -> bytes | None:
         if not (len(args) == 3 and isinstance(args[0], str) and isinstance(args[1], list)):
@@ -226,25 +233,24 @@ class Serving:
             failure = ["python_error", *describe(exc)]
         self.calls += len(results) + (failure is not None)
         try:
-            if self.pickled:
-                return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(
-                    [results, failure]), pickled=True))
-            return P.CALL_CODEC.encode(P.Reply(id=cid, value=[results, failure]))
-        except (EncodeError, pickle.PicklingError, TypeError, AttributeError):
+            return self._reply(cid, [results, failure])
+        except _ENCODE_ERRORS:
             pass
         # Some result cannot be encoded: the results before it go back, it fails.
         encode = pickle.dumps if self.pickled else P.CALL_CODEC.encode
         for index, value in enumerate(results):
             try:
                 encode(value)
-            except Exception as exc:  # noqa: BLE001 - any encoder error names the item
+            except _ENCODE_ERRORS as exc:
                 results, failure = results[:index], [
                     "communication_error", "EncodeError",
                     f"cannot encode the result of {method!r}: {exc}", ""]
                 break
-        value = [results, failure]
-        return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(value) if self.pickled
-                                           else value, pickled=self.pickled))
+        try:
+            return self._reply(cid, [results, failure])
+        except _ENCODE_ERRORS as exc:  # each result encodes alone, not together: give up
+            return self._fail(cid, "communication_error", "EncodeError",
+                              f"cannot encode the results of {method!r}: {exc}", "")
 
     def _unknown(self, cid: int | None, method: str) -> bytes | None:
         names = ", ".join(sorted(self.commands)) or "none"

@@ -155,3 +155,26 @@ class Once(Worker):
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         return f"ok from {os.getpid()}"
+
+
+class Point:
+    """A plain class: msgpack cannot carry it, pickle can."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+    def __hash__(self) -> int:
+        return hash((self.x, self.y))
+
+
+class Pickling(Worker):
+    """Returns objects only pickle can carry (run with serializer="pickle")."""
+
+    def point(self, x: int, y: int = 0) -> Point:
+        return Point(x, y)
+
+    def unpicklable(self, x: int) -> object:
+        return (lambda: x) if x < 0 else Point(x, x)
