@@ -163,6 +163,8 @@ def send_jobs(core: PoolCore, slot: Slot, jobs: list[Job]) -> None:
             waiting = link.waiting
             for msg, job in zip(msgs, live, strict=True):
                 waiting[msg.id] = job
+                if job.batch and len(job.args) > link.chunk:
+                    link.chunk = len(job.args)
             if not link.async_count:
                 link.last_progress = time.monotonic()
                 watch_progress(core, link)

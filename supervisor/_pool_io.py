@@ -122,8 +122,13 @@ def watch_progress(core: PoolCore, link: Link) -> None:
     """Async calls went out on an idle link: check they progress (under lock)."""
     if link.call_timeout is not None and not link.progress_timer:
         link.progress_timer = True
-        core.timers.call_at(link.last_progress + link.call_timeout,
+        core.timers.call_at(link.last_progress + _allowance(link),
                             lambda: _progress_check(core, link))
+
+
+def _allowance(link: Link) -> float:
+    # call_timeout is per call: a map chunk of k items answers once, after k calls.
+    return link.call_timeout * link.chunk
 
 
 def _progress_check(core: PoolCore, link: Link) -> None:
@@ -131,12 +136,13 @@ def _progress_check(core: PoolCore, link: Link) -> None:
         link.progress_timer = False
         if link.closed is not None or not link.async_count:
             return
-        if link.last_progress + link.call_timeout > time.monotonic():
+        allowance = _allowance(link)
+        if link.last_progress + allowance > time.monotonic():
             watch_progress(core, link)
             return
-        # No reply for call_timeout with async calls in flight: the worker is stuck.
-        lost = lose_link(core, link, f"no reply within {link.call_timeout:g}s",
-                              error=CallTimeout, row="timeout_error")
+        # No reply for that long with async calls in flight: the worker is stuck.
+        lost = lose_link(core, link, f"no reply within {allowance:g}s",
+                         error=CallTimeout, row="timeout_error")
         plans = core.refresh()
     core.run(lost, plans)
     if link.policy.get("on_timeout", "restart") == "restart":
@@ -285,6 +291,8 @@ def _file(core: PoolCore, link: Link, msgs: list[Any], why: str | None) -> tuple
             entry.reply = msg
             continue
         link.async_count -= 1
+        if not link.async_count:
+            link.chunk = 1
         slot.load -= 1
         if type(msg) is P.Fail and msg.type == "NotRun":
             again.append(entry)

@@ -124,6 +124,7 @@ class Link:
         self.draining: str | None = None
         self.last_progress = 0.0  # monotonic time of the last async reply (or first send)
         self.progress_timer = False
+        self.chunk = 1  # items in the largest map chunk in flight (replies come that far apart)
         self.reader = FrameReader(P.CALL_CODEC)
         self.wlock = threading.Lock()
         self.outbuf = bytearray()

@@ -13,7 +13,15 @@ import threading
 
 import pytest
 
-from supervisor import CommandError, EncodeError, Pool, Supervisor, WorkerCrashed, WorkerError
+from supervisor import (
+    CallTimeout,
+    CommandError,
+    EncodeError,
+    Pool,
+    Supervisor,
+    WorkerCrashed,
+    WorkerError,
+)
 
 from ._workers import Ordered, Py
 
@@ -112,7 +120,7 @@ def test_chunked_maps_under_repeated_worker_kills_give_whole_results_or_worker_c
     outcomes = collections.Counter()
     try:
         round_ = 0
-        while thread.is_alive() or round_ < 3:
+        while thread.is_alive() or outcomes["ok"] < 3:  # the kills end; maps go on
             items = [f"r{round_}-{i}" for i in range(2000)]
             try:
                 assert list(pool.map("echo", items, chunksize=64, timeout=30)) == items
@@ -127,3 +135,15 @@ def test_chunked_maps_under_repeated_worker_kills_give_whole_results_or_worker_c
     assert not thread.is_alive()
     assert outcomes["ok"] >= 3
     assert list(pool.map("echo", range(500), chunksize=50)) == list(range(500))
+
+
+def test_call_timeout_applies_per_item_not_per_chunk(start_tree):
+    # Each item is well within call_timeout; a chunk of them is not. The pool must not
+    # take the busy worker for a stuck one (that would fail the map and restart it).
+    app = start_tree(Supervisor("root", children=[Pool("p", Py, size=1, call_timeout=0.5)]))
+    pool = app.pool("p")
+    pid = pool.call("pid")
+    assert list(pool.map("sleep", [0.15] * 8, chunksize=8)) == [pid] * 8
+    # ... while a chunk whose single item hangs past call_timeout still times out.
+    with pytest.raises(CallTimeout):
+        list(pool.map("sleep", [0.01, 5.0], chunksize=2))
