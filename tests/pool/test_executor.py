@@ -127,3 +127,16 @@ def test_shutdown_waits_for_outstanding_calls_and_the_client_stays_usable(pool):
     pool.shutdown(wait=True)
     assert all(f.done() for f in futures)
     assert pool.submit("square", 2).result(10) == 4
+
+
+def test_futures_work_with_asyncio_wrap_future(pool):
+    import asyncio
+
+    async def main():
+        results = await asyncio.gather(*[asyncio.wrap_future(pool.submit("square", n))
+                                         for n in range(20)])
+        with pytest.raises(CommandError, match="negative: -1"):
+            await asyncio.wrap_future(pool.submit("square", -1))
+        return results
+
+    assert asyncio.run(main()) == [n * n for n in range(20)]
