@@ -171,10 +171,11 @@ class RootLink:
         with self._state:
             self._state.notify_all()
         self._exited.set()
+        live_apps.discard(self)
 
     def _release_clients(self) -> None:
-        """The root is gone: fail and close what the tree's clients still hold."""
-        live_apps.discard(self)
+        """The root is gone: fail and close what the tree's clients still hold (App: its
+        pool clients)."""
 
     def _kill_root(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

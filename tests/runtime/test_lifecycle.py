@@ -102,10 +102,13 @@ def test_tree_outlives_the_thread_that_started_it(tmp_path):
 
 def test_stop_is_idempotent_and_wait_reports_normal(start_tree):
     from supervisor import Supervisor, child
+    from supervisor._link import live_apps
     from workers.echo import Echo
 
     app = start_tree(Supervisor("root", children=[child("a", Echo)]))
+    assert app in live_apps  # stopped at interpreter exit if the user forgets
     app.stop()
     app.stop()
     assert app.wait() == "normal"
     assert app.wait(timeout=0) == "normal"
+    assert app not in live_apps
