@@ -24,7 +24,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,12 +266,15 @@ def _serve_frames(sock: socket.socket) -> None:
         sock.sendall(_encode_frame(encoder, (cid, args[0])))
 
 
-def fork_frame_server(close_fds: Iterable[int] = ()) -> tuple[int, socket.socket]:
+def fork_frame_server(close_fds: Iterable[int] = (),
+                      serve: Callable[[socket.socket], None] | None = None,
+                      ) -> tuple[int, socket.socket]:
     """Fork a child serving frames; returns (pid, the parent's end of the socketpair).
 
     The child closes the parent's end (and `close_fds`, fds of other children it must not
-    keep open), serves until EOF, then leaves with ``os._exit`` so none of the parent's
-    atexit handlers run twice. It also gets EOF, and so exits, when the parent dies.
+    keep open), serves until EOF (`serve(sock)`, by default one reply per request frame),
+    then leaves with ``os._exit`` so none of the parent's atexit handlers run twice. It
+    also gets EOF, and so exits, when the parent dies.
     """
     mine, theirs = socket.socketpair()
     close_fds = list(close_fds)
@@ -285,7 +288,7 @@ def fork_frame_server(close_fds: Iterable[int] = ()) -> tuple[int, socket.socket
                     os.close(fd)
                 except OSError:
                     pass
-            _serve_frames(theirs)
+            (serve or _serve_frames)(theirs)
         except BaseException:
             code = 1
         finally:

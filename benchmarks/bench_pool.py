@@ -24,6 +24,7 @@ Run: ``python -m benchmarks.bench_pool [--quick]``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import selectors
@@ -41,6 +42,7 @@ import msgspec
 from benchmarks._util import (
     echo,
     fmt_ratio,
+    fork_frame_server,
     parse_args,
     print_table,
     ratio,
@@ -82,25 +84,6 @@ def _floor_serve(sock: socket.socket, batched: bool) -> None:
         del buf[:pos]
         if out:
             sock.sendall(out)
-
-
-def _fork_floor(batched: bool, close: list[int]) -> tuple[int, socket.socket]:
-    mine, theirs = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            mine.close()
-            for fd in close:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            _floor_serve(theirs, batched)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    theirs.close()
-    return pid, mine
 
 
 class _FloorLink:
@@ -149,7 +132,8 @@ def floor_run(n: int, batched: bool) -> float:
     """Calls/s through 2 forked frame servers, IN_FLIGHT calls in flight on each."""
     children: list[tuple[int, socket.socket]] = []
     for _ in range(2):
-        children.append(_fork_floor(batched, [s.fileno() for _, s in children]))
+        children.append(fork_frame_server([s.fileno() for _, s in children],
+                                          functools.partial(_floor_serve, batched=batched)))
     sel = selectors.DefaultSelector()
     for _pid, sock in children:
         sel.register(sock, selectors.EVENT_READ, _FloorLink(sock, n // 2, batched))
