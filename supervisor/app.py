@@ -26,11 +26,9 @@ from typing import Any
 import msgspec
 import psutil
 
-from . import protocol as P
 from . import telemetry
-from ._framing import send_frame
-from ._link import RootLink, live_apps
-from ._router import NotRunning, Router
+from .client.link import RootLink, live_apps
+from .client.router import NotRunning, Router
 from .errors import (
     CallTimeout,
     ProtocolError,
@@ -39,6 +37,8 @@ from .errors import (
     WorkerError,
 )
 from .specs import SupervisorSpec
+from .wire import messages as P
+from .wire.framing import send_frame
 
 __all__ = ["App", "start", "connect", "ChildInfo", "WorkerProxy"]
 
@@ -69,7 +69,7 @@ def connect(path: str | os.PathLike | None = None, *, timeout: float = 5.0) -> A
     disconnects and leaves the tree running; `stop()` shuts it down. Raises ConfigError
     when no socket (or several) is found, OSError when the connection is refused.
     """
-    from ._control import find_socket
+    from .service.control import find_socket
 
     sock_path = find_socket(os.fspath(path) if path is not None else None)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -269,7 +269,7 @@ class App(RootLink):
 
     def pool(self, path: str) -> Any:
         """The dispatching client of the `Pool` at `path` (one per path and App)."""
-        from ._pool import PoolClient
+        from .pool.client import PoolClient
 
         with self._state:
             client = self._pools.get(path)

@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._service import run_tree
     from .config import load
+    from .service.root import run_tree
 
     spec = load(args.tree)
     _configure_logging(args.log_json)

@@ -1,7 +1,7 @@
 """Child and supervisor specs: frozen values, validated when they are built.
 
 A spec never holds runtime state; the supervisor process keeps a runtime record beside
-each spec (see `_children`). Every invalid value raises `ConfigError` naming the field and
+each spec (see `tree.slot`). Every invalid value raises `ConfigError` naming the field and
 the value, at construction, so a bad tree never reaches a process. The checks of single
 values live in `_validate`; this module says which fields each spec has and how they
 depend on each other.

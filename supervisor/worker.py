@@ -3,7 +3,7 @@
 Every public method of a subclass is a command callers can invoke; the lifecycle hooks
 (`init`, `run`, `terminate`, `health`) and the runtime attributes are not commands.
 The instance lives in its own process: the supervisor forks it, calls `init`, then the
-worker runtime (`_worker_runtime`) serves commands until it is stopped.
+worker runtime (`supervisor.runtime`) serves commands until it is stopped.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import cli
-from supervisor._control import ControlServer, peer_uid
+from supervisor.service.control import ControlServer, peer_uid
 
 from .._procs import wait_gone
 from .._service import Service, running
@@ -276,7 +276,7 @@ def test_the_server_refuses_a_peer_with_another_uid(monkeypatch):
     server = ControlServer.__new__(ControlServer)
     server.listener = FakeListener()
     server.clients = {}
-    monkeypatch.setattr("supervisor._control.peer_uid", lambda conn: os.getuid() + 1)
+    monkeypatch.setattr("supervisor.service.control.peer_uid", lambda conn: os.getuid() + 1)
     server._accept()
     assert server.clients == {}
     assert left.fileno() == -1  # closed

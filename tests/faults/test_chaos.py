@@ -293,7 +293,7 @@ def open_fds() -> dict[int, str]:
 
 
 BUG_NESTED_SUPERVISOR_KILL = (
-    "supervisor/_recovery.py on_failure(): `slot.spec.stable_after` on a SupervisorSpec "
+    "supervisor/tree/recovery.py on_failure(): `slot.spec.stable_after` on a SupervisorSpec "
     "(which has no such field) raises AttributeError in the parent's loop when a nested "
     "supervisor is SIGKILLed: the parent (the root here) crashes and the whole tree dies. "
     "See test_a_killed_nested_supervisor_is_restarted_by_its_parent.")

@@ -404,11 +404,11 @@ def test_a_supervisor_at_its_limit_answers_its_first_request(app):
 
 
 SUPERVISOR_FD_BUG = (
-    "supervisor/_framing.py recv_some() reports an SCM_RIGHTS fd the kernel could not "
+    "supervisor/wire/framing.py recv_some() reports an SCM_RIGHTS fd the kernel could not "
     "install (EMFILE: MSG_CTRUNC with fewer fds than room) as 'more than 16 file "
     "descriptors arrived in one read' (ProtocolError); SupervisorProcess._on_parent() then "
     "takes its parent for hostile and shuts down, and shutdown itself crashes "
-    "(_children._wait() opens a new selector: OSError EMFILE), so the process dies with a "
+    "(tree.slot._wait() opens a new selector: OSError EMFILE), so the process dies with a "
     "traceback (exit 70; the root: the whole tree). Fix: tell EMFILE truncation from a "
     "peer's excess fds (fewer fds than room = not installed), answer that OpenChannel with "
     "a resource_error ErrorResponse and carry on; and stop children without allocating fds "

@@ -32,8 +32,8 @@ import pytest
 
 import supervisor
 from supervisor import ProtocolError, Supervisor, child
-from supervisor import protocol as P
-from supervisor._framing import MAX_FRAME, FrameReader
+from supervisor.wire import messages as P
+from supervisor.wire.framing import MAX_FRAME, FrameReader
 
 from ._workers import Target
 

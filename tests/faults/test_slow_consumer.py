@@ -17,8 +17,8 @@ import pytest
 
 import supervisor
 from supervisor import Supervisor, child
-from supervisor import protocol as P
-from supervisor._framing import FrameReader
+from supervisor.wire import messages as P
+from supervisor.wire.framing import FrameReader
 
 from ._workers import Target
 
@@ -107,7 +107,7 @@ worker = "tests.faults._workers:Target"
 
 
 RELAY_BUG = (
-    "supervisor/_supervisor.py SupervisorProcess._relay() catches only BrokenPipeError and "
+    "supervisor/tree/process.py SupervisorProcess._relay() catches only BrokenPipeError and "
     "ConnectionResetError: an answer for a control client that was already dropped goes to "
     "a closed socket (fileno -1), OSError EBADF escapes the loop and the service root exits "
     "('error: [Errno 9] Bad file descriptor', exit 2): the whole tree dies. Reached when "

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor import protocol as p
-from supervisor._framing import MAX_FRAME, Codec, FrameReader, recv_some, send_frame
 from supervisor.errors import ProtocolError
+from supervisor.wire import messages as p
+from supervisor.wire.framing import MAX_FRAME, Codec, FrameReader, recv_some, send_frame
 
 CALL = p.CALL_CODEC
 CONTROL = p.CONTROL_CODEC

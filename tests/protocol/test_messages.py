@@ -1,4 +1,4 @@
-"""The message structs of supervisor.protocol and their codecs (no sockets here)."""
+"""The message structs of supervisor.wire.messages and their codecs (no sockets here)."""
 
 import re
 import socket
@@ -7,9 +7,9 @@ import msgspec
 import pytest
 from faker import Faker
 
-from supervisor import protocol as p
-from supervisor._framing import Codec, FrameReader
 from supervisor.errors import EncodeError, ProtocolError, WorkerError
+from supervisor.wire import messages as p
+from supervisor.wire.framing import Codec, FrameReader
 
 fake = Faker()
 Faker.seed(20240611)

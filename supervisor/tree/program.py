@@ -18,9 +18,9 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from ._children import ChildSlot, StartFailure
-from ._output import Capture
-from ._proc import fork_child
+from .output import Capture
+from .proc import fork_child
+from .slot import ChildSlot, StartFailure
 
 __all__ = ["spawn", "await_exec", "signal_group", "kill_group"]
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .errors import SessionLost
+from ..errors import SessionLost
 
 if TYPE_CHECKING:
-    from ._pool_core import PoolCore, Slot
-    from ._pool_link import Link
+    from .core import PoolCore, Slot
+    from .link import Link
 
 __all__ = ["Session", "lost_error", "bound_slot", "bind", "reached", "may_presend",
            "lose_sessions", "has_sessions"]

@@ -28,12 +28,12 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from . import protocol as P
-from ._framing import FrameReader, recv_some, send_frame
-from ._poller import READ, Poller
-from ._serving import END_SESSION, Serving, describe
-from .errors import ProtocolError
-from .worker import command_table, is_idempotent
+from ..errors import ProtocolError
+from ..wire import messages as P
+from ..wire.framing import FrameReader, recv_some, send_frame
+from ..worker import command_table, is_idempotent
+from .callers import END_SESSION, Serving, describe
+from .poller import READ, Poller
 
 __all__ = ["serve", "call_policy", "END_SESSION"]
 

@@ -1,6 +1,6 @@
 """Entry point of a root supervisor started by `supervisor.start()`.
 
-The App starts this module with fork+exec (`python -c 'from supervisor._boot import main; ...' FD PPID`), which is
+The App starts this module with fork+exec (`python -c 'from supervisor.tree.boot import main; ...' FD PPID`), which is
 safe from a process that has threads, unlike a bare fork. Over the inherited socket it
 sends one boot frame: 4-byte length + pickle of ``{"prep": ..., "spec": bytes}``. `prep` is
 multiprocessing's preparation data (sys.path, cwd, the main module), applied before the
@@ -32,7 +32,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def main() -> int:
     fd, parent = int(sys.argv[-2]), int(sys.argv[-1])
-    from ._proc import set_parent_death_signal
+    from .proc import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:  # the App died before we could ask to die with it
@@ -48,7 +48,7 @@ def main() -> int:
 
         multiprocessing.spawn.prepare(boot["prep"])
     spec = pickle.loads(boot["spec"])
-    from ._supervisor import SupervisorProcess
+    from .process import SupervisorProcess
 
     return SupervisorProcess(spec, "", sock, root=True).main()
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from loguru import logger
 
-from . import protocol as P
-from . import telemetry
-from ._control import ControlServer, default_socket
-from ._supervisor import SupervisorProcess
+from .. import telemetry
+from ..tree.process import SupervisorProcess
+from ..wire import messages as P
+from .control import ControlServer, default_socket
 
 __all__ = ["run_tree"]
 

@@ -1,7 +1,7 @@
 """The messages supervisors, workers and callers exchange, one tagged union per channel kind.
 
 Every message is a frozen msgspec Struct encoded as a MessagePack array whose first element
-is a one-letter tag (``["c", 7, "incr", [5]]``); `supervisor._framing` puts a 4-byte length in
+is a one-letter tag (``["c", 7, "incr", [5]]``); `supervisor.wire.framing` puts a 4-byte length in
 front of it. Two channel kinds, two unions, two codecs built once at import:
 
 Call channel (`CallMessage`, `CALL_CODEC`): a direct socketpair between a caller and a worker;
@@ -46,7 +46,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor._framing import Codec
+from supervisor.wire.framing import Codec
 
 __all__ = [
     "Call",
@@ -195,7 +195,7 @@ class Pong(_Message, tag="P"):
 
 class OpenChannel(_Message, tag="o"):
     """Open a call channel to the WORKER at `path`; one socketpair end travels with this
-    frame as SCM_RIGHTS ancillary data (see `supervisor._framing.recv_some`)."""
+    frame as SCM_RIGHTS ancillary data (see `supervisor.wire.framing.recv_some`)."""
 
     id: int
     path: str

@@ -21,20 +21,20 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import protocol as P
-from ._pool_link import BUFFERED, NOT_SENT, Link, SyncCall
-from ._pool_overflow import note_idle
-from ._pool_session import lose_sessions
-from ._router import NotRunning
-from .errors import (
+from ..client.router import NotRunning
+from ..errors import (
     CallTimeout,
     CircuitOpen,
     NoSuchChild,
     WorkerCrashed,
 )
+from ..wire import messages as P
+from .link import BUFFERED, NOT_SENT, Link, SyncCall
+from .overflow import note_idle
+from .sessions import lose_sessions
 
 if TYPE_CHECKING:
-    from ._pool_core import PoolCore, Slot
+    from .core import PoolCore, Slot
 
 __all__ = ["link_of", "wake_io", "watch_progress", "close_link", "send_sync", "drain",
            "register_sync", "await_reply", "release", "on_ready", "timed_out", "lose_link",

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from . import protocol as P
-from ._children import ChildSlot
-from ._framing import send_frame
-from ._proc import kill_quietly
+from ..wire import messages as P
+from ..wire.framing import send_frame
+from .proc import kill_quietly
+from .slot import ChildSlot
 
 if TYPE_CHECKING:
-    from ._supervisor import SupervisorProcess
+    from .process import SupervisorProcess
 
 __all__ = ["start_monitors", "on_pong", "fail_running"]
 

@@ -17,10 +17,10 @@ import traceback
 from itertools import starmap
 from typing import Any
 
-from . import protocol as P
-from ._framing import FrameReader
-from ._poller import READ, WRITE
-from .errors import EncodeError, ProtocolError
+from ..errors import EncodeError, ProtocolError
+from ..wire import messages as P
+from ..wire.framing import FrameReader
+from .poller import READ, WRITE
 
 __all__ = ["Serving", "END_SESSION", "BATCH"]
 

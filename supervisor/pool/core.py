@@ -4,7 +4,7 @@
              (every slot busy: a FIFO queue of Waiters; PoolExhausted after checkout_timeout)
     submit()/map() ──▶ `pending` units ──plan──▶ one batch per slot, one write each
     replies ◀── whoever holds the link's reading role (a blocking caller, or
-               the pool's watcher thread, see _pool_watch) files them under `lock`
+               the pool's watcher thread, see pool.watcher) files them under `lock`
 
 Busy. A slot's `load` counts the blocking callers checked out on it plus the asynchronous
 calls in flight on it. A blocking caller needs ``load < max_in_flight`` (1 by default: one
@@ -37,18 +37,18 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import msgspec
 
-from . import protocol as P
-from . import telemetry
-from ._pool_async import plan, send_jobs, settle_all
-from ._pool_io import drain, lose_link, presend, register_sync
-from ._pool_link import Job, Link, SyncCall
-from ._pool_overflow import Timers, maybe_grow, note_idle
-from ._pool_session import Session, bind, bound_slot, may_presend
-from ._pool_watch import Watcher
-from .errors import NoSuchChild, PoolExhausted, SessionLost, WorkerCrashed
+from .. import telemetry
+from ..errors import NoSuchChild, PoolExhausted, SessionLost, WorkerCrashed
+from ..wire import messages as P
+from .batches import plan, send_jobs, settle_all
+from .io import drain, lose_link, presend, register_sync
+from .link import Job, Link, SyncCall
+from .overflow import Timers, maybe_grow, note_idle
+from .sessions import Session, bind, bound_slot, may_presend
+from .watcher import Watcher
 
 if TYPE_CHECKING:
-    from .app import App
+    from ..app import App
 
 __all__ = ["PoolCore", "Slot"]
 
@@ -93,7 +93,7 @@ class Waiter:
 
 
 class PoolCore:
-    """Dispatch state of one pool, shared by every client view of it (see `_pool`)."""
+    """Dispatch state of one pool, shared by every client view of it (see `pool.client`)."""
 
     def __init__(self, app: App, path: str) -> None:
         self.app = app

@@ -25,10 +25,10 @@ from strategies.matrix import classify
 from strategies.recovery import Action, next_step
 from strategies.restart import plan_restart, should_restart
 
-from ._children import ChildSlot
+from .slot import ChildSlot
 
 if TYPE_CHECKING:
-    from ._supervisor import SupervisorProcess
+    from .process import SupervisorProcess
 
 __all__ = ["handle_exit", "on_failure", "restart_group", "give_up"]
 

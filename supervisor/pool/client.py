@@ -14,10 +14,10 @@ no supervisor sits on the path, and a blocking caller writes its frame and reads
 reply (no thread hand-off). Threads of the client: one watcher per pool (epoll) reads the
 channels nobody else is reading (async replies, a leaving worker's notice, a dead idle
 worker's EOF); one timer thread exists while a timer is due; overflow workers are started
-and retired from short-lived threads. The moving parts: `_pool_core` (dispatch, the FIFO
-queue, sessions), `_pool_io` (opening, reading and losing channels), `_pool_link` (one
-channel's non-blocking I/O), `_pool_watch` (the watcher), `_pool_async` (submit/map
-queueing and write batching), `_pool_overflow` (extra workers, timers).
+and retired from short-lived threads. The moving parts: `core` (dispatch, the FIFO
+queue, sessions), `io` (opening, reading and losing channels), `link` (one
+channel's non-blocking I/O), `watcher` (the watcher), `batches` (submit/map
+queueing and write batching), `overflow` (extra workers, timers).
 
 Deviations from `concurrent.futures`, on purpose: the workers belong to the tree, not to
 the client, so `shutdown()` waits for (or cancels) the client's outstanding calls and the
@@ -33,25 +33,25 @@ from concurrent.futures import Future
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
-from . import protocol as P
-from . import telemetry
-from ._channel import reply_value
-from ._future import PoolFuture
-from ._pool_async import MapResults, Tracker, cancel_queued, enqueue
-from ._pool_core import PoolCore, Slot
-from ._pool_io import await_reply, link_of, register_sync, send_sync, timed_out
-from ._pool_link import NOT_SENT, ONE, STAR, Job
-from ._pool_session import reached
-from ._worker_runtime import END_SESSION
-from .errors import (
+from .. import telemetry
+from ..client.channel import reply_value
+from ..errors import (
     CallTimeout,
     SessionLost,
     WorkerCrashed,
     WorkerError,
 )
+from ..runtime.process import END_SESSION
+from ..wire import messages as P
+from .batches import MapResults, Tracker, cancel_queued, enqueue
+from .core import PoolCore, Slot
+from .future import PoolFuture
+from .io import await_reply, link_of, register_sync, send_sync, timed_out
+from .link import NOT_SENT, ONE, STAR, Job
+from .sessions import reached
 
 if TYPE_CHECKING:
-    from .app import App
+    from ..app import App
 
 __all__ = ["PoolClient", "PIPELINE"]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 if TYPE_CHECKING:
-    from ._loop import Loop
+    from .loop import Loop
 
 __all__ = ["Capture", "MAX_LINE"]
 

@@ -16,7 +16,7 @@ ProtocolError too. Whatever the bytes, `feed` and `eof` raise nothing but Protoc
 is what keeps a supervisor alive when a child writes garbage on its channel. After an error
 the reader is poisoned; the channel is closed and never trusted again.
 
-The message types live in `supervisor.protocol`; this module knows nothing about them.
+The message types live in `supervisor.wire.messages`; this module knows nothing about them.
 """
 
 from __future__ import annotations

@@ -31,11 +31,11 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
-from ._pool_io import on_ready
+from .io import on_ready
 
 if TYPE_CHECKING:
-    from ._pool_core import PoolCore
-    from ._pool_link import Link
+    from .core import PoolCore
+    from .link import Link
 
 __all__ = ["Watcher"]
 

@@ -25,19 +25,19 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import protocol as P
-from . import telemetry
-from ._channel import CallChannel, NotSent, reply_value
-from .errors import (
+from .. import telemetry
+from ..errors import (
     CallTimeout,
     CircuitOpen,
     SupervisorError,
     WorkerCrashed,
     WorkerError,
 )
+from ..wire import messages as P
+from .channel import CallChannel, NotSent, reply_value
 
 if TYPE_CHECKING:
-    from .app import App
+    from ..app import App
 
 __all__ = ["Router", "NotRunning", "DEFAULT_CALL_TIMEOUT"]
 

@@ -1,6 +1,6 @@
 """The App's link to its root supervisor: launching it, attaching to it, reading from it.
 
-    start():   fork+exec `python -c "...supervisor._boot..."` from the App's reader thread,
+    start():   fork+exec `python -c "...supervisor.tree.boot..."` from the App's reader thread,
                send the boot frame (the pickled spec and the main module's preparation data)
     connect(): attach to a service's control socket (the root is `python -m supervisor run`)
     then:      the reader thread dispatches Responses to waiting requests, Events to
@@ -23,11 +23,8 @@ import weakref
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from . import protocol as P
-from . import telemetry
-from ._framing import FrameReader, recv_some
-from ._router import NotRunning
-from .errors import (
+from .. import telemetry
+from ..errors import (
     CircuitOpen,
     NoSuchChild,
     StartError,
@@ -35,6 +32,9 @@ from .errors import (
     WorkerCrashed,
     error_from_wire,
 )
+from ..wire import messages as P
+from ..wire.framing import FrameReader, recv_some
+from .router import NotRunning
 
 __all__ = ["RootLink", "live_apps"]
 
@@ -43,7 +43,7 @@ live_apps: weakref.WeakSet = weakref.WeakSet()
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOT = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
-         "from supervisor._boot import main; sys.exit(main())")
+         "from supervisor.tree.boot import main; sys.exit(main())")
 
 def _prep_data(blob: bytes) -> dict[str, Any] | None:
     # Only a spec that refers to the caller's __main__ needs the main module re-imported
@@ -143,7 +143,7 @@ class RootLink:
 
     def _attach(self, sock: socket.socket) -> None:
         """Serve a connection to a running service's control socket (see `connect`)."""
-        from ._control import peer_pid
+        from ..service.control import peer_pid
 
         self._sock = sock
         self.pid = peer_pid(sock)

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from . import protocol as P
-from ._framing import FrameReader, recv_some, send_frame
-from .errors import ConfigError, ProtocolError
+from ..errors import ConfigError, ProtocolError
+from ..wire import messages as P
+from ..wire.framing import FrameReader, recv_some, send_frame
 
 if TYPE_CHECKING:
-    from ._supervisor import SupervisorProcess
+    from ..tree.process import SupervisorProcess
 
 __all__ = ["ControlServer", "default_dir", "default_socket", "find_socket", "peer_uid",
            "peer_pid", "TreeRunning"]

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import msgspec
 
-from . import protocol as P
-from ._children import ChildSlot
-from ._health import fail_running
+from ..wire import messages as P
+from .health import fail_running
+from .slot import ChildSlot
 
 if TYPE_CHECKING:
-    from ._supervisor import SupervisorProcess
+    from .process import SupervisorProcess
 
 __all__ = ["handle_request"]
 

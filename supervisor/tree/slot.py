@@ -23,10 +23,10 @@ from typing import Any
 
 import attrs
 
-from . import protocol as P
-from ._framing import FrameReader, recv_some, send_frame
-from ._proc import describe_status, exit_reason, kill_quietly, pidfd_open
-from .errors import ProtocolError
+from ..errors import ProtocolError
+from ..wire import messages as P
+from ..wire.framing import FrameReader, recv_some, send_frame
+from .proc import describe_status, exit_reason, kill_quietly, pidfd_open
 
 __all__ = ["ChildSlot", "StartFailure", "await_ready", "stop_process", "drain"]
 
@@ -182,7 +182,7 @@ def stop_process(slot: ChildSlot, reason: str,
     ``brutal_kill``: SIGKILL at once. ``infinity``: Stop message, then wait.
     """
     if slot.ctrl is None:  # an external program: signals to its process group
-        from ._program import graceful
+        from .program import graceful
 
         return graceful(slot, lambda deadline: _wait(slot, deadline, on_message))
     shutdown = slot.spec.shutdown

@@ -4,7 +4,7 @@
         │ control: Stop, requests (+fds) ▼      ▲ Ready | StartFailed, Response, Event, Exit
     SupervisorProcess  ── one selector loop: parent channel, child channels, pidfds, signals
         │ fork per child
-        ├── worker      (`_worker_runtime.serve`)
+        ├── worker      (`runtime.process.serve`)
         └── supervisor  (another SupervisorProcess)
 
 Children start in list order, each waiting for the previous one's Ready; they stop in
@@ -41,18 +41,18 @@ from loguru import logger
 from strategies.intensity import RestartIntensity
 from strategies.matrix import DEFAULT_MATRIX, override_matrix
 
-from . import protocol as P
-from ._children import ChildSlot, StartFailure, await_ready, drain, reason_of, stop_process
-from ._framing import FrameReader, recv_some, send_frame
-from ._health import on_pong, start_monitors
-from ._loop import Loop
-from ._output import Capture
-from ._proc import fork_child, kill_strays, raise_fd_limit, set_subreaper
-from ._program import await_exec, is_program, kill_group, spawn
-from ._recovery import handle_exit
-from ._requests import handle_request
-from ._worker_runtime import serve  # imported here, before forking: children share it
-from .errors import ProtocolError
+from ..errors import ProtocolError
+from ..runtime.process import serve  # imported here, before forking: children share it
+from ..wire import messages as P
+from ..wire.framing import FrameReader, recv_some, send_frame
+from .health import on_pong, start_monitors
+from .loop import Loop
+from .output import Capture
+from .proc import fork_child, kill_strays, raise_fd_limit, set_subreaper
+from .program import await_exec, is_program, kill_group, spawn
+from .recovery import handle_exit
+from .requests import handle_request
+from .slot import ChildSlot, StartFailure, await_ready, drain, reason_of, stop_process
 
 __all__ = ["SupervisorProcess"]
 

@@ -21,15 +21,15 @@ import threading
 import time
 from typing import Any
 
-from . import protocol as P
-from ._framing import FrameReader
-from .errors import (
+from ..errors import (
     CommandError,
     EncodeError,
     ProtocolError,
     WorkerCrashed,
     WorkerError,
 )
+from ..wire import messages as P
+from ..wire.framing import FrameReader
 
 __all__ = ["CallChannel", "NotSent", "reply_value"]
 
@@ -47,7 +47,7 @@ class CallChannel:
                  policy: dict[str, Any] | None = None) -> None:
         self.sock = sock
         self.path = path
-        # The worker's call policy (see `_worker_runtime.call_policy`): pid, idempotent
+        # The worker's call policy (see `runtime.process.call_policy`): pid, idempotent
         # commands, call_timeout, on_timeout, fallback, retry delays.
         self.policy = policy or {}
         self.pid = self.policy.get("pid")

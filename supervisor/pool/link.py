@@ -27,9 +27,9 @@ import socket
 import threading
 from typing import Any
 
-from . import protocol as P
-from ._framing import FrameReader, recv_some
-from .errors import ProtocolError
+from ..errors import ProtocolError
+from ..wire import messages as P
+from ..wire.framing import FrameReader, recv_some
 
 __all__ = ["Link", "Job", "SyncCall", "SENT", "BUFFERED", "NOT_SENT"]
 
@@ -94,7 +94,7 @@ class Link:
     `async_count` counts the Jobs among them; `reading` is True while one thread holds the
     reading role; `closed` says why the channel is dead (None while it lives); `draining`
     is the worker's Closing notice (it serves nothing new, replies to what it read).
-    `armed` is True while the pool's watcher waits for its next event (see `_pool_watch`).
+    `armed` is True while the pool's watcher waits for its next event (see `pool.watcher`).
     `generation` is the App's start count for the path when the link was opened.
     """
 
@@ -112,7 +112,7 @@ class Link:
         self.async_count = 0
         self.reading = False
         self.readers = 0  # blocking calls registered whose callers still await a reply
-        # The pool watcher's one-shot registration (see `_pool_watch`): `armed` is the
+        # The pool watcher's one-shot registration (see `pool.watcher`): `armed` is the
         # wanted state (under the pool's lock), the `kernel_*` fields what the kernel has
         # (under `elock`).
         self.armed = False

@@ -24,16 +24,16 @@ import time
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
-from . import protocol as P
-from ._channel import reply_value
-from ._pool_io import link_of, lose_link, wake_io, watch_progress
-from ._pool_link import BUFFERED, STAR, Job
-from ._pool_overflow import maybe_grow
-from ._serving import BATCH
-from .errors import EncodeError, ProtocolError, SupervisorError, WorkerCrashed, WorkerError
+from ..client.channel import reply_value
+from ..errors import EncodeError, ProtocolError, SupervisorError, WorkerCrashed, WorkerError
+from ..runtime.callers import BATCH
+from ..wire import messages as P
+from .io import link_of, lose_link, wake_io, watch_progress
+from .link import BUFFERED, STAR, Job
+from .overflow import maybe_grow
 
 if TYPE_CHECKING:
-    from ._pool_core import PoolCore, Slot
+    from .core import PoolCore, Slot
 
 __all__ = ["enqueue", "plan", "cancel_queued", "send_jobs", "settle",
            "settle_all", "Tracker", "MapResults"]

@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import telemetry
-from ._pool_session import has_sessions
-from .errors import SupervisorError
+from .. import telemetry
+from ..errors import SupervisorError
+from .sessions import has_sessions
 
 if TYPE_CHECKING:
-    from ._pool_core import PoolCore, Slot
+    from .core import PoolCore, Slot
 
 __all__ = ["Timers", "maybe_grow", "note_idle"]
 
@@ -129,7 +129,7 @@ def note_idle(core: PoolCore, slot: Slot) -> None:
 
 
 def _retire_check(core: PoolCore, slot: Slot) -> None:
-    from ._pool_io import lose_link  # here: _pool_io imports this module
+    from .io import lose_link  # here: _pool_io imports this module
 
     with core.lock:
         slot.retire_timer = False
