@@ -110,7 +110,7 @@ class CallChannel:
                     self.cond.acquire()
                     self.reading = False
                 for msg in msgs:
-                    if msg.id == 0:
+                    if type(msg) is P.Closing:
                         self._closing(msg)
                         continue
                     if msg.id in self.waiting:
@@ -153,7 +153,7 @@ class CallChannel:
         """The worker is leaving: send nothing more here (new calls go to its replacement)
         and close our side, which tells the worker we have seen the notice. Replies to
         calls sent before are still read."""
-        self.draining = notice.message
+        self.draining = notice.reason
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:  # already disconnected

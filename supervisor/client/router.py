@@ -141,7 +141,7 @@ class Router:
                 self.drop(chan)
                 exc.policy = chan.policy
                 raise
-            if isinstance(reply, P.Fail) and reply.type == "NotRun":
+            if type(reply) is P.NotRun:
                 # The worker was leaving (recycled, stopping) and did not run it: as safe to
                 # send again as a call that never left.
                 self.drop(chan)

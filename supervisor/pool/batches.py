@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..client.channel import reply_value
 from ..errors import EncodeError, ProtocolError, SupervisorError, WorkerCrashed, WorkerError
-from ..runtime.callers import BATCH
 from ..wire import messages as P
 from .io import link_of, lose_link, wake_io, watch_progress
 from .link import BUFFERED, STAR, Job
@@ -229,7 +228,7 @@ def _start(core: PoolCore, slot: Slot, jobs: list[Job]) -> list[Job]:
 def _encode(core: PoolCore, slot: Slot, link: Any, live: list[Job]
             ) -> tuple[list[Any], bytes, list[Job]]:
     ids = core.ids
-    msgs = [P.Call(id=next(ids), method=BATCH, args=(job.method, job.args, job.batch == STAR))
+    msgs = [P.Call(id=next(ids), method=P.BATCH, args=(job.method, job.args, job.batch == STAR))
             if job.batch
             else P.Call(id=next(ids), method=job.method, args=job.args, kwargs=job.kwargs)
             for job in live]
@@ -310,7 +309,7 @@ def _chunk(job: Job, value: Any, path: str) -> tuple[list[Any], BaseException | 
         return results, error
     except (TypeError, ValueError):
         pass
-    return [], ProtocolError(f"malformed {BATCH} reply from {path!r}: {value!r:.200}")
+    return [], ProtocolError(f"malformed {P.BATCH} reply from {path!r}: {value!r:.200}")
 
 
 def _finish(job: Job, value: Any, exc: BaseException | None) -> None:

@@ -41,7 +41,6 @@ from ..errors import (
     WorkerCrashed,
     WorkerError,
 )
-from ..runtime.process import END_SESSION
 from ..wire import messages as P
 from .batches import MapResults, Tracker, cancel_queued, enqueue
 from .core import PoolCore, Slot
@@ -175,7 +174,7 @@ class PoolClient:
         try:
             if sess.lost is not None:
                 return False
-            return bool(self._call(END_SESSION, (), None, session_id, None, True, False,
+            return bool(self._call(P.END_SESSION, (), None, session_id, None, True, False,
                                    "fail"))
         except (SessionLost, WorkerCrashed):  # its worker is gone: so is the state
             return False
@@ -260,7 +259,7 @@ class PoolClient:
         except WorkerCrashed as exc:
             exc.policy = link.policy
             raise
-        if reply is NOT_SENT or (type(reply) is P.Fail and reply.type == "NotRun"):
+        if reply is NOT_SENT or type(reply) is P.NotRun:
             return None
         return reply
 

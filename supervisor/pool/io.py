@@ -281,8 +281,8 @@ def _file(core: PoolCore, link: Link, msgs: list[Any], why: str | None) -> tuple
     done: list[Any] = []
     again: list[Any] = []
     for msg in msgs:
-        if msg.id == 0:
-            drain(core, link, msg.message)
+        if type(msg) is P.Closing:
+            drain(core, link, msg.reason)
             continue
         entry = link.waiting.pop(msg.id, None)
         if entry is None:
@@ -294,7 +294,7 @@ def _file(core: PoolCore, link: Link, msgs: list[Any], why: str | None) -> tuple
         if not link.async_count:
             link.chunk = 1
         slot.load -= 1
-        if type(msg) is P.Fail and msg.type == "NotRun":
+        if type(msg) is P.NotRun:
             again.append(entry)
         else:
             done.append((entry, msg, slot.path))

@@ -22,16 +22,9 @@ from ..wire import messages as P
 from ..wire.framing import FrameReader
 from .poller import READ, WRITE
 
-__all__ = ["Serving", "END_SESSION", "BATCH"]
+__all__ = ["Serving"]
 
-# The reserved method that ends a session: its state is dropped; replies whether it existed.
-END_SESSION = "_end_session"
-# The reserved method that runs one command over many items (a pool's map chunk): args
-# are (method, items, star), each item the one argument or (star) the argument list; the
-# reply's value is [results, failure], where
-# failure is None or [category, type, message, traceback] for the item after the last
-# result. Items after a failing one are not run (as a ProcessPoolExecutor chunk).
-BATCH = "_batch"
+END_SESSION, BATCH = P.END_SESSION, P.BATCH
 
 
 def describe(exc: BaseException) -> tuple[str, str, str]:
@@ -261,9 +254,9 @@ class Serving:
     def _not_run(self, msg: Any) -> bytes | None:
         if not isinstance(msg, P.Call):
             return None
-        return self._fail(msg.id, "connection_error", "NotRun",
-                          f"the worker is leaving ({self.exit_reason}); the call did not run",
-                          "")
+        return P.CALL_CODEC.encode(P.NotRun(
+            id=msg.id, message=f"the worker is leaving ({self.exit_reason}); the call did "
+                               "not run"))
 
     def _fail(self, cid: int | None, category: str, kind: str, message: str,
               tb: str) -> bytes | None:
@@ -283,8 +276,8 @@ class Serving:
         with self.leave_lock:
             self.leaving = True
         self._on_wake()  # channels accepted before that still get the notice
-        notice = P.CALL_CODEC.encode(P.Fail(id=0, category="connection_error", type="Closing",
-                                            message=f"the worker is leaving ({self.exit_reason})"))
+        notice = P.CALL_CODEC.encode(P.Closing(reason=f"the worker is leaving "
+                                                      f"({self.exit_reason})"))
         for caller in self._callers():
             caller.paused = False
             caller.out += notice

@@ -32,14 +32,10 @@ from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
 from ..worker import command_table, is_idempotent
-from .callers import END_SESSION, Serving, describe
+from .callers import Serving, describe
 from .poller import READ, Poller
 
-__all__ = ["serve", "call_policy", "END_SESSION"]
-
-
-
-
+__all__ = ["serve", "call_policy"]
 
 
 MAX_RESENDS = 32

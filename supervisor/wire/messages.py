@@ -12,6 +12,12 @@ supervisors never carry it (a supervisor that routes user traffic notices crashe
     Cast      k    caller -> worker    run `method`, no answer
     Reply     r    worker -> caller    the result of Call `id`
     Fail      f    worker -> caller    Call `id` raised (category, remote type, message, tb)
+    NotRun    N    worker -> caller    Call `id` arrived while the worker was leaving: it did
+                                       not run, so it is safe to send to another worker
+    Closing   x    worker -> caller    the worker is leaving: send nothing more here
+
+Reserved method names (a `Call` whose `method` is one of these is not a user command):
+`END_SESSION` drops a pool session's state; `BATCH` runs one command over a map chunk.
 
 Control channel (`ControlMessage`, `CONTROL_CODEC`): supervisor <-> child, App <-> root.
 
@@ -53,7 +59,12 @@ __all__ = [
     "Cast",
     "Reply",
     "Fail",
+    "NotRun",
+    "Closing",
     "CallMessage",
+    "END_SESSION",
+    "BATCH",
+    "RESERVED_METHODS",
     "Ready",
     "StartFailed",
     "Stop",
@@ -139,7 +150,34 @@ class Fail(_Message, tag="f"):
     traceback: str = ""
 
 
-CallMessage = Call | Cast | Reply | Fail
+class NotRun(_Message, tag="N"):
+    """Call `id` reached a worker that was already leaving and did not run: as safe to send
+    again (to the replacement or another worker) as a call that never left."""
+
+    id: int
+    message: str
+
+
+class Closing(_Message, tag="x"):
+    """The worker is leaving (`reason`): the caller sends nothing more on this channel and
+    closes its side once it has read the replies it is owed (calls the worker read but did
+    not run come back as `NotRun`)."""
+
+    reason: str
+
+
+CallMessage = Call | Cast | Reply | Fail | NotRun | Closing
+
+# The reserved method that ends a pool session: the worker drops the session's state and
+# replies whether it existed.
+END_SESSION = "_end_session"
+# The reserved method that runs one command over many items (a pool's map chunk): args are
+# (method, items, star), each item the one argument or (star) the argument list; the reply's
+# value is [results, failure], where failure is None or [category, type, message,
+# traceback] for the item after the last result. Items after a failing one are not run (as
+# in a ProcessPoolExecutor chunk).
+BATCH = "_batch"
+RESERVED_METHODS = frozenset({END_SESSION, BATCH})
 
 # ------------------------------------------------------------------------ control channel
 

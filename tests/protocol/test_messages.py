@@ -45,6 +45,8 @@ CALL_SAMPLES = [
     p.Cast(_word(), (fake.pyfloat(),), None, None, True),
     p.Reply(_int(), _payload()),
     p.Fail(_int(), "python_error", "ValueError", fake.sentence(), fake.text()),
+    p.NotRun(_int(), fake.sentence()),
+    p.Closing(fake.sentence()),
 ]
 
 CONTROL_SAMPLES = [
