@@ -127,9 +127,18 @@ CALLER_SIDE = [name for name in MODULES
 OTHER_PROCESSES = ("supervisor.tree", "supervisor.runtime", "supervisor.service")
 
 
+# Caller-side modules that still reach service code through the control socket's client
+# helpers (being moved to client/); the list may only shrink.
+_STILL_REACHING = {
+    "supervisor.app", "supervisor.client.link", "supervisor.client.router",
+    "supervisor.pool.batches", "supervisor.pool.client", "supervisor.pool.core",
+    "supervisor.pool.io", "supervisor.pool.overflow", "supervisor.pool.sessions",
+    "supervisor.pool.watcher",
+}
+
+
 @pytest.mark.parametrize("module", [
-    pytest.param(m, marks=_CIRCLES_LEFT) if any(_in(x, *OTHER_PROCESSES) for x in _reachable(m))
-    else m for m in CALLER_SIDE])
+    pytest.param(m, marks=_CIRCLES_LEFT) if m in _STILL_REACHING else m for m in CALLER_SIDE])
 def test_the_callers_process_never_imports_supervisor_or_worker_code(module: str) -> None:
     assert sorted(m for m in _reachable(module) if _in(m, *OTHER_PROCESSES)) == []
 
