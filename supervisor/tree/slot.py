@@ -224,10 +224,14 @@ def await_ready(slot: ChildSlot, on_message: Callable[[ChildSlot, Any], None]
             kill_quietly(slot.pid)
             os.waitpid(slot.pid, 0)
             return StartFailure(slot.path, "communication_error", "ProtocolError", str(exc))
-        for msg in msgs:
+        for index, msg in enumerate(msgs):
             match msg:
                 case P.Ready():
                     slot.ctrl.setblocking(False)
+                    # Frames read with the Ready are the running child's: a worker whose
+                    # run() raises at once sends its Exit right behind it.
+                    for later in msgs[index + 1:]:
+                        on_message(slot, later)
                     return None
                 case P.StartFailed():
                     failure = StartFailure(msg.path, msg.category, msg.type, msg.message,
