@@ -281,7 +281,7 @@ class App(RootLink):
         with self._state:
             pools = list(self._pools.values())
         for client in pools:
-            client._core.tree_gone()
+            client._members.tree_gone()
 
     def worker(self, path: str) -> WorkerProxy:
         """A proxy whose attribute calls are `call(path, name, ...)`."""

@@ -30,6 +30,7 @@ from ..errors import (
 )
 from ..wire import messages as P
 from ..wire.framing import FrameReader
+from ..wire.policy import CallPolicy
 
 __all__ = ["CallChannel", "NotSent", "reply_value"]
 
@@ -43,14 +44,11 @@ class NotSent(Exception):
 
 
 class CallChannel:
-    def __init__(self, sock: socket.socket, path: str,
-                 policy: dict[str, Any] | None = None) -> None:
+    def __init__(self, sock: socket.socket, path: str, policy: CallPolicy) -> None:
         self.sock = sock
         self.path = path
-        # The worker's call policy (see `runtime.process.call_policy`): pid, idempotent
-        # commands, call_timeout, on_timeout, fallback, retry delays.
-        self.policy = policy or {}
-        self.pid = self.policy.get("pid")
+        self.policy = policy  # the worker's rules for its callers (pid, timeouts, retries)
+        self.pid = policy.pid
         self.reader = FrameReader(P.CALL_CODEC)
         self.send_lock = threading.Lock()
         self.cond = threading.Condition(threading.Lock())

@@ -25,23 +25,24 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import telemetry
+import msgspec
+
 from ..errors import (
     CallTimeout,
     CircuitOpen,
-    SupervisorError,
+    ProtocolError,
     WorkerCrashed,
     WorkerError,
 )
 from ..wire import messages as P
+from ..wire.policy import DEFAULT_CALL_TIMEOUT, decode_policy
 from .channel import CallChannel, NotSent, reply_value
+from .retry import Attempt, with_retries
 
 if TYPE_CHECKING:
     from ..app import App
 
-__all__ = ["Router", "NotRunning", "DEFAULT_CALL_TIMEOUT"]
-
-DEFAULT_CALL_TIMEOUT = 60.0
+__all__ = ["Router", "NotRunning"]
 
 
 class NotRunning(WorkerError):
@@ -76,53 +77,22 @@ class Router:
                 raise TypeError(f"{name}: expected a str, got {value!r}")
         if session is not None and not isinstance(session, str):
             raise TypeError(f"session: expected a str or None, got {session!r}")
-        attempt = 1
-        while True:
-            try:
-                return self._call_once(path, method, args, kwargs, timeout, retry, session)
-            except (WorkerCrashed, CallTimeout) as exc:
-                delays = self._retry_delays(exc, method, idempotent)
-                exc.attempt = attempt
-                exc.context.update({"operation": method, "session_id": session})
-                self._report(exc, method)
-                if not retry or delays is None or attempt > len(delays):
-                    raise
-                self._pause(delays[attempt - 1])
-                attempt += 1
-            except SupervisorError as exc:
-                if isinstance(exc, WorkerError):
-                    exc.attempt = attempt
-                    exc.context.update({"operation": method, "session_id": session})
-                self._report(exc, method)
-                raise
+        return with_retries(
+            lambda attempt: self._call_once(attempt, path, method, args, kwargs, timeout,
+                                            retry, session),
+            method=method, path=path, idempotent=idempotent, retry=retry, session=session,
+            pause=self.app._exited.wait)
 
-    def _retry_delays(self, exc: WorkerError, method: str, idempotent: bool
-                      ) -> list[float] | None:
-        policy = getattr(exc, "policy", None) or {}
-        if not (idempotent or method in policy.get("idempotent", ())):
-            return None
-        return policy.get("retries", {}).get(exc.category)
-
-    def _pause(self, delay: float) -> None:
-        # A caller-side wait (never in a supervisor): it ends early if the tree goes away.
-        if delay > 0 and self.app._exited.wait(delay):
-            raise WorkerCrashed("the tree is not running", path="")
-
-    def _report(self, exc: SupervisorError, method: str) -> None:
-        telemetry.execute(("supervisor", "call", "error"), {"time": time.time()}, {
-            "path": getattr(exc, "path", None), "method": method, "error": type(exc).__name__,
-            "category": getattr(exc, "category", None), "attempt": getattr(exc, "attempt", 1),
-            "reason": str(exc).split("\n", 1)[0],
-        })
-
-    def _call_once(self, path: str, method: str, args: tuple, kwargs: dict[str, Any],
-                   timeout: float | None, retry: bool, session: str | None) -> Any:
+    def _call_once(self, attempt: Attempt, path: str, method: str, args: tuple,
+                   kwargs: dict[str, Any], timeout: float | None, retry: bool,
+                   session: str | None) -> Any:
         started = time.monotonic()
         deadline = started + (timeout if timeout is not None else DEFAULT_CALL_TIMEOUT)
         while True:
             chan = self.channel(path, deadline, retry)
+            attempt.policy = chan.policy
             if timeout is None:
-                limit = chan.policy.get("call_timeout", DEFAULT_CALL_TIMEOUT)
+                limit = chan.policy.call_timeout
                 deadline = None if limit is None else started + limit
             try:
                 cid = chan.send(lambda i: P.Call(id=i, method=method, args=args,
@@ -137,9 +107,8 @@ class Router:
                 reply = chan.wait(cid, deadline)
             except TimeoutError:
                 raise self._timed_out(chan, method, deadline - started) from None
-            except WorkerCrashed as exc:
+            except WorkerCrashed:
                 self.drop(chan)
-                exc.policy = chan.policy
                 raise
             if type(reply) is P.NotRun:
                 # The worker was leaving (recycled, stopping) and did not run it: as safe to
@@ -153,8 +122,7 @@ class Router:
     def _timed_out(self, chan: CallChannel, method: str, limit: float) -> CallTimeout:
         exc = CallTimeout(f"call {method!r} to {chan.path!r} got no answer within "
                           f"{limit:.3g}s", path=chan.path)
-        exc.policy = chan.policy
-        if chan.policy.get("on_timeout", "restart") == "restart":
+        if chan.policy.restarts_on_timeout:
             # The worker's state is unknown after a call it did not finish: its supervisor
             # replaces it, and this channel is finished with it.
             self.drop(chan)
@@ -231,8 +199,13 @@ class Router:
             raise WorkerError(f"cannot open a channel to {path!r}: {exc}",
                               category="resource_error", path=path) from exc
         try:
-            policy = self.app._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
+            answer = self.app._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
                                        timeout=max(0.0, deadline - time.monotonic()))
+            policy = decode_policy(answer)
+        except msgspec.ValidationError as exc:
+            mine.close()
+            raise ProtocolError(f"the call policy of {path!r} does not decode: {exc}",
+                                path=path) from None
         except BaseException:
             mine.close()
             raise

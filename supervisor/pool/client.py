@@ -14,10 +14,16 @@ no supervisor sits on the path, and a blocking caller writes its frame and reads
 reply (no thread hand-off). Threads of the client: one watcher per pool (epoll) reads the
 channels nobody else is reading (async replies, a leaving worker's notice, a dead idle
 worker's EOF); one timer thread exists while a timer is due; overflow workers are started
-and retired from short-lived threads. The moving parts: `core` (dispatch, the FIFO
-queue, sessions), `io` (opening, reading and losing channels), `link` (one
-channel's non-blocking I/O), `watcher` (the watcher), `batches` (submit/map
-queueing and write batching), `overflow` (extra workers, timers).
+and retired from short-lived threads. The rooms, by lock discipline:
+
+    state.py       every decision, under the pool's one lock; returns Effects
+    io.py          opening, writing and reading links, and carrying out Effects,
+                   outside the lock
+    membership.py  the pool's workers: start, overflow growth and retirement, the tree's end
+    results.py     futures and map tables (settled outside the lock)
+    link.py        one worker's slot and channel (non-blocking I/O only)
+    sessions.py    session affinity
+    threads.py     the watcher and the timers
 
 Deviations from `concurrent.futures`, on purpose: the workers belong to the tree, not to
 the client, so `shutdown()` waits for (or cancels) the client's outstanding calls and the
@@ -33,21 +39,18 @@ from concurrent.futures import Future
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
-from .. import telemetry
 from ..client.channel import reply_value
+from ..client.retry import Attempt, with_retries
 from ..errors import (
-    CallTimeout,
     SessionLost,
     WorkerCrashed,
-    WorkerError,
 )
 from ..wire import messages as P
-from .batches import MapResults, Tracker, cancel_queued, enqueue
-from .core import PoolCore, Slot
-from .future import PoolFuture
-from .io import await_reply, link_of, register_sync, send_sync, timed_out
-from .link import NOT_SENT, ONE, STAR, Job
-from .sessions import reached
+from .io import PoolIO
+from .link import NOT_SENT, ONE, STAR, Job, Slot
+from .membership import Membership
+from .results import MapResults, PoolFuture, Tracker
+from .state import PoolState
 
 if TYPE_CHECKING:
     from ..app import App
@@ -87,7 +90,7 @@ class PoolClient:
 
     def __init__(self, app: App, path: str, *, max_in_flight: int = 1,
                  pipeline: int = PIPELINE, on_lost: str = "fail",
-                 _core: PoolCore | None = None) -> None:
+                 _members: Membership | None = None) -> None:
         if on_lost not in _ON_LOST:
             raise ValueError(f"on_lost must be one of {_ON_LOST}, got {on_lost!r}")
         for name, value in (("max_in_flight", max_in_flight), ("pipeline", pipeline)):
@@ -95,11 +98,15 @@ class PoolClient:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.app = app
         self.path = path
-        self._core = _core if _core is not None else PoolCore(app, path)
+        if _members is None:  # the first view of this pool: its state and I/O
+            _members = Membership(PoolIO(PoolState(path, app._generation_of), app))
+        self._members = _members
+        self._io = _members.io
+        self._state = _members.state
         self._max_in_flight = max_in_flight
         self._pipeline = pipeline
         self._on_lost = on_lost
-        self._tracker = Tracker(self._core)
+        self._tracker = Tracker(self._state.lock)
 
     def options(self, *, on_lost: str | None = None, max_in_flight: int | None = None,
                 pipeline: int | None = None) -> PoolClient:
@@ -112,7 +119,7 @@ class PoolClient:
         per worker. Raises ValueError for bad values.
         """
         return PoolClient(
-            self.app, self.path, _core=self._core,
+            self.app, self.path, _members=self._members,
             on_lost=self._on_lost if on_lost is None else on_lost,
             max_in_flight=self._max_in_flight if max_in_flight is None else max_in_flight,
             pipeline=self._pipeline if pipeline is None else pipeline)
@@ -121,23 +128,23 @@ class PoolClient:
     def retire_after(self) -> float:
         """Seconds an overflow worker stays idle before it is retired (pool-wide: every
         view of the pool shares it; default 1.0)."""
-        return self._core.retire_after
+        return self._state.retire_after
 
     @retire_after.setter
     def retire_after(self, seconds: float) -> None:
         if not isinstance(seconds, int | float) or seconds <= 0:
             raise ValueError(f"retire_after must be > 0, got {seconds!r}")
-        self._core.retire_after = float(seconds)
+        self._state.retire_after = float(seconds)
 
     def workers(self) -> list[dict[str, Any]]:
         """The pool's workers as this client sees them: id, path, overflow, load (calls
         checked out or in flight), pid (of its open channel, else None)."""
-        core = self._core
-        core.start()
-        with core.lock:
+        self._members.start()
+        state = self._state
+        with state.lock:
             return [{"id": s.id, "path": s.path, "overflow": s.overflow, "load": s.load,
                      "pid": s.link.pid if s.link is not None else None}
-                    for s in core.slots if not s.retiring]
+                    for s in state.slots if not s.retiring]
 
     # ------------------------------------------------------------------ blocking calls
     def call(self, method: Any, *args: Any, timeout: float | None = None,
@@ -166,9 +173,9 @@ class PoolClient:
     def end_session(self, session_id: str) -> bool:
         """Drop the session's state in its worker and forget its affinity; True when the
         worker held state for it. A lost or unknown session just returns False."""
-        core = self._core
-        with core.lock:
-            sess = core.sessions.get(session_id)
+        state = self._state
+        with state.lock:
+            sess = state.sessions.get(session_id)
         if sess is None:
             return False
         try:
@@ -179,86 +186,66 @@ class PoolClient:
         except (SessionLost, WorkerCrashed):  # its worker is gone: so is the state
             return False
         finally:
-            with core.lock:
-                if core.sessions.get(session_id) is sess:
-                    del core.sessions[session_id]
+            with state.lock:
+                state.sessions.forget(session_id, sess)
 
     def _call(self, name: str, args: tuple, kwargs: dict[str, Any] | None,
               session: str | None, timeout: float | None, retry: bool, idempotent: bool,
               on_lost: str) -> Any:
-        attempt = 1
-        while True:
-            try:
-                return self._call_once(name, args, kwargs or None, session, timeout, retry,
-                                       on_lost)
-            except (WorkerCrashed, CallTimeout) as exc:
-                _note(exc, attempt, name, session)
-                delays = _retry_delays(exc, name, idempotent)
-                if not retry or delays is None or attempt > len(delays):
-                    raise
-                delay = delays[attempt - 1]
-                if delay > 0 and self.app._exited.wait(delay):
-                    raise WorkerCrashed("the tree is not running", path=self.path) from exc
-                attempt += 1
-            except WorkerError as exc:
-                _note(exc, attempt, name, session)
-                raise
+        return with_retries(
+            lambda attempt: self._call_once(attempt, name, args, kwargs or None, session,
+                                            timeout, retry, on_lost),
+            method=name, path=self.path, idempotent=idempotent, retry=retry, session=session,
+            pause=self.app._exited.wait)
 
-    def _call_once(self, name: str, args: tuple, kwargs: dict[str, Any] | None,
+    def _call_once(self, attempt: Attempt, name: str, args: tuple,
+                   kwargs: dict[str, Any] | None,
                    session: str | None, timeout: float | None, retry: bool,
                    on_lost: str) -> Any:
-        core = self._core
-        core.start()
-        cid = next(core.ids)
+        self._members.start()
+        io = self._io
+        cid = next(self._state.ids)
         frame = P.CALL_CODEC.encode(P.Call(id=cid, method=name, args=args, kwargs=kwargs,
                                            session=session))  # EncodeError: before checkout
-        deadline = time.monotonic() + core.checkout_timeout
+        deadline = time.monotonic() + self._state.checkout_timeout
         while True:
-            slot, sent, written = core.checkout(session, self._max_in_flight, on_lost,
-                                                deadline, cid, frame)
+            slot, sent, written = io.checkout(session, self._max_in_flight, on_lost,
+                                              deadline, cid, frame)
             try:
-                reply = self._on_slot(slot, name, cid, frame, session, timeout, on_lost,
-                                      sent, written)
+                reply = self._on_slot(attempt, slot, name, cid, frame, session, timeout,
+                                      on_lost, sent, written)
             finally:
-                core.checkin(slot)
+                io.checkin(slot)
             if reply is not None:
                 return reply_value(reply, slot.path, name)
             if not retry:
                 raise WorkerCrashed(f"worker {slot.path!r} was not running or was leaving; "
                                     "the call did not run (retry=False)", path=slot.path)
 
-    def _on_slot(self, slot: Slot, name: str, cid: int, frame: bytes, session: str | None,
-                 timeout: float | None, on_lost: str, sent: Any, written: bool) -> Any:
+    def _on_slot(self, attempt: Attempt, slot: Slot, name: str, cid: int, frame: bytes,
+                 session: str | None, timeout: float | None, on_lost: str, sent: Any,
+                 written: bool) -> Any:
         """One try on a checked-out slot: the reply, or None when the call did not run."""
-        core = self._core
+        io = self._io
         if sent is not None:
             link, entry = sent  # registered with the checkout (and written, if queued)
-            if not written and not send_sync(core, link, frame, cid):
+            attempt.policy = link.policy
+            if not written and not io.send_sync(link, frame, cid):
                 return None
         else:
-            link = link_of(core, slot)
+            link = io.link_of(slot)
             if link is None:
                 return None
-            if session is not None:
-                with core.lock:
-                    if not reached(core, session, link, on_lost):
-                        return None
-            with core.lock:
-                if link.closed is not None or link.draining is not None:
-                    return None
-                entry = register_sync(core, link, cid)  # before the write: replies are quick
-            core.watcher.apply(link)
-            if not send_sync(core, link, frame, cid):
+            attempt.policy = link.policy
+            entry = io.register(link, session, on_lost, cid)
+            if entry is None or not io.send_sync(link, frame, cid):
                 return None
         limit = timeout if timeout is not None else link.call_timeout
         deadline = None if limit is None else time.monotonic() + limit
         try:
-            reply = await_reply(core, link, entry, cid, deadline)
+            reply = io.await_reply(link, entry, cid, deadline)
         except TimeoutError:
-            raise timed_out(core, link, name, limit) from None
-        except WorkerCrashed as exc:
-            exc.policy = link.policy
-            raise
+            raise io.timed_out(link, name, limit) from None
         if reply is NOT_SENT or type(reply) is P.NotRun:
             return None
         return reply
@@ -272,7 +259,9 @@ class PoolClient:
         still queued in the client. No keyword is reserved.
         """
         fut = PoolFuture()
-        enqueue(self._core, [Job(_method_name(method), args, kwargs or None, fut, -1,
+        if not self._members.started:
+            self._members.start()
+        self._io.enqueue([Job(_method_name(method), args, kwargs or None, fut, -1,
                                  self._tracker, self._pipeline)], force=False)
         return fut
 
@@ -305,7 +294,9 @@ class PoolClient:
         results = MapResults(len(jobs))
         for job in jobs:
             job.sink = results
-        enqueue(self._core, jobs, force=True)
+        if not self._members.started:
+            self._members.start()
+        self._io.enqueue(jobs, force=True)
         return _iterate(results, len(jobs), end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -313,7 +304,7 @@ class PoolClient:
         still queued (`cancel_futures`). The workers keep running (they belong to the
         tree) and the client stays usable."""
         if cancel_futures:
-            cancel_queued(self._core, self._tracker)
+            self._io.cancel_queued(self._tracker)
         if wait:
             self._tracker.wait_idle()
 
@@ -346,20 +337,3 @@ def _method_name(method: Any) -> str:
     if callable(method) and isinstance(name, str):
         return name
     raise TypeError(f"expected a command name or a worker method, got {method!r}")
-
-
-def _retry_delays(exc: WorkerError, method: str, idempotent: bool) -> list[float] | None:
-    policy = getattr(exc, "policy", None) or {}
-    if not (idempotent or method in policy.get("idempotent", ())):
-        return None
-    return policy.get("retries", {}).get(exc.category)
-
-
-def _note(exc: WorkerError, attempt: int, method: str, session: str | None) -> None:
-    exc.attempt = attempt
-    exc.context.update({"operation": method, "session_id": session})
-    telemetry.execute(("supervisor", "call", "error"), {"time": time.time()}, {
-        "path": exc.path, "method": method, "error": type(exc).__name__,
-        "category": exc.category, "attempt": attempt, "session_id": session,
-        "reason": str(exc).split("\n", 1)[0],
-    })

@@ -1,404 +1,483 @@
-"""The pool's links at work: opening them, reading them, and what a reply or a death means.
+"""The pool's I/O: its links opened, written and read, and the state's effects carried out.
 
     open      link_of(): a socketpair end handed to the worker through the tree
               (NotRunning: the slot is down until a newer start of that worker is reported)
+    write     send_sync() (a blocking caller's frame), presend() (a queued caller's frame,
+              written for it), send_jobs() (a batch of async calls, one write)
     read      await_reply() (a blocking caller reads its own reply when nobody else reads)
               on_ready() (the watcher reads a link nobody else is reading)
-    file      _file(): blocking callers get their reply; async calls are settled; NotRun
-              calls go back to the queue; capacity freed is planned again
-    lose      drain() (the worker's Closing notice, or its supervisor's word that it is
-              being stopped: nothing new is sent there)
-              lose_link() (EOF, a broken send, a timeout: async calls in flight fail with
-              WorkerCrashed, or are re-sent when idempotent; sessions on it are lost)
+    effects   run(): settle futures, write batches, arm timers, close dead links
 
-Functions over a `PoolCore` (as `_health` and `_requests` are over a supervisor); those
-marked "(under lock)" expect the core's lock held, the others take it themselves.
+`PoolIO` never decides: it takes the state's lock only to ask `PoolState` (which decides and
+returns `Effects`), and does every system call, every wait and every callback outside that
+lock, except where noted (a blocking caller waits on a condition of the lock).
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from typing import Any
+
+import msgspec
 
 from ..client.router import NotRunning
 from ..errors import (
     CallTimeout,
     CircuitOpen,
+    EncodeError,
     NoSuchChild,
+    ProtocolError,
+    SupervisorError,
     WorkerCrashed,
 )
 from ..wire import messages as P
-from .link import BUFFERED, NOT_SENT, Link, SyncCall
-from .overflow import note_idle
-from .sessions import lose_sessions
+from ..wire.policy import decode_policy
+from .link import BUFFERED, STAR, Job, Link, Slot, SyncCall
+from .results import settle, settle_all
+from .state import Effects, PoolState, Presend, Waiter
+from .threads import Timers, Watcher
 
-if TYPE_CHECKING:
-    from .core import PoolCore, Slot
-
-__all__ = ["link_of", "wake_io", "watch_progress", "close_link", "send_sync", "drain",
-           "register_sync", "await_reply", "release", "on_ready", "timed_out", "lose_link",
-           "presend"]
+__all__ = ["PoolIO"]
 
 OPEN_TIMEOUT = 30.0  # seconds to get a channel from the tree (a control round trip)
 
 
-def link_of(core: PoolCore, slot: Slot) -> Link | None:
-    """The slot's open link, opened if needed; None when its worker is not running.
+class PoolIO:
+    """The I/O side of one pool: `root` is the App (requests to the tree, start counts,
+    the tree's end). `on_grow` and `on_retire_due(slot)` are set by the pool's membership
+    (starting and retiring overflow workers happens there)."""
 
-    Raises WorkerCrashed when the tree is gone, CallTimeout when it does not answer.
-    """
-    with core.lock:
-        while True:
-            link = slot.link
-            if link is not None and link.closed is None and link.draining is None:
-                return link
-            if core.gone:
-                raise WorkerCrashed("the tree is not running", path=slot.path)
-            if not core.usable(slot) or slot not in core.slots:
-                return None
-            if not slot.opening:
-                break
-            core.open_cond.wait()  # another thread is opening it; share theirs
-        slot.opening = True
-    link = None
-    try:
-        link = _open(core, slot)
-    finally:
-        with core.lock:
-            slot.opening = False
-            gone = core.gone
-            if link is not None and not gone:
-                slot.link = link
-                core.watcher.add(link)
-            core.open_cond.notify_all()
-    if link is not None:
-        if gone:  # the tree ended while we asked: nobody else will close this one
+    def __init__(self, state: PoolState, root: Any) -> None:
+        self.state = state
+        self.root = root
+        self.watcher = Watcher(f"pool-watch-{state.path}", state.lock, self.on_ready)
+        self.timers = Timers(f"pool-timers-{state.path}")
+        self.on_grow: Callable[[], None] = lambda: None
+        self.on_retire_due: Callable[[Slot], None] = lambda slot: None
+
+    # ------------------------------------------------------------------ effects
+    def run(self, fx: Effects) -> None:
+        """Carry out what the state decided (never under the lock: settling runs the
+        futures' callbacks, which may call back into the pool)."""
+        if fx.settle:
+            settle_all(fx.settle)
+        if fx.presend:
+            for send in fx.presend:
+                self.presend(send)
+        if fx.send:
+            for slot, jobs in fx.send:
+                self.send_jobs(slot, jobs)
+        if fx.stop_writing:
+            for link in fx.stop_writing:
+                link.stop_writing()
+        if fx.close:
+            for link in fx.close:
+                self._close(link)
+        if fx.progress:
+            for when, link in fx.progress:
+                self.timers.call_at(when, lambda link=link: self._progress_due(link))
+        if fx.retire:
+            for when, slot in fx.retire:
+                self.timers.call_at(when, lambda slot=slot: self.on_retire_due(slot))
+        if fx.resend:
+            for delay, jobs in fx.resend:
+                self.timers.call_later(delay, lambda jobs=jobs: self._resend(jobs))
+        if fx.grow:
+            self.on_grow()
+
+    def decide(self, decide: Callable[[Effects], Any]) -> Any:
+        """Run `decide(fx)` under the lock, then its effects outside it; its result."""
+        fx = Effects()
+        with self.state.lock:
+            result = decide(fx)
+        self.run(fx)
+        return result
+
+    def _close(self, link: Link) -> None:
+        # A dead link: wake a reader blocked in poll for good, and release the sockets
+        # once no thread reads them (a reader that lets go closes them then, see
+        # `PoolState.release`).
+        link.interrupt()
+        with self.state.lock:
+            if link.reading or link.fds_closed:
+                return
+            self.watcher.remove(link)
             link.close_fds()
-            raise WorkerCrashed("the tree is not running", path=slot.path)
-        core.watcher.apply(link)
-    return link
 
+    def _progress_due(self, link: Link) -> None:
+        stuck = self.decide(lambda fx: self.state.progress_due(link, fx))
+        if stuck and link.policy.restarts_on_timeout:
+            self.root._report_timeout(link.slot.path)
 
-def _open(core: PoolCore, slot: Slot) -> Link | None:
-    # Read the start count before asking: if the worker is down, a start reported
-    # after this read makes the slot usable again (no lost wake-up, see `usable`).
-    generation = core.app._generation_of(slot.path)
-    mine, theirs = socket.socketpair()
-    try:
-        policy = core.app._request(P.OpenChannel(id=0, path=slot.path),
-                                   fds=(theirs.fileno(),), timeout=OPEN_TIMEOUT)
-    except (NotRunning, CircuitOpen):
-        mine.close()
-        with core.lock:
-            slot.down_gen = generation
-        return None
-    except NoSuchChild:  # deleted behind our back (terminate_child + delete_child)
-        mine.close()
-        with core.lock:
-            if slot in core.slots:
-                core.slots.remove(slot)
-            lose_sessions(core, slot, None, "was deleted")
-        return None
-    except BaseException:
-        mine.close()
-        raise
-    finally:
-        theirs.close()
-    return Link(slot, mine, policy, generation, core.lock)
+    def _resend(self, jobs: list[Job]) -> None:
+        def requeue(fx: Effects) -> None:
+            self.state.requeue(jobs)
+            self.state.refresh(fx)
 
+        self.decide(requeue)
 
-def wake_io(core: PoolCore, link: Link) -> None:
-    """Bytes wait in the link's outbuf: make whoever reads it poll for writing too."""
-    with core.lock:
-        if link.reading:
-            link.wake_reader()
-        elif link.closed is None:
-            core.watcher.arm(link)
-    core.watcher.apply(link)
+    # ------------------------------------------------------------------ opening
+    def link_of(self, slot: Slot) -> Link | None:
+        """The slot's open link, opened if needed; None when its worker is not running.
 
-
-def watch_progress(core: PoolCore, link: Link) -> None:
-    """Async calls went out on an idle link: check they progress (under lock)."""
-    if link.call_timeout is not None and not link.progress_timer:
-        link.progress_timer = True
-        core.timers.call_at(link.last_progress + _allowance(link),
-                            lambda: _progress_check(core, link))
-
-
-def _allowance(link: Link) -> float:
-    # call_timeout is per call: a map chunk of k items answers once, after k calls.
-    return link.call_timeout * link.chunk
-
-
-def _progress_check(core: PoolCore, link: Link) -> None:
-    with core.lock:
-        link.progress_timer = False
-        if link.closed is not None or not link.async_count:
-            return
-        allowance = _allowance(link)
-        if link.last_progress + allowance > time.monotonic():
-            watch_progress(core, link)
-            return
-        # No reply for that long with async calls in flight: the worker is stuck.
-        lost = lose_link(core, link, f"no reply within {allowance:g}s",
-                         error=CallTimeout, row="timeout_error")
-        plans = core.refresh()
-    core.run(lost, plans)
-    if link.policy.get("on_timeout", "restart") == "restart":
-        _report_failure(core, link.slot)
-
-
-def close_link(core: PoolCore, link: Link) -> None:
-    """Release a dead link's fds (under lock, never while a thread reads it)."""
-    if not link.fds_closed:
-        core.watcher.remove(link)
-        link.close_fds()
-
-
-def send_sync(core: PoolCore, link: Link, data: bytes, cid: int) -> bool:
-    """Write one registered frame; False when it never left (dispatch it again)."""
-    try:
-        status = link.write(data)
-    except OSError as exc:
-        with core.lock:
-            link.waiting.pop(cid, None)
-            link.readers -= 1
-            lost = [] if link.draining else lose_link(core, link, f"send failed: {exc}")
-            release(core, link)
-            plans = core.refresh()
-        core.watcher.apply(link)
-        core.run(lost, plans)
-        return False
-    if status is BUFFERED:
-        wake_io(core, link)
-    return True
-
-
-def await_reply(core: PoolCore, link: Link, entry: SyncCall, cid: int,
-                deadline: float | None) -> Any:
-    """The reply to `cid` (registered with `register_sync`), reading the link ourselves
-    when nobody else is (no thread hand-off for a lone caller). Raises WorkerCrashed,
-    TimeoutError past `deadline`."""
-    lock = core.lock
-    with lock:
+        Raises WorkerCrashed when the tree is gone, CallTimeout when it does not answer.
+        """
+        state = self.state
+        with state.lock:
+            while True:
+                link = slot.link
+                if link is not None and link.closed is None and link.draining is None:
+                    return link
+                if state.gone:
+                    raise WorkerCrashed("the tree is not running", path=slot.path)
+                if not state.usable(slot) or slot not in state.slots:
+                    return None
+                if not slot.opening:
+                    break
+                state.open_cond.wait()  # another thread is opening it; share theirs
+            slot.opening = True
+        link = None
         try:
-            while entry.reply is None:
-                if link.closed is not None:
-                    link.waiting.pop(cid, None)
-                    raise WorkerCrashed(
-                        f"worker {link.slot.path!r} (pid {link.pid}) died while the "
-                        f"call was in flight ({link.closed})", path=link.slot.path)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    link.waiting.pop(cid, None)
-                    raise TimeoutError
-                if link.reading:
-                    link.cond.wait(remaining)
-                    continue
-                _read_once(core, link, remaining)
+            link = self._open(slot)
         finally:
-            link.readers -= 1
-            release(core, link)
-    core.watcher.apply(link)
-    return entry.reply
+            with state.lock:
+                slot.opening = False
+                gone = state.gone
+                if link is not None and not gone:
+                    slot.link = link
+                    self.watcher.add(link)
+                state.open_cond.notify_all()
+        if link is not None:
+            if gone:  # the tree ended while we asked: nobody else will close this one
+                link.close_fds()
+                raise WorkerCrashed("the tree is not running", path=slot.path)
+            self.watcher.apply(link)
+        return link
 
-
-def register_sync(core: PoolCore, link: Link, cid: int) -> SyncCall:
-    """A blocking caller's entry, before its frame is written (under lock). Until it
-    leaves `await_reply`, it reads the link itself: the watcher is disarmed, or it
-    would race that caller for its own reply (a thread hand-off for nothing)."""
-    entry = SyncCall()
-    link.waiting[cid] = entry
-    link.readers += 1
-    core.watcher.disarm(link)  # the caller `apply`s it once out of the lock
-    return entry
-
-
-def release(core: PoolCore, link: Link) -> None:
-    # Whoever stops reading a link hands it back to the watcher (or closes it).
-    if link.reading or link.readers:
-        return
-    if link.closed is not None:
-        close_link(core, link)
-    else:
-        core.watcher.arm(link)  # `apply` follows, outside the lock
-
-
-def on_ready(core: PoolCore, link: Link) -> None:
-    """The watcher saw an event on a link nobody was reading (its thread)."""
-    with core.lock:
-        if link.reading or link.closed is not None:
-            return
-        _read_once(core, link, 0)
-        release(core, link)
-    core.watcher.apply(link)
-
-
-def timed_out(core: PoolCore, link: Link, method: str, limit: float) -> CallTimeout:
-    exc = CallTimeout(f"call {method!r} to {link.slot.path!r} got no answer within "
-                      f"{limit:.3g}s", path=link.slot.path)
-    exc.policy = link.policy
-    if link.policy.get("on_timeout", "restart") == "restart":
-        # Its state is unknown after a call it did not finish: the supervisor replaces
-        # it, and this link is finished with it.
-        with core.lock:
-            lost = lose_link(core, link, "a call timed out; the worker is replaced")
-            plans = core.refresh()
-        core.run(lost, plans)
-        _report_failure(core, link.slot)
-    return exc
-
-
-def _report_failure(core: PoolCore, slot: Slot) -> None:
-    core.app._report_timeout(slot.path)
-
-
-def _read_once(core: PoolCore, link: Link, timeout: float | None) -> None:
-    """Hold the reading role for one read, file what came, run the follow-ups
-    (called and returning with the lock held)."""
-    link.reading = True
-    core.watcher.disarm(link)  # else what we read would wake the watcher too
-    core.lock.release()
-    try:
-        core.watcher.apply(link)
-        msgs, why = link.io_once(timeout)
-    finally:
-        core.lock.acquire()
-        link.reading = False
-    done, plans = _file(core, link, msgs, why)
-    if done or plans:
-        core.lock.release()
+    def _open(self, slot: Slot) -> Link | None:
+        # Read the start count before asking: if the worker is down, a start reported
+        # after this read makes the slot usable again (no lost wake-up, see `usable`).
+        state = self.state
+        generation = self.root._generation_of(slot.path)
+        mine, theirs = socket.socketpair()
         try:
-            core.run(done, plans)
+            policy = decode_policy(self.root._request(P.OpenChannel(id=0, path=slot.path),
+                                                      fds=(theirs.fileno(),),
+                                                      timeout=OPEN_TIMEOUT))
+        except msgspec.ValidationError as exc:
+            mine.close()
+            raise ProtocolError(f"the call policy of {slot.path!r} does not decode: {exc}",
+                                path=slot.path) from None
+        except (NotRunning, CircuitOpen):
+            mine.close()
+            with state.lock:
+                state.mark_down(slot, generation)
+            return None
+        except NoSuchChild:  # deleted behind our back (terminate_child + delete_child)
+            mine.close()
+            with state.lock:
+                state.remove_slot(slot, "was deleted")
+            return None
+        except BaseException:
+            mine.close()
+            raise
         finally:
-            core.lock.acquire()
+            theirs.close()
+        return Link(slot, mine, policy, generation, state.lock)
 
+    # ------------------------------------------------------------------ blocking calls
+    def checkout(self, session: str | None, limit: int, on_lost: str, deadline: float,
+                 cid: int, frame: bytes) -> tuple[Slot, tuple[Link, SyncCall] | None, bool]:
+        """A slot with room for one blocking call, in arrival order (FIFO).
 
-def _file(core: PoolCore, link: Link, msgs: list[Any], why: str | None) -> tuple[list, list]:
-    """File replies (under lock); returns (async settlements, send plans)."""
-    slot = link.slot
-    done: list[Any] = []
-    again: list[Any] = []
-    for msg in msgs:
-        if type(msg) is P.Closing:
-            drain(core, link, msg.reason)
-            continue
-        entry = link.waiting.pop(msg.id, None)
-        if entry is None:
-            continue  # its caller gave up (timeout)
-        if type(entry) is SyncCall:
-            entry.reply = msg
-            continue
-        link.async_count -= 1
-        if not link.async_count:
-            link.chunk = 1
-        slot.load -= 1
-        if type(msg) is P.NotRun:
-            again.append(entry)
-        else:
-            done.append((entry, msg, slot.path))
-    if done:
-        link.last_progress = time.monotonic()
-    if again:
-        core.requeue(again)
-    if why is None and link.draining is not None and not link.waiting:
-        why = "drained"  # the leaving worker answered everything: let go of the link
-    if why is not None:
-        done.extend(lose_link(core, link, why))
-    link.cond.notify_all()
-    plans = core.refresh()
-    note_idle(core, slot)
-    return done, plans
+        Also, when the slot's channel is open: the link and the entry registered there
+        for `cid` (else None), and whether the frame was already written for the caller
+        (a queued caller's is, see `Waiter`).
 
-
-def drain(core: PoolCore, link: Link, message: str) -> None:
-    """The worker is leaving: send nothing more on the link (under lock)."""
-    # The worker's Closing notice: it serves nothing new on any channel; what it
-    # already read is answered (NotRun if not run). New calls go to the replacement.
-    link.draining = message
-    link.stop_writing()
-    slot = link.slot
-    if slot.link is link:
-        slot.link = None
-        slot.down_gen = link.generation
-    lose_sessions(core, slot, link.pid, f"is leaving ({message})")
-
-
-def lose_link(core: PoolCore, link: Link, why: str, *, error: type = WorkerCrashed,
-              row: str = "connection_error") -> list[Any]:
-    """The link is dead (under lock): fail or re-send its async calls; returns the
-    settlements to run outside the lock. Blocking callers see `closed` themselves."""
-    if link.closed is not None:
-        return []
-    link.closed = why
-    slot = link.slot
-    if slot.link is link:
-        slot.link = None
-    lose_sessions(core, slot, link.pid, f"died ({why})")
-    failed = _in_flight_lost(core, link, why, error, row)
-    link.async_count = 0
-    link.cond.notify_all()
-    link.interrupt()  # a reader blocked in poll returns now
-    if not link.reading:
-        close_link(core, link)
-    return failed
-
-
-def _in_flight_lost(core: PoolCore, link: Link, why: str, error: type, row: str
-                    ) -> list[Any]:
-    # Async calls in flight on a dead link may have run: re-sent only when idempotent
-    # and the matrix row has retries left (after its delay), else failed with `error`.
-    slot = link.slot
-    delays = link.policy.get("retries", {}).get(row) or []
-    failed, again = [], []
-    for cid, entry in list(link.waiting.items()):
-        if type(entry) is SyncCall:
-            continue
-        del link.waiting[cid]
-        slot.load -= 1
-        if entry.method in link.idempotent and entry.attempt <= len(delays):
-            delay = delays[entry.attempt - 1]
-            entry.attempt += 1
-            if delay > 0:
-                core.timers.call_later(delay, lambda job=entry: _resend(core, [job]))
+        Raises PoolExhausted past `deadline`, SessionLost for a lost session (unless
+        `on_lost` is "reassign"), WorkerCrashed once the tree is gone.
+        """
+        state = self.state
+        fx = Effects()
+        with state.lock:
+            got = state.checkout(session, limit, on_lost, cid, frame)
+            if type(got) is not Waiter:
+                slot, sent = got
+                waiter = None
             else:
-                again.append(entry)
-            continue
-        if error is WorkerCrashed:
-            text = (f"worker {slot.path!r} (pid {link.pid}) died while the call was "
-                    f"in flight ({why})")
-        else:
-            text = f"call {entry.method!r} to {slot.path!r} got {why}"
-        exc = error(text, path=slot.path, attempt=entry.attempt,
-                    context={"operation": entry.method})
-        exc.policy = link.policy
-        failed.append((entry, exc, slot.path))
-    if again:
-        core.requeue(again)
-    return failed
+                waiter = got
+                state.serve(fx)
+                if waiter.slot is None:
+                    state.maybe_grow(fx)
+        if waiter is None:
+            if sent is not None:
+                self.watcher.apply(sent[0])  # registered here: the watcher steps back
+            return slot, sent, False
+        self.run(fx)  # frames of callers served before us, an overflow start
+        with state.lock:
+            try:
+                self._await_slot(waiter, deadline)
+            finally:
+                state.waiter_gives_up(waiter)
+        return waiter.slot, waiter.sent, waiter.sent is not None
 
+    def _await_slot(self, waiter: Waiter, deadline: float) -> None:
+        state = self.state
+        while waiter.slot is None:
+            if waiter.error is not None:
+                raise waiter.error
+            if state.gone:
+                raise WorkerCrashed("the tree is not running", path=state.path)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise state.exhausted(waiter.session)
+            waiter.cond.wait(remaining)
 
-def _resend(core: PoolCore, jobs: list[Any]) -> None:
-    with core.lock:
-        core.requeue(jobs)
-        plans = core.refresh()
-    core.run((), plans)
+    def checkin(self, slot: Slot) -> None:
+        self.decide(lambda fx: self.state.checkin(slot, fx))
 
+    def register(self, link: Link, session: str | None, on_lost: str,
+                 cid: int) -> SyncCall | None:
+        """Register a blocking call on an open link before its frame is written; None when
+        it must be dispatched again (the link is closing, the session moved). Raises
+        SessionLost."""
+        state = self.state
+        with state.lock:
+            if session is not None and not state.sessions.reached(session, link, on_lost):
+                return None
+            if link.closed is not None or link.draining is not None:
+                return None
+            entry = state.register_sync(link, cid)  # before the write: replies are quick
+        self.watcher.apply(link)
+        return entry
 
-def presend(core: PoolCore, link: Link, frame: bytes, cid: int, entry: SyncCall) -> None:
-    """Write a queued caller's frame for it (see `Waiter`)."""
-    core.watcher.apply(link)  # disarmed when the entry was registered
-    try:
-        status = link.write(frame)
-    except OSError as exc:
-        with core.lock:
-            if link.waiting.pop(cid, None) is entry:
-                entry.reply = NOT_SENT  # its caller dispatches it again
-            lost = [] if link.draining else lose_link(core, link, f"send failed: {exc}")
-            link.cond.notify_all()
-            plans = core.refresh()
-        core.run(lost, plans)
-        return
-    if status is BUFFERED:
-        wake_io(core, link)
+    def send_sync(self, link: Link, data: bytes, cid: int) -> bool:
+        """Write one registered frame; False when it never left (dispatch it again)."""
+        try:
+            status = link.write(data)
+        except OSError as exc:
+            why = f"send failed: {exc}"
+            self.decide(lambda fx: self.state.sync_not_sent(link, cid, why, fx))
+            self.watcher.apply(link)
+            return False
+        if status is BUFFERED:
+            self.wake_io(link)
+        return True
+
+    def await_reply(self, link: Link, entry: SyncCall, cid: int,
+                    deadline: float | None) -> Any:
+        """The reply to `cid` (registered with `register`), reading the link ourselves
+        when nobody else is (no thread hand-off for a lone caller). Raises WorkerCrashed,
+        TimeoutError past `deadline`."""
+        state = self.state
+        fx = Effects()
+        try:
+            with state.lock:
+                try:
+                    while entry.reply is None:
+                        if link.closed is not None:
+                            link.waiting.pop(cid, None)
+                            raise WorkerCrashed(
+                                f"worker {link.slot.path!r} (pid {link.pid}) died while the "
+                                f"call was in flight ({link.closed})", path=link.slot.path)
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            link.waiting.pop(cid, None)
+                            raise TimeoutError
+                        if link.reading:
+                            link.cond.wait(remaining)
+                            continue
+                        self._read_once(link, remaining)
+                finally:
+                    link.readers -= 1
+                    state.release(link, fx)
+        finally:
+            self.run(fx)
+        self.watcher.apply(link)
+        return entry.reply
+
+    def timed_out(self, link: Link, method: str, limit: float) -> CallTimeout:
+        exc = CallTimeout(f"call {method!r} to {link.slot.path!r} got no answer within "
+                          f"{limit:.3g}s", path=link.slot.path)
+        if link.policy.restarts_on_timeout:
+            # Its state is unknown after a call it did not finish: the supervisor replaces
+            # it, and this link is finished with it.
+            def lose(fx: Effects) -> None:
+                self.state.lose_link(link, "a call timed out; the worker is replaced", fx)
+                self.state.refresh(fx)
+
+            self.decide(lose)
+            self.root._report_timeout(link.slot.path)
+        return exc
+
+    def presend(self, send: Presend) -> None:
+        """Write a queued caller's frame for it (see `Waiter`)."""
+        link = send.link
+        self.watcher.apply(link)  # disarmed when the entry was registered
+        try:
+            status = link.write(send.frame)
+        except OSError as exc:
+            why = f"send failed: {exc}"
+            self.decide(lambda fx: self.state.presend_failed(send, why, fx))
+            return
+        if status is BUFFERED:
+            self.wake_io(link)
+
+    # ------------------------------------------------------------------ reading
+    def on_ready(self, link: Link) -> None:
+        """The watcher saw an event on a link nobody was reading (its thread)."""
+        state = self.state
+        fx = Effects()
+        with state.lock:
+            if link.reading or link.closed is not None:
+                return
+            self._read_once(link, 0)
+            state.release(link, fx)
+        self.run(fx)
+        self.watcher.apply(link)
+
+    def _read_once(self, link: Link, timeout: float | None) -> None:
+        """Hold the reading role for one read, file what came, run the follow-ups
+        (called and returning with the lock held)."""
+        lock = self.state.lock
+        link.reading = True
+        link.armed = False  # else what we read would wake the watcher too
+        lock.release()
+        try:
+            self.watcher.apply(link)
+            msgs, why = link.io_once(timeout)
+        finally:
+            lock.acquire()
+            link.reading = False
+        fx = Effects()
+        self.state.file(link, msgs, why, fx)
+        if fx.settle or fx.send or fx.presend or fx.close or fx.stop_writing \
+                or fx.progress or fx.retire or fx.resend or fx.grow:
+            lock.release()
+            try:
+                self.run(fx)
+            finally:
+                lock.acquire()
+
+    def wake_io(self, link: Link) -> None:
+        """Bytes wait in the link's outbuf: make whoever reads it poll for writing too."""
+        with self.state.lock:
+            if link.reading:
+                link.wake_reader()
+            elif link.closed is None:
+                link.armed = True
+        self.watcher.apply(link)
+
+    # ------------------------------------------------------------------ async calls
+    def enqueue(self, jobs: list[Job], force: bool) -> None:
+        """Queue calls and send what can go now; fails them if the tree is gone."""
+        if not jobs:
+            return
+        fx = Effects()
+        with self.state.lock:
+            queued = self.state.enqueue(jobs, force, fx)
+        if not queued:
+            return self._fail(jobs)
+        self.run(fx)
+
+    def _fail(self, jobs: list[Job]) -> None:
+        exc = WorkerCrashed("the tree is not running", path=self.state.path)
+        settle_all([(job, exc, self.state.path) for job in jobs])
+
+    def cancel_queued(self, owner: Any) -> None:
+        """Take `owner`'s calls that were not sent yet out of the queue and cancel them."""
+        with self.state.lock:
+            dropped = self.state.take_unsent(owner)
+        for job in dropped:
+            if job.index < 0:
+                job.sink.cancel()
+            else:  # the map's iterator raises it when it reaches the item, as a future would
+                job.sink.settle(job.index, [], CancelledError())
+        if dropped:
+            owner.done(len(dropped))
+
+    def send_jobs(self, slot: Slot, jobs: list[Job]) -> None:
+        """Write `jobs` (already counted in `slot.load`) to the slot's worker in one write;
+        jobs that cannot go there are queued again."""
+        state = self.state
+        try:
+            link = self.link_of(slot)
+        except SupervisorError as exc:  # the tree is gone or does not answer
+            with state.lock:
+                state.unload(slot, len(jobs))
+            for job in jobs:
+                settle(job, exc, slot.path)
+            return
+        live = self._start(slot, jobs) if link is not None else []
+        if link is None or not live:
+            self.decide(lambda fx: state.give_back(slot, jobs if link is None else [], fx))
+            return
+        calls, data = self._encode(slot, live)
+        if not calls:
+            return
+        fx = Effects()
+        with state.lock:
+            registered = state.sent(link, calls)
+            if registered:
+                state.after_send(link, len(calls), fx)
+            else:
+                state.refresh(fx)
+        self.run(fx)
+        if registered:
+            self._write(link, calls, data)
+
+    def _start(self, slot: Slot, jobs: list[Job]) -> list[Job]:
+        """Mark the calls running; drop those cancelled meanwhile (they are never sent)."""
+        live = []
+        dropped = 0
+        for job in jobs:
+            if not job.started:
+                job.started = True
+                sink = job.sink
+                if not (sink.set_running_or_notify_cancel() if job.index < 0
+                        else not sink.cancelled):
+                    dropped += 1
+                    job.owner.done()
+                    continue
+            live.append(job)
+        if dropped:
+            with self.state.lock:
+                self.state.unload(slot, dropped)
+        return live
+
+    def _encode(self, slot: Slot, live: list[Job]) -> tuple[list[tuple[int, Job]], bytes]:
+        ids = self.state.ids
+        msgs = [P.Call(id=next(ids), method=P.BATCH,
+                       args=(job.method, job.args, job.batch == STAR))
+                if job.batch
+                else P.Call(id=next(ids), method=job.method, args=job.args, kwargs=job.kwargs)
+                for job in live]
+        try:
+            data = P.CALL_CODEC.encode_many(msgs)
+            return [(msg.id, job) for msg, job in zip(msgs, live, strict=True)], data
+        except EncodeError:
+            pass  # find the culprits: only their calls fail
+        calls, frames = [], []
+        for msg, job in zip(msgs, live, strict=True):
+            try:
+                frames.append(P.CALL_CODEC.encode(msg))
+            except EncodeError as exc:
+                with self.state.lock:
+                    self.state.unload(slot, 1)
+                settle(job, exc, slot.path)
+                continue
+            calls.append((msg.id, job))
+        return calls, b"".join(frames)
+
+    def _write(self, link: Link, calls: list[tuple[int, Job]], data: bytes) -> None:
+        try:
+            status = link.write(data)
+        except OSError as exc:
+            why = f"send failed: {exc}"
+            self.decide(lambda fx: self.state.not_sent(link, calls, why, fx))
+            return
+        if status is BUFFERED:
+            self.wake_io(link)

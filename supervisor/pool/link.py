@@ -1,4 +1,4 @@
-"""A pool link: the pool client's own call channel to one worker process.
+"""A pool's view of one worker: its position (`Slot`) and its call channel (`Link`).
 
     caller threads ─┐  write(): non-blocking send, the rest to `outbuf`
     submit/map     ─┼──────────────────────────────▶ worker (one socketpair)
@@ -27,11 +27,14 @@ import socket
 import threading
 from typing import Any
 
+import attrs
+
 from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some
+from ..wire.policy import CallPolicy
 
-__all__ = ["Link", "Job", "SyncCall", "SENT", "BUFFERED", "NOT_SENT"]
+__all__ = ["Slot", "Link", "Job", "SyncCall", "SENT", "BUFFERED", "NOT_SENT", "ONE", "STAR"]
 
 SENT = "sent"  # the kernel took every byte
 BUFFERED = "buffered"  # some bytes wait in `outbuf`: the reader must be woken
@@ -86,6 +89,30 @@ class Job:
         self.batch = batch
 
 
+@attrs.define(eq=False)
+class Slot:
+    """One worker position of the pool (``<pool id>-<index>``) as the client sees it; its
+    process comes and goes. Every field is guarded by the pool state's lock.
+
+    `load` counts the blocking callers checked out on it plus the async calls in flight on
+    it. `link` is None until opened, and again once lost or draining. `down_gen` is set
+    while the worker is known not to run: the App's start count for the path then; the
+    slot is usable again once a newer start was reported (no fixed wait).
+    """
+
+    id: str
+    path: str
+    index: int
+    overflow: bool
+    load: int = 0
+    link: Link | None = None
+    down_gen: int | None = None
+    opening: bool = False
+    retiring: bool = False
+    idle_since: float = 0.0
+    retire_timer: bool = False
+
+
 class Link:
     """The open channel to one worker process (`pid`), and the calls waiting on it.
 
@@ -98,14 +125,14 @@ class Link:
     `generation` is the App's start count for the path when the link was opened.
     """
 
-    def __init__(self, slot: Any, sock: socket.socket, policy: dict[str, Any],
+    def __init__(self, slot: Slot, sock: socket.socket, policy: CallPolicy,
                  generation: int, lock: threading.Lock) -> None:
         self.slot = slot
         self.sock = sock
         self.policy = policy
-        self.pid: int | None = policy.get("pid")
-        self.idempotent = frozenset(policy.get("idempotent", ()))
-        self.call_timeout: float | None = policy.get("call_timeout")
+        self.pid: int | None = policy.pid
+        self.idempotent = policy.idempotent
+        self.call_timeout: float | None = policy.call_timeout
         self.generation = generation
         self.cond = threading.Condition(lock)
         self.waiting: dict[int, Any] = {}

@@ -25,45 +25,20 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
-from ..worker import command_table, is_idempotent
+from ..wire.policy import call_policy
+from ..worker import command_table
 from .callers import Serving, describe
 from .poller import READ, Poller
 
-__all__ = ["serve", "call_policy"]
+__all__ = ["serve"]
 
 
-MAX_RESENDS = 32
 CLOSE_GRACE = 2.0  # seconds a leaving worker waits for its callers to see its notice
-
-
-def call_policy(spec: Any, commands: Mapping[str, Any], matrix: Any) -> dict[str, Any]:
-    """What a caller needs to apply the matrix to its calls, sent with every new channel:
-    idempotent commands, timeouts, the fallback sibling, and the retry delays of the
-    connection_error and timeout_error rows (attempt 1 is immediate)."""
-    from strategies.matrix import DEFAULT_MATRIX, ErrorCategory, retry_delay
-
-    matrix = matrix or DEFAULT_MATRIX
-    retries = {}
-    for category in (ErrorCategory.connection_error, ErrorCategory.timeout_error):
-        rule = matrix[category]
-        # Caller-side re-sends are capped at MAX_RESENDS, whatever the row's budget: the
-        # list travels with every channel and is built at every start.
-        count = min(rule.max_retries, MAX_RESENDS)
-        retries[str(category)] = [0.0] + [retry_delay(rule, n) for n in range(2, count + 1)]
-    return {
-        "pid": os.getpid(),
-        "idempotent": sorted(name for name, fn in commands.items() if is_idempotent(fn)),
-        "call_timeout": spec.call_timeout,
-        "on_timeout": spec.on_timeout,
-        "fallback": spec.fallback,
-        "retries": retries,
-    }
 
 
 def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
@@ -100,7 +75,7 @@ class WorkerRuntime(Serving):
         self.ctrl = ctrl
         self.ctrl_lock = threading.Lock()
         self.commands = {name: getattr(worker, name) for name in command_table(type(worker))}
-        self.policy = call_policy(spec, self.commands, matrix)
+        self.policy = call_policy(spec, self.commands, matrix, os.getpid())
         self.health = getattr(worker, "health", None)
         self.stopping = worker.stopping
         self.pickled = spec.serializer == "pickle"

@@ -72,7 +72,7 @@ def ex(gate):
 
 def wait_queued(pool, n: int, timeout: float = 10.0) -> None:
     """Wait until `n` blocking callers are queued in the pool (an event, not a sleep)."""
-    core = pool._core
-    with core.lock:
-        if not core.queued.wait_for(lambda: len(core.waiters) >= n, timeout):
-            raise AssertionError(f"{len(core.waiters)} callers queued, expected {n}")
+    state = pool._state
+    with state.lock:
+        if not state.queued.wait_for(lambda: len(state.waiters) >= n, timeout):
+            raise AssertionError(f"{len(state.waiters)} callers queued, expected {n}")

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.pool.future import PoolFuture
+from supervisor.pool.results import PoolFuture
 
 pytestmark = pytest.mark.timeout(120)
 

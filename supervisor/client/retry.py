@@ -1,0 +1,81 @@
+"""The caller's retry loop, shared by `app.call` and the pool: what is safe to send again.
+
+    a try raised WorkerCrashed or CallTimeout
+        -> sent again only when the method is idempotent (the worker's policy says which,
+           or the caller said `idempotent=True`), after the delays of the matrix row of
+           the failure's category (the first re-send is immediate)
+    any other WorkerError (CommandError, CircuitOpen, SessionLost, ...)
+        -> raised at once
+
+A call that never reached a worker is not a failure here: each client sends it again (to
+the replacement, another worker, or the fallback) before it gets this far. Every error is
+reported once per try as a ("supervisor", "call", "error") event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from .. import telemetry
+from ..errors import CallTimeout, WorkerCrashed, WorkerError
+from ..wire.policy import CallPolicy
+
+__all__ = ["Attempt", "with_retries"]
+
+T = TypeVar("T")
+
+
+class Attempt:
+    """One call across its tries: `policy` is that of the worker the latest try reached
+    (None until one did), so the loop knows what that worker allows."""
+
+    __slots__ = ("policy",)
+
+    def __init__(self) -> None:
+        self.policy: CallPolicy | None = None
+
+
+def with_retries(try_once: Callable[[Attempt], T], *, method: str, path: str,
+                 idempotent: bool, retry: bool, session: str | None,
+                 pause: Callable[[float], bool]) -> T:
+    """Run `try_once` until it returns or fails for good (see the module doc).
+
+    `pause(seconds)` waits between tries and returns True when the tree went away
+    meanwhile (the call then fails with WorkerCrashed).
+    """
+    attempt = Attempt()
+    tries = 1
+    while True:
+        attempt.policy = None  # a try that reaches no worker has no policy to go by
+        try:
+            return try_once(attempt)
+        except (WorkerCrashed, CallTimeout) as exc:
+            _note(exc, tries, method, session, attempt.policy)
+            policy = attempt.policy
+            delays = None if policy is None else policy.resend_delays(exc.category, method,
+                                                                      idempotent)
+            if not retry or delays is None or tries > len(delays):
+                raise
+            delay = delays[tries - 1]
+            if delay > 0 and pause(delay):
+                raise WorkerCrashed("the tree is not running", path=path) from exc
+            tries += 1
+        except WorkerError as exc:
+            _note(exc, tries, method, session, attempt.policy)
+            raise
+
+
+def _note(exc: WorkerError, tries: int, method: str, session: str | None,
+          policy: CallPolicy | None) -> None:
+    exc.attempt = tries
+    exc.context.update({"operation": method, "session_id": session})
+    path = exc.path or ""
+    parent, _, child_id = path.rpartition("/")
+    telemetry.execute(("supervisor", "call", "error"), {"time": time.time()}, {
+        "path": exc.path, "id": child_id or None, "pid": policy.pid if policy else None,
+        "supervisor": parent, "reason": str(exc).split("\n", 1)[0],
+        "category": exc.category, "restarts": None, "method": method,
+        "error": type(exc).__name__, "attempt": tries, "session_id": session,
+    })
