@@ -12,9 +12,7 @@ pool core under its lock. Two rules keep it free of deadlocks:
   forever if it were also the only reader. So writes go out with MSG_DONTWAIT, and what the
   kernel does not take waits in `outbuf`, flushed by whoever holds the reading role when
   the socket becomes writable (it polls for both directions).
-- A writer that leaves bytes in `outbuf` wakes the reader through `wake` (a socketpair,
-  not a pipe: a closed socket object refuses writes, whereas a closed pipe fd number may
-  already belong to another file).
+- A writer that leaves bytes in `outbuf` wakes the reader through `wake`.
 
 The socket itself stays in blocking mode: switching it to a timeout would make a
 concurrent send in another thread fail half-way and corrupt the stream.
@@ -33,6 +31,7 @@ from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some
 from ..wire.policy import CallPolicy
+from ..wire.wakeup import Wakeup
 
 __all__ = ["Slot", "Link", "Job", "SyncCall", "SENT", "BUFFERED", "NOT_SENT", "ONE", "STAR"]
 
@@ -156,9 +155,7 @@ class Link:
         self.wlock = threading.Lock()
         self.outbuf = bytearray()
         self.shut_when_flushed = False
-        self.wake, self._wake_peer = socket.socketpair()
-        self.wake.setblocking(False)
-        self._wake_peer.setblocking(False)
+        self.wake = Wakeup()
         self.fd = sock.fileno()
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
@@ -188,10 +185,7 @@ class Link:
     def wake_reader(self) -> None:
         """Make the thread in `io_once` poll again (it then sees `outbuf`)."""
         with self.wlock:
-            try:
-                self._wake_peer.send(b"!")
-            except OSError:  # full of wake-ups already (one is enough), or closed: moot
-                pass
+            self.wake.set()
 
     def flush(self) -> str | None:
         """Send what `outbuf` holds, as much as the kernel takes; why it broke, or None."""
@@ -235,7 +229,7 @@ class Link:
         why = None
         for fd, ev in self.poller.poll(ms):
             if fd != self.fd:
-                self._drain_wakeups()
+                self.wake.drain()
                 continue
             if ev & select.POLLOUT:
                 why = self.flush()
@@ -275,13 +269,6 @@ class Link:
             return [], f"channel error: {exc}"
         return msgs, ("the worker closed the channel" if eof else None)
 
-    def _drain_wakeups(self) -> None:
-        try:
-            while self.wake.recv(512):
-                pass
-        except OSError:  # drained (BlockingIOError), or closed under us: nothing to drain
-            pass
-
     # ------------------------------------------------------------------ closing
     def _shutdown(self, how: int) -> None:
         try:
@@ -300,5 +287,5 @@ class Link:
             if self.fds_closed:
                 return
             self.fds_closed = True
-            for sock in (self.sock, self.wake, self._wake_peer):
-                sock.close()
+            self.sock.close()
+            self.wake.close()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from typing import Any
 
 from loguru import logger
 
+from ..wire.wakeup import Wakeup
 from .link import Link
 
 __all__ = ["Watcher", "Timers"]
@@ -61,9 +61,7 @@ class Watcher:
         self.lock = lock
         self.on_ready = on_ready
         self.links: dict[int, Link] = {}  # fd -> link, under the pool state's lock
-        self.wake, self._wake_peer = socket.socketpair()
-        self.wake.setblocking(False)
-        self._wake_peer.setblocking(False)
+        self.wake = Wakeup()
         self.thread: threading.Thread | None = None
         self.closed = False
         if _EPOLL:
@@ -136,20 +134,16 @@ class Watcher:
         if _EPOLL:
             self.ep.close()
         self.wake.close()
-        self._wake_peer.close()
 
     def _poke(self) -> None:
-        try:
-            self._wake_peer.send(b"!")
-        except OSError:  # full of wake-ups already: one is enough
-            pass
+        self.wake.set()
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         while not self.closed:
             for fd in self._wait():
                 if fd == self.wake.fileno():
-                    self._drain()
+                    self.wake.drain()
                     continue
                 with self.lock:
                     link = self.links.get(fd)
@@ -176,13 +170,6 @@ class Watcher:
                 if link is not None:
                     link.armed = False  # one-shot, as with epoll
         return ready
-
-    def _drain(self) -> None:
-        try:
-            while self.wake.recv(512):
-                pass
-        except OSError:  # drained (BlockingIOError)
-            pass
 
 
 class Timers:

@@ -10,7 +10,6 @@ its side (see `_close_channels`).
 
 from __future__ import annotations
 
-import os
 import pickle
 import socket
 import traceback
@@ -82,10 +81,7 @@ class Serving:
         caller.sock.close()
 
     def _on_wake(self) -> None:
-        try:
-            os.read(self.wake_r, 4096)
-        except BlockingIOError:  # drained by an earlier wake-up
-            pass
+        self.wake.drain()
         while self.incoming:
             sock = self.incoming.popleft()
             sock.setblocking(False)

@@ -31,6 +31,7 @@ from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
 from ..wire.policy import call_policy
+from ..wire.wakeup import Wakeup
 from ..worker import command_table
 from .callers import Serving, describe
 from .poller import READ, Poller
@@ -90,11 +91,9 @@ class WorkerRuntime(Serving):
         self.no_session: dict[str, Any] = {}
         self.leaving = False  # set (under leave_lock) once no new channel may be accepted
         self.leave_lock = threading.Lock()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
+        self.wake = Wakeup()  # new channels and stop requests, from the control thread
         self.poller = Poller()
-        self.poller.register(self.wake_r, READ, None)
+        self.poller.register(self.wake.fileno(), READ, None)
 
     # control channel (its own thread) --------------------------------------------------
     def send_control(self, msg: Any) -> None:
@@ -102,10 +101,7 @@ class WorkerRuntime(Serving):
             send_frame(self.ctrl, P.CONTROL_CODEC.encode(msg))
 
     def _wake(self) -> None:
-        try:
-            os.write(self.wake_w, b"!")
-        except BlockingIOError:  # the pipe is full of wake-ups already; one is enough
-            pass
+        self.wake.set()
 
     def control_loop(self) -> None:
         reader = FrameReader(P.CONTROL_CODEC)
