@@ -23,7 +23,6 @@ import socket
 import stat
 import struct
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,27 +128,20 @@ def dial(path: Path, timeout: float) -> socket.socket:
     """A connected, blocking AF_UNIX socket to `path`.
 
     A full listen backlog is waited out within `timeout`, not failed at once: a blocking
-    connect waits in the kernel until the server accepts (SO_SNDTIMEO bounds that wait;
-    Python's own socket timeout would make the connect non-blocking, which fails with
-    EAGAIN at once). Raises TimeoutError when the backlog stays full that long, OSError
-    (ECONNREFUSED, ENOENT...) when nobody listens.
+    connect waits in the kernel until the server accepts, woken when room frees up
+    (SO_SNDTIMEO bounds that wait; Python's own socket timeout would make the connect
+    non-blocking, which fails with EAGAIN at once). Raises TimeoutError when the backlog
+    stays full that long, OSError (ECONNREFUSED, ENOENT...) when nobody listens.
     """
-    deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        while True:
-            _send_timeout(sock, max(deadline - time.monotonic(), 0.001))
-            try:
-                sock.connect(str(path))
-                break
-            except BlockingIOError:
-                # Linux returns EAGAIN only once SO_SNDTIMEO ran out; elsewhere a
-                # connect may not wait at all, so try again until the deadline.
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(errno.ETIMEDOUT, f"the control socket {path} did "
-                                       f"not accept within {timeout:g}s (its listen "
-                                       "backlog stayed full)") from None
-                time.sleep(0.01)
+        _send_timeout(sock, max(timeout, 0.001))
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:  # EAGAIN once SO_SNDTIMEO ran out
+            raise TimeoutError(errno.ETIMEDOUT, f"the control socket {path} did not accept "
+                               f"within {timeout:g}s (its listen backlog stayed full)"
+                               ) from None
         _send_timeout(sock, 0.0)  # sends block as before: the App's writes are framed
     except BaseException:
         sock.close()
