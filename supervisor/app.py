@@ -71,8 +71,9 @@ def connect(path: str | os.PathLike | None = None, *, timeout: float = 5.0,
     disconnects and leaves the tree running; `stop()` asks the tree to shut down.
 
     Nothing is sent before the server is checked: every directory on the socket's path
-    is owned by you or root and writable by nobody else (a sticky shared directory such
-    as /tmp only when the entry below it is yours or root's), the socket is yours, and
+    is owned by you or root and not writable by group or others (a sticky shared
+    directory such as /tmp only when the entry below it is yours or root's; anything
+    above your own XDG_RUNTIME_DIR does not matter), the socket is yours, and
     the process listening runs as your uid (SO_PEERCRED). `server_uid` trusts a server
     running as that uid instead (its socket and directories may then be that uid's).
     A full listen backlog is waited out within `timeout`.

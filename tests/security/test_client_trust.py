@@ -265,6 +265,21 @@ def test_a_refused_shutdown_is_an_error_and_kills_nothing(other_user, fake_serve
     assert psutil.Process(helper).status() != psutil.STATUS_ZOMBIE
 
 
+def test_a_connected_app_reports_only_what_the_root_said(tmp_path):
+    """Disconnecting is not a stop: `wait()` says "disconnected", not "normal"; a
+    shutdown request answered by the root is "normal" once the root reported its exit."""
+    with running(tmp_path) as start:
+        svc = start(TREE)
+        svc.wait_line("is up")
+        app = supervisor.connect(svc.socket)
+        app.close()
+        assert app.wait(0) == "disconnected"
+        app = supervisor.connect(svc.socket)
+        app.stop(timeout=30)
+        assert app.wait(0) == "normal"
+        assert svc.finish() == 0
+
+
 def test_connect_refuses_a_server_running_as_another_uid(other_user):
     """SO_PEERCRED: the socket file says the other user, but root is listening. With
     `server_uid` naming the other user, the listening process is what is refused."""
