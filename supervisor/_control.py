@@ -7,7 +7,8 @@ Where: ``--socket PATH``, else ``$XDG_RUNTIME_DIR/supervisor/<root id>.sock``, e
 ``<tmp>/supervisor-<uid>/<root id>.sock``. The directory is created 0700 and must be ours
 and private; the socket is 0600; every connection's peer uid (SO_PEERCRED) must be ours.
 A socket file left by a dead run (connecting is refused) is replaced; a live one means a
-tree already runs there, and a second `run` is refused.
+tree already runs there, and a second `run` is refused. Clients check the server before
+they send anything (`supervisor._trust`); `find_socket` and `dial` are their half here.
 
 Clients are served from the root's own loop, never blocking it: their sockets are
 non-blocking, and a client that stops reading (its buffer fills) is disconnected rather
@@ -29,12 +30,13 @@ from loguru import logger
 
 from . import protocol as P
 from ._framing import FrameReader, recv_some, send_frame
+from ._trust import Trust, check_directory
 from .errors import ConfigError, ProtocolError
 
 if TYPE_CHECKING:
     from ._supervisor import SupervisorProcess
 
-__all__ = ["ControlServer", "default_dir", "default_socket", "find_socket", "peer_uid",
+__all__ = ["ControlServer", "default_dir", "default_socket", "find_socket", "dial", "peer_uid",
            "peer_pid", "TreeRunning"]
 
 
@@ -64,9 +66,14 @@ def _private_dir(directory: Path) -> None:
 
 
 def _is_live(path: Path) -> bool:
+    """Whether a server listens at `path`. The probe never waits: a full listen backlog
+    (EAGAIN) means a live server too busy to accept at this instant."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
     try:
         probe.connect(str(path))
+        return True
+    except BlockingIOError:
         return True
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
@@ -76,14 +83,22 @@ def _is_live(path: Path) -> bool:
         probe.close()
 
 
-def find_socket(explicit: str | None = None) -> Path:
+def find_socket(explicit: str | None = None, trust: Trust | None = None) -> Path:
     """The socket a control command talks to: `explicit`, else the lone live one in the
-    default directory. Raises ConfigError when there is none, or several."""
+    default directory. Raises ConfigError when there is none, or several, and
+    UntrustedServer when the default directory is not private to us (or to root / the
+    server uid in `trust`): its sockets are then not even probed. The caller still checks
+    the socket it picks (`_trust.check_socket`) before connecting."""
     if explicit:
         return Path(explicit)
+    trust = trust or Trust.of()
     directory = default_dir()
-    live = sorted(p for p in directory.glob("*.sock") if _is_live(p)) \
-        if directory.is_dir() else []
+    try:
+        check_directory(directory, trust)
+    except FileNotFoundError:
+        live = []
+    else:
+        live = sorted(p for p in _own_sockets(directory, trust) if _is_live(p))
     if len(live) == 1:
         return live[0]
     if not live:
@@ -93,6 +108,51 @@ def find_socket(explicit: str | None = None) -> Path:
     names = ", ".join(p.name for p in live)
     raise ConfigError(f"several trees run in {directory} ({names}); pick one with --socket",
                       field="socket")
+
+
+def _own_sockets(directory: Path, trust: Trust) -> list[Path]:
+    # Only sockets the server uid owns are candidates: anything else in a private
+    # directory was not made by a tree we would talk to.
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".sock"):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISSOCK(info.st_mode) and info.st_uid == trust.server:
+                found.append(Path(entry.path))
+    return found
+
+
+def dial(path: Path, timeout: float) -> socket.socket:
+    """A connected, blocking AF_UNIX socket to `path`.
+
+    A full listen backlog is waited out within `timeout`, not failed at once: a blocking
+    connect waits in the kernel until the server accepts, woken when room frees up
+    (SO_SNDTIMEO bounds that wait; Python's own socket timeout would make the connect
+    non-blocking, which fails with EAGAIN at once). Raises TimeoutError when the backlog
+    stays full that long, OSError (ECONNREFUSED, ENOENT...) when nobody listens.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _send_timeout(sock, max(timeout, 0.001))
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:  # EAGAIN once SO_SNDTIMEO ran out
+            raise TimeoutError(errno.ETIMEDOUT, f"the control socket {path} did not accept "
+                               f"within {timeout:g}s (its listen backlog stayed full)"
+                               ) from None
+        _send_timeout(sock, 0.0)  # sends block as before: the App's writes are framed
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _send_timeout(sock: socket.socket, seconds: float) -> None:
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
 
 
 def _peer(conn: socket.socket) -> tuple[int, int, int]:

@@ -28,6 +28,7 @@ import threading
 from typing import Any
 
 from . import protocol as P
+from ._channel import screen
 from ._framing import FrameReader, recv_some
 from .errors import ProtocolError
 
@@ -106,6 +107,8 @@ class Link:
         self.pid: int | None = policy.get("pid")
         self.idempotent = frozenset(policy.get("idempotent", ()))
         self.call_timeout: float | None = policy.get("call_timeout")
+        # As the tree said when the link was opened; never a reply's own `pickled` flag.
+        self.pickle_ok = policy.get("serializer") == "pickle"
         self.generation = generation
         self.cond = threading.Condition(lock)
         self.waiting: dict[int, Any] = {}
@@ -231,7 +234,7 @@ class Link:
                 self.reader.eof()  # raises for a frame cut short
                 return [], "the worker closed the channel"
             with memoryview(buf) as view:
-                return self.reader.feed(view[:n]), None
+                return screen(self.reader.feed(view[:n]), self.pickle_ok)
         except BlockingIOError:
             return [], None  # a spurious wake-up: nothing to read after all
         except ProtocolError as exc:
@@ -246,7 +249,8 @@ class Link:
             return [], f"bad frame from the worker: {exc}"
         except OSError as exc:
             return [], f"channel error: {exc}"
-        return msgs, ("the worker closed the channel" if eof else None)
+        msgs, why = screen(msgs, self.pickle_ok)
+        return msgs, (why or ("the worker closed the channel" if eof else None))
 
     def _drain_wakeups(self) -> None:
         try:

@@ -48,8 +48,9 @@ CLOSE_GRACE = 2.0  # seconds a leaving worker waits for its callers to see its n
 
 def call_policy(spec: Any, commands: Mapping[str, Any], matrix: Any) -> dict[str, Any]:
     """What a caller needs to apply the matrix to its calls, sent with every new channel:
-    idempotent commands, timeouts, the fallback sibling, and the retry delays of the
-    connection_error and timeout_error rows (attempt 1 is immediate)."""
+    idempotent commands, timeouts, the fallback sibling, the retry delays of the
+    connection_error and timeout_error rows (attempt 1 is immediate), and the serializer
+    (a caller unpickles replies only from a channel whose worker said "pickle" here)."""
     from strategies.matrix import DEFAULT_MATRIX, ErrorCategory, retry_delay
 
     matrix = matrix or DEFAULT_MATRIX
@@ -67,6 +68,7 @@ def call_policy(spec: Any, commands: Mapping[str, Any], matrix: Any) -> dict[str
         "on_timeout": spec.on_timeout,
         "fallback": spec.fallback,
         "retries": retries,
+        "serializer": spec.serializer,
     }
 
 
