@@ -92,7 +92,10 @@ def fork_child(run: Callable[[], int], keep: Iterable[int] = ()) -> int:
             os._exit(1)
         signal.set_wakeup_fd(-1)
         _close_all_but(keep)
+        # Ctrl-C and a terminal's hangup reach the whole foreground process group: the
+        # service root turns them into a graceful stop of the tree, which stops us in turn.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         code = run()
@@ -198,8 +201,8 @@ def kill_strays(known: Iterable[int]) -> list[int]:
     if pids is None:
         try:
             pids = [proc.pid for proc in psutil.Process().children()]
-        except psutil.Error:  # our own process table entry is unreadable: nothing to scan
-            return []
+        except (psutil.Error, OSError):  # our own entry is unreadable, or no fd is left to
+            return []                       # read /proc with (EMFILE): scanned next time
     killed = []
     for pid in pids:
         if pid not in keep:
