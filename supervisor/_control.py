@@ -165,6 +165,14 @@ def _lstat(path: Path) -> os.stat_result:
         raise ConfigError(f"{path} does not exist", field="socket") from None
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a file"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def _owner(uid: int) -> str:
     try:
         return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
@@ -279,10 +287,9 @@ class ControlServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
-            kind = "a socket" if stat.S_ISSOCK(info.st_mode) else "not a socket"
-            raise ConfigError(f"refusing to replace {path}: it is {kind} owned by "
-                              f"{_owner(info.st_uid)}; remove it or pick another --socket",
-                              field="socket")
+            raise ConfigError(f"refusing to replace {path}: it is {_kind(info.st_mode)} owned "
+                              f"by {_owner(info.st_uid)}, not a socket of ours; remove it or "
+                              "pick another --socket", field="socket")
         if _is_live(path):
             raise TreeRunning(f"a tree is already running on {path}; stop it first "
                               "or pick another --socket", field="socket")
