@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 import supervisor
+from supervisor import WorkerError
 from supervisor._control import PARTIAL_BUDGET
 
 pytestmark = pytest.mark.integration
@@ -34,6 +35,10 @@ id = "pressed"
 
 [[tree.children]]
 id = "w"
+worker = "tests.faults._workers:Target"
+
+[[tree.children]]
+id = "v"
 worker = "tests.faults._workers:Target"
 """
 
@@ -65,31 +70,40 @@ def peak_rss(pid: int) -> int:
 def test_the_root_survives_running_out_of_descriptors(service):
     svc = service(TREE)
     root = psutil.Process(svc.proc.pid)
-    _, hard = root.rlimit(psutil.RLIMIT_NOFILE)
-    headroom = 8
-    root.rlimit(psutil.RLIMIT_NOFILE, (root.num_fds() + headroom, hard))
     start = len(svc.lines)
-    idle = []
-    try:
-        # connect() completes in the kernel (the listen backlog) whether or not the root
-        # can accept: more connections than the root has descriptors for.
-        for _ in range(headroom + 4):
-            idle.append(svc.connect())
-        svc.wait_line("control socket: cannot accept a connection (Too many open files); "
-                      "not accepting for a moment, the tree runs on", start=start)
-        assert svc.proc.poll() is None
-    finally:
-        for sock in idle:
-            sock.close()
-    # The root is still at its low limit: what the idle clients held is free again.
-    done = svc.cmd("call", "w", "ping")
-    assert (done.returncode, done.stdout) == (0, '"pong"\n'), done.stderr
-    resumed = svc.wait_line("control socket: accepting again after ", start=start)
-    assert " pauses (" in svc.lines[resumed]
     with supervisor.connect(svc.socket) as app:
+        assert app.call("w", "ping") == "pong"  # its channel to w is open from now on
+        _, hard = root.rlimit(psutil.RLIMIT_NOFILE)
+        headroom = 8
+        root.rlimit(psutil.RLIMIT_NOFILE, (root.num_fds() + headroom, hard))
+        idle = []
+        try:
+            # connect() completes in the kernel (the listen backlog) whether or not the
+            # root can accept: more connections than the root has descriptors for.
+            for _ in range(headroom + 4):
+                idle.append(svc.connect())
+            svc.wait_line("control socket: cannot accept a connection (Too many open "
+                          "files); not accepting for a moment, the tree runs on",
+                          start=start)
+            # Meanwhile the tree serves: open channels work, a new one is refused (its
+            # socket cannot be received), the root lives.
+            assert app.call("w", "ping") == "pong"
+            with pytest.raises(WorkerError, match="out of file descriptors"):
+                app.call("v", "ping")
+            assert svc.proc.poll() is None
+        finally:
+            for sock in idle:
+                sock.close()
+        # The root is still at its low limit: what the idle clients held is free again.
+        done = svc.cmd("call", "v", "ping")
+        assert (done.returncode, done.stdout) == (0, '"pong"\n'), done.stderr
+        svc.wait_line("control socket: accepting again after ", start=start)
+        assert app.call("v", "ping") == "pong"
         assert app.pid == root.pid
-        assert app.call("w", "ping") == "pong"
-    assert sum("cannot accept" in line for line in svc.lines[start:]) == 1  # once per episode
+    # Said once when accepting stops and once when it resumes, not once per pause.
+    lines = svc.lines[start:]
+    paused = sum("control socket: cannot accept" in line for line in lines)
+    assert paused == sum("control socket: accepting again" in line for line in lines)
     assert svc.stop() == 0
 
 
