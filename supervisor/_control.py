@@ -235,10 +235,6 @@ ACCEPT_PAUSE = (0.1, 1.0)
 """Seconds the server stops accepting after accept() ran out of descriptors or memory:
 the first pause, then doubling up to the second while it persists."""
 
-# accept() failures that are the world's state, not the listener's: wait, then try again.
-# (Level-triggered readiness would otherwise report the waiting connection at once, in a
-# busy loop, for as long as the shortage lasts.)
-_SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The client went away between connecting and being accepted: nothing to do.
 _GONE = frozenset({errno.ECONNABORTED, errno.EPROTO})
 
@@ -304,8 +300,9 @@ class ControlServer:
         except OSError as exc:
             if exc.errno in _GONE:
                 return
-            if exc.errno not in _SHORTAGE:
-                logger.warning("control socket: accept failed: {}", exc)
+            # Out of descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a
+            # failure we do not know: the root must not die of it, and retrying at once
+            # would spin (level-triggered readiness reports the waiting client again).
             self._pause(exc)
             return
         try:
