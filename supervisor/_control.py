@@ -235,6 +235,13 @@ ACCEPT_PAUSE = (0.1, 1.0)
 """Seconds the server stops accepting after accept() ran out of descriptors or memory:
 the first pause, then doubling up to the second while it persists."""
 
+
+def accept_pause(pauses: int) -> float:
+    """Seconds of the next pause after `pauses` pauses in a row: 0.1, 0.2, 0.4, 0.8, 1.0,
+    1.0, ..."""
+    first, longest = ACCEPT_PAUSE
+    return min(longest, first * 2 ** min(pauses, 16))
+
 # The client went away between connecting and being accepted: nothing to do.
 _GONE = frozenset({errno.ECONNABORTED, errno.EPROTO})
 
@@ -325,12 +332,11 @@ class ControlServer:
 
     def _pause(self, exc: OSError) -> None:
         """Stop accepting for a moment; the waiting clients stay in the listen backlog."""
-        first, longest = ACCEPT_PAUSE
         if not self._pauses:
             self._paused_since = time.monotonic()
             logger.warning("control socket: cannot accept a connection ({}); not accepting "
                            "for a moment, the tree runs on", exc.strerror or exc)
-        delay = min(longest, first * 2 ** self._pauses)
+        delay = accept_pause(self._pauses)
         self._pauses += 1
         self.sup.loop.remove_reader(self.listener)
         self._resume = self.sup.loop.call_later(delay, self._unpause)

@@ -23,7 +23,7 @@ import pytest
 
 import supervisor
 from supervisor import WorkerError
-from supervisor._control import PARTIAL_BUDGET
+from supervisor._control import PARTIAL_BUDGET, accept_pause
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +105,11 @@ def test_the_root_survives_running_out_of_descriptors(service):
     paused = sum("control socket: cannot accept" in line for line in lines)
     assert paused == sum("control socket: accepting again" in line for line in lines)
     assert svc.stop() == 0
+
+
+def test_accept_pauses_double_up_to_a_second():
+    assert [accept_pause(n) for n in range(7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+    assert accept_pause(10_000) == 1.0  # a shortage that lasts for hours
 
 
 @pytest.mark.timeout(180)

@@ -135,16 +135,24 @@ def test_our_own_private_directory_left_open_is_refused_not_chmodded(shared_tmp,
     assert mode(directory) == 0o755
 
 
-def test_the_private_directory_is_created_0700_and_removed_socket_at_stop(shared_tmp,
-                                                                            service):
-    svc = service(TREE, socket=None, env=default_env(shared_tmp))
-    svc.wait_line("is up")
+def test_a_stopping_run_removes_only_the_socket_it_created(shared_tmp, service):
+    """Run A's socket file is deleted by hand and run B starts on the same path: when A
+    stops, B's socket stays (A once removed whatever was at its path)."""
+    env = default_env(shared_tmp)
+    first = service(TREE, socket=None, env=env)
+    first.wait_line("is up")
     directory = shared_tmp / f"supervisor-{UID}"
+    path = directory / "paths.sock"
     assert mode(directory) == 0o700
-    assert stat.S_ISSOCK(os.lstat(directory / "paths.sock").st_mode)
-    assert mode(directory / "paths.sock") == 0o600
-    assert svc.cmd("status").returncode == 0  # found there without --socket
-    assert svc.stop() == 0
+    assert (stat.S_ISSOCK(os.lstat(path).st_mode), mode(path)) == (True, 0o600)
+    path.unlink()
+    second = service(TREE, socket=None, env=env)
+    second.wait_line("is up")
+    assert first.stop() == 0
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    done = second.cmd("status")  # found without --socket: B is the one running there
+    assert done.returncode == 0, done.stderr
+    assert second.stop() == 0
     assert os.listdir(directory) == []
     assert mode(shared_tmp) == 0o1777
 
@@ -201,13 +209,6 @@ def test_another_user_s_socket_at_the_path_is_not_replaced(other_user, shared_tm
         f"{other_user.uid} ({other_user.name}), not a socket of ours; remove it or pick "
         "another --socket")
     assert os.lstat(path).st_uid == other_user.uid
-
-
-def test_a_missing_socket_directory_is_created_private(tmp_path, service):
-    path = tmp_path / "new" / "x.sock"
-    svc = service(TREE, socket=str(path))
-    svc.wait_line("is up")
-    assert mode(path.parent) == 0o700
 
 
 # ------------------------------------------------------------ the directory chain
