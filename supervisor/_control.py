@@ -242,6 +242,7 @@ def accept_pause(pauses: int) -> float:
     first, longest = ACCEPT_PAUSE
     return min(longest, first * 2 ** min(pauses, 16))
 
+
 # The client went away between connecting and being accepted: nothing to do.
 _GONE = frozenset({errno.ECONNABORTED, errno.EPROTO})
 

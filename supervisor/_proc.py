@@ -201,8 +201,10 @@ def kill_strays(known: Iterable[int]) -> list[int]:
     if pids is None:
         try:
             pids = [proc.pid for proc in psutil.Process().children()]
-        except (psutil.Error, OSError):  # our own entry is unreadable, or no fd is left to
-            return []                       # read /proc with (EMFILE): scanned next time
+        except (psutil.Error, OSError):
+            # Our own entry is unreadable, or no descriptor is left to read /proc with
+            # (EMFILE): nothing to scan now; the next exit or the shutdown scans again.
+            return []
     killed = []
     for pid in pids:
         if pid not in keep:
