@@ -99,6 +99,20 @@ def test_a_symlink_in_place_of_the_private_directory_is_refused(other_user, shar
     assert os.readlink(link) == str(target)
 
 
+def test_a_symlink_of_our_own_is_not_followed_either(shared_tmp, tmp_path, service):
+    """The same without a second user (runs unprivileged too): the check is "not a
+    symlink", whoever made it."""
+    target = tmp_path / "mine"
+    target.mkdir()
+    os.chmod(target, 0o755)
+    link = shared_tmp / f"supervisor-{UID}"
+    link.symlink_to(target)
+    svc = service(TREE, socket=None, env=default_env(shared_tmp))
+    assert refused(svc).startswith(f"error: socket: refusing {link}: it is a symbolic link")
+    assert mode(target) == 0o755
+    assert os.listdir(target) == []
+
+
 def test_a_private_directory_made_by_another_user_is_refused(other_user, shared_tmp,
                                                              service):
     directory = shared_tmp / f"supervisor-{UID}"
