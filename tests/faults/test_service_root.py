@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import time
 from pathlib import Path
 
 import psutil
@@ -36,6 +37,7 @@ id = "pressed"
 [[tree.children]]
 id = "w"
 worker = "tests.faults._workers:Target"
+max_memory_mb = 1000  # its RSS is read from /proc every second: a descriptor each time
 
 [[tree.children]]
 id = "v"
@@ -86,8 +88,12 @@ def test_the_root_survives_running_out_of_descriptors(service):
                           "files); not accepting for a moment, the tree runs on",
                           start=start)
             # Meanwhile the tree serves: open channels work, a new one is refused (its
-            # socket cannot be received), the root lives.
-            assert app.call("w", "ping") == "pong"
+            # socket cannot be received), the root lives; for 2.5 s, so that w's memory
+            # check has run twice without a descriptor.
+            until = time.monotonic() + 2.5
+            while time.monotonic() < until:
+                assert app.call("w", "ping") == "pong"
+                assert svc.proc.poll() is None
             with pytest.raises(WorkerError, match="out of file descriptors"):
                 app.call("v", "ping")
             assert svc.proc.poll() is None
