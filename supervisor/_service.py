@@ -2,7 +2,8 @@
 
 There is no App above this root. Its events go to the local telemetry handlers (the
 default reporter logs them) and to every client of the control socket; requests come from
-those clients. SIGTERM and SIGINT stop the tree gracefully, children in reverse order.
+those clients. SIGTERM, SIGINT and SIGHUP stop the tree gracefully, children in reverse
+order (SIGHUP until configuration reload exists).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def run_tree(spec: Any, socket_path: str | None = None) -> int:
     child failed to start). Raises ConfigError (TreeRunning) when the socket is live."""
     path = Path(socket_path) if socket_path else default_socket(spec.id)
     sup = SupervisorProcess(spec, "", None, root=True)
-    sup.control = control = ControlServer(sup, path)
+    sup.control = control = ControlServer(sup, path, explicit=socket_path is not None)
     telemetry.attach_default_reporter()
 
     def uplink(msg: Any) -> None:

@@ -107,6 +107,7 @@ class SupervisorProcess:
         self.loop.add_signal(signal.SIGTERM, lambda _: self.shutdown("normal"))
         if self.parent is None:  # the service root: Ctrl-C is a graceful stop
             self.loop.add_signal(signal.SIGINT, lambda _: self.shutdown("normal"))
+            self.loop.add_signal(signal.SIGHUP, lambda _: self._hangup())
         else:
             self.parent.setblocking(True)
         gc.freeze()  # forked children share our heap without copy-on-write faults at GC
@@ -137,6 +138,14 @@ class SupervisorProcess:
                 return failure
             started.append(slot)
         return None
+
+    def _hangup(self) -> None:
+        # SIGHUP conventionally asks a daemon to reload its configuration. Until reload
+        # exists it is a graceful stop like SIGTERM: never the abrupt death that its default
+        # action is (no terminate(), a stale socket), also when a terminal closes.
+        logger.info("SIGHUP: configuration reload does not exist yet; stopping the tree "
+                    "gracefully")
+        self.shutdown("normal")
 
     def shutdown(self, detail: str) -> None:
         """Stop every child in reverse start order, then leave the loop."""

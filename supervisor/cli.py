@@ -1,6 +1,7 @@
 """The command line: ``python -m supervisor COMMAND``.
 
-    run TREE.toml        the tree in the foreground (SIGTERM / Ctrl-C stop it gracefully)
+    run TREE.toml        the tree in the foreground (SIGTERM / Ctrl-C / SIGHUP stop it
+                         gracefully; SIGHUP until configuration reload exists)
     check TREE.toml      validate the file and print the tree, starting nothing
     status               the running tree: path, kind, state, pid, uptime, restarts, RSS, circuit
     start|stop|restart PATH
