@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -33,6 +34,8 @@ from ._link import RootLink, live_apps
 from ._router import NotRunning, Router
 from .errors import (
     CallTimeout,
+    ConfigError,
+    EncodeError,
     ProtocolError,
     SupervisorError,
     WorkerCrashed,
@@ -200,9 +203,20 @@ class App(RootLink):
 
         simple_one_for_one: `args` are appended to the template's, ids are
         ``<template>-1, -2, ...``. Other strategies take a `child(...)` spec.
-        Raises StartError when its `init` fails, ConfigError for a duplicate id.
+        Raises StartError when its `init` fails; ConfigError for a duplicate id, a value
+        that is not a spec, a significant child under ``auto_shutdown="never"``, a spec
+        given to simple_one_for_one or args given to another strategy; PoolExhausted
+        past `max_children`.
         """
-        blob = pickle.dumps(spec) if spec is not None else None
+        try:
+            blob = pickle.dumps(spec) if spec is not None else None
+        except Exception as exc:  # pickle raises several types for what it cannot carry
+            raise ConfigError(f"cannot send the spec to the supervisor: {type(exc).__name__}:"
+                              f" {exc}", field="spec") from exc
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise ConfigError(f"expected a list of arguments, got {args!r:.80}", field="args")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ConfigError(f"expected a mapping, got {kwargs!r:.80}", field="kwargs")
         return self._request(P.StartChild(id=0, path=path, spec=blob, args=list(args),
                                           kwargs=kwargs), timeout=None)
 
@@ -212,12 +226,14 @@ class App(RootLink):
         self._request(P.TerminateChild(id=0, path=path, child_id=child_id), timeout=None)
 
     def restart_child(self, path: str, child_id: str) -> int:
-        """Start a stopped child again; returns its pid."""
+        """Start a stopped child again; returns its pid. Raises WorkerError when it is
+        running or restarting (OTP's ``{error, running | restarting}``)."""
         return self._request(P.RestartChild(id=0, path=path, child_id=child_id),
                              timeout=None)
 
     def delete_child(self, path: str, child_id: str) -> None:
-        """Forget a stopped child's spec."""
+        """Forget a stopped child's spec. Raises WorkerError when it is running or
+        restarting."""
         self._request(P.DeleteChild(id=0, path=path, child_id=child_id))
 
     def status(self) -> dict[str, Any]:
@@ -329,7 +345,7 @@ def _check_decodes(frame: bytes) -> None:
     try:
         P.CONTROL_CODEC.decode(memoryview(frame)[4:])
     except ProtocolError as exc:
-        raise TypeError(f"invalid argument: {str(exc).split(': ', 1)[-1]}") from None
+        raise EncodeError(f"invalid argument: {str(exc).split(': ', 1)[-1]}") from None
 
 
 class WorkerProxy:

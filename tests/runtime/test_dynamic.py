@@ -41,7 +41,8 @@ def test_simple_one_for_one_children_get_numbered_ids_and_appended_args(start_tr
     assert [(i.id, i.kind, i.state, i.restarts) for i in infos] == [
         ("job-1", "worker", "running", 0), ("job-2", "worker", "running", 0)]
     assert all(i.pid for i in infos)
-    assert app.count_children("jobs") == {"specs": 2, "active": 2, "supervisors": 0,
+    # specs: the template, as in OTP (Elixir's DynamicSupervisor would say 2).
+    assert app.count_children("jobs") == {"specs": 1, "active": 2, "supervisors": 0,
                                           "workers": 2}
     app.terminate_child("jobs", "job-1")
     assert [i.id for i in app.which_children("jobs")] == ["job-2"]
