@@ -373,6 +373,39 @@ def test_standalone_circuit_breaker_reports_state_changes(events):
     assert changes == [("db", "closed", "open")]
 
 
+COMMON_KEYS = {"path", "id", "pid", "supervisor", "reason", "category", "restarts"}
+
+
+def test_policy_events_carry_the_common_metadata_keys(events):
+    """The README promises every event's metadata the common keys: the standalone
+    breaker's and retry's events too (a policy object has no place in the tree)."""
+    from strategies.retry import retry
+
+    breaker = telemetry.circuit_breaker("db", failure_threshold=1, timeout=60)
+    breaker.record_failure()
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 2:
+            raise ConnectionResetError("peer reset")
+        return "ok"
+
+    assert retry(flaky, max_attempts=2, backoff="none", sleep=lambda s: None,
+                 on_retry=telemetry.retry_reporter("fetch")) == "ok"
+    got = {n[1]: m for n, _, m in events.events if n[1] in ("circuit_breaker", "retry")}
+    for meta in got.values():
+        assert COMMON_KEYS <= set(meta)
+    common = {k: got["circuit_breaker"][k] for k in COMMON_KEYS}
+    assert common == {"path": "", "id": "db", "pid": os.getpid(), "supervisor": None,
+                      "reason": "open", "category": None, "restarts": None}
+    common = {k: got["retry"][k] for k in COMMON_KEYS}
+    assert common == {"path": "", "id": "fetch", "pid": os.getpid(), "supervisor": None,
+                      "reason": "ConnectionResetError", "category": "connection_error",
+                      "restarts": None}
+    assert (got["retry"]["name"], got["retry"]["attempt"]) == ("fetch", 1)
+
+
 def test_format_for_logging_names_every_fact(start_tree):
     app = start_tree(Supervisor("root", children=[child("w", Echo)]))
     with pytest.raises(CommandError) as info:
