@@ -271,6 +271,21 @@ def test_a_failed_half_open_trial_opens_the_circuit_again(start_tree, events, tm
     assert {i.id: i.state for i in app.which_children()}["f"] == "circuit_open"
 
 
+def test_restart_child_of_an_open_circuit_closes_it_and_cancels_the_trial(start_tree, events,
+                                                                           tmp_path):
+    marker = tmp_path / "broken"
+    app = start_tree(circuit_tree(marker))
+    marker.touch()
+    os.kill(pid_of(app, "f"), signal.SIGKILL)
+    events.wait_count("circuit_opened", 1, "f")
+    marker.unlink()
+    pid = app.restart_child("", "f")  # the operator's way back
+    info = {i.id: i for i in app.which_children()}["f"]
+    assert (info.state, info.pid, info.circuit, info.retry_at) == ("running", pid, "closed",
+                                                                   None)
+    assert app.call("f", "pid") == pid
+
+
 def test_calls_go_to_the_fallback_while_the_circuit_is_open(start_tree, events, tmp_path):
     marker = tmp_path / "broken"
     app = start_tree(Supervisor("root", max_restarts=20, max_seconds=60, children=[
