@@ -12,8 +12,7 @@ import socket
 import pytest
 from loguru import logger
 
-from supervisor import Supervisor
-from supervisor import _requests
+from supervisor import Supervisor, _requests
 from supervisor import protocol as P
 from supervisor._framing import FrameReader, recv_some
 from supervisor._loop import Loop
