@@ -111,8 +111,8 @@ def test_dynamic_supervisor_child(start_tree):
 
 
 # ------------------------------------------------------------------ significant children
-def test_any_significant_child_exit_shuts_the_root_down(start_tree, events):
-    app = start_tree(Supervisor("root", auto_shutdown="any_significant", children=[
+def test_any_significant_child_exit_shuts_the_root_down(start_as, events):
+    app = start_as(Supervisor("root", auto_shutdown="any_significant", children=[
         child("plain", Echo),
         child("main", Echo, restart="transient", significant=True),
     ]))
@@ -121,8 +121,8 @@ def test_any_significant_child_exit_shuts_the_root_down(start_tree, events):
     assert [m["path"] for m in events.named("exited")] == ["main", "plain"]
 
 
-def test_all_significant_waits_for_the_last_one(start_tree, events):
-    app = start_tree(Supervisor("root", auto_shutdown="all_significant", children=[
+def test_all_significant_waits_for_the_last_one(start_as, events):
+    app = start_as(Supervisor("root", auto_shutdown="all_significant", children=[
         child("s1", Echo, restart="transient", significant=True),
         child("s2", Echo, restart="temporary", significant=True),
     ]))
@@ -134,16 +134,16 @@ def test_all_significant_waits_for_the_last_one(start_tree, events):
     assert app.wait(timeout=10) == "auto_shutdown"
 
 
-def test_terminate_child_of_a_significant_child_does_not_auto_shutdown(start_tree):
-    app = start_tree(Supervisor("root", auto_shutdown="any_significant", children=[
+def test_terminate_child_of_a_significant_child_does_not_auto_shutdown(start_as):
+    app = start_as(Supervisor("root", auto_shutdown="any_significant", children=[
         child("main", Echo, restart="transient", significant=True), child("other", Echo)]))
     app.terminate_child("", "main")
     assert app.wait(timeout=0.3) is None
     assert app.call("other", "ping") == "pong"
 
 
-def test_significant_child_supervisor_exit_shuts_down_its_parent(start_tree):
-    app = start_tree(Supervisor("root", auto_shutdown="any_significant", children=[
+def test_significant_child_supervisor_exit_shuts_down_its_parent(start_as):
+    app = start_as(Supervisor("root", auto_shutdown="any_significant", children=[
         Supervisor("sub", restart="transient", significant=True, auto_shutdown="any_significant",
                    children=[child("w", Echo, restart="transient", significant=True)]),
     ]))
