@@ -15,11 +15,11 @@ import atexit
 import itertools
 import os
 import pickle
+import re
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -169,7 +169,7 @@ class App(RootLink):
             raise WorkerCrashed("the tree is not running", path="")
         rid = next(self._ids)
         frame = P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid))
-        _check_decodes(frame)
+        _check_decodes(frame, msg)
         fut: Future = Future()
         self._pending[rid] = fut
         try:
@@ -205,19 +205,19 @@ class App(RootLink):
         ``<template>-1, -2, ...``. Other strategies take a `child(...)` spec.
         Raises StartError when its `init` fails; ConfigError for a duplicate id, a value
         that is not a spec, a significant child under ``auto_shutdown="never"``, a spec
-        given to simple_one_for_one or args given to another strategy; PoolExhausted
-        past `max_children`.
+        given to simple_one_for_one or args given to another strategy; EncodeError (a
+        TypeError) for args that are not a list or kwargs that are not a dict;
+        PoolExhausted past `max_children`.
         """
         try:
             blob = pickle.dumps(spec) if spec is not None else None
         except Exception as exc:  # pickle raises several types for what it cannot carry
             raise ConfigError(f"cannot send the spec to the supervisor: {type(exc).__name__}:"
                               f" {exc}", field="spec") from exc
-        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
-            raise ConfigError(f"expected a list of arguments, got {args!r:.80}", field="args")
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise ConfigError(f"expected a mapping, got {kwargs!r:.80}", field="kwargs")
-        return self._request(P.StartChild(id=0, path=path, spec=blob, args=list(args),
+        # Anything but a list or tuple of args (or a dict of kwargs) fails the local
+        # decode check in `_request`: an EncodeError (a TypeError) naming the field.
+        args = list(args) if isinstance(args, list | tuple) else args
+        return self._request(P.StartChild(id=0, path=path, spec=blob, args=args,
                                           kwargs=kwargs), timeout=None)
 
     def terminate_child(self, path: str, child_id: str) -> None:
@@ -339,13 +339,24 @@ def _rss_mb(pid: int | None) -> float | None:
         return None
 
 
-def _check_decodes(frame: bytes) -> None:
+def _check_decodes(frame: bytes, msg: Any = None) -> None:
     """A request the root could not decode (a path that is not a str, kwargs that are not
-    a dict...) would make it drop the App's channel and end the tree: refuse it here."""
+    a dict...) would make it drop the App's channel and end the tree: refuse it here.
+
+    Messages travel as arrays (the tag, then the fields in order): the decoder's ``$[i]``
+    is named back as ``$.field`` of `msg` for the caller."""
     try:
         P.CONTROL_CODEC.decode(memoryview(frame)[4:])
     except ProtocolError as exc:
-        raise EncodeError(f"invalid argument: {str(exc).split(': ', 1)[-1]}") from None
+        text = str(exc).split(": ", 1)[-1]
+        fields = getattr(msg, "__struct_fields__", ())
+
+        def named(match: re.Match) -> str:
+            index = int(match.group(1)) - 1  # index 0 is the tag
+            return f"`$.{fields[index]}" if 0 <= index < len(fields) else match.group(0)
+
+        raise EncodeError("invalid argument: " + re.sub(r"`\$\[(\d+)\]", named, text)
+                          ) from None
 
 
 class WorkerProxy:

@@ -9,6 +9,7 @@ import pytest
 
 from supervisor import (
     ConfigError,
+    EncodeError,
     NoSuchChild,
     PoolExhausted,
     StartError,
@@ -288,13 +289,16 @@ def test_start_child_with_what_is_not_a_spec_is_refused_and_the_tree_stays_up(st
         (("", lambda: None), {}, "spec", r"cannot send the spec"),
         (("jobs", child("x", Echo)), {}, "spec", r"makes its children from its template"),
         (("", child("b", Echo)), {"args": [1]}, "args", r"only a simple_one_for_one"),
-        (("jobs",), {"args": 5}, "args", r"expected a list of arguments"),
-        (("jobs",), {"kwargs": [1]}, "kwargs", r"expected a mapping"),
     ]
     for args, kwargs, field, pattern in bad:
         with pytest.raises(ConfigError, match=pattern) as info:
             app.start_child(*args, **kwargs)
         assert info.value.field == field
+    for kwargs, pattern in (({"args": 5}, r"got `int` - at `\$\.args`"),
+                            ({"args": "ab"}, r"got `str` - at `\$\.args`"),
+                            ({"kwargs": [1]}, r"got `array` - at `\$\.kwargs`")):
+        with pytest.raises(EncodeError, match=r"^invalid argument: .*" + pattern):
+            app.start_child("jobs", **kwargs)
     assert app.pid == root and app.wait(timeout=0) is None
     assert [i.id for i in app.which_children()] == ["a", "jobs"]
     assert app.call("a", "ping") == "pong"
