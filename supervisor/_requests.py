@@ -25,6 +25,7 @@ from . import protocol as P
 from ._children import ChildSlot
 from ._health import fail_running
 from .errors import ConfigError
+from .specs import ChildSpec, ProgramSpec, SupervisorSpec
 
 if TYPE_CHECKING:
     from ._supervisor import SupervisorProcess
@@ -217,8 +218,6 @@ def _dynamic_spec(sup: SupervisorProcess, msg: Any) -> Any:
 
 
 def _decode_spec(blob: bytes) -> Any:
-    from .specs import ChildSpec, ProgramSpec, SupervisorSpec
-
     try:
         child_spec = pickle.loads(blob)
     except Exception as exc:  # any bytes may arrive here: a client's or a fuzzer's
