@@ -15,6 +15,7 @@ import atexit
 import itertools
 import os
 import pickle
+import re
 import socket
 import subprocess
 import threading
@@ -33,6 +34,8 @@ from ._link import DISCONNECTED, RootLink, live_apps
 from ._router import NotRunning, Router
 from .errors import (
     CallTimeout,
+    ConfigError,
+    EncodeError,
     ProtocolError,
     ServerRefused,
     SupervisorError,
@@ -220,7 +223,7 @@ class App(RootLink):
             raise WorkerCrashed("the tree is not running", path="")
         rid = next(self._ids)
         frame = P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid))
-        _check_decodes(frame)
+        _check_decodes(frame, msg)
         fut: Future = Future()
         self._pending[rid] = fut
         try:
@@ -254,10 +257,21 @@ class App(RootLink):
 
         simple_one_for_one: `args` are appended to the template's, ids are
         ``<template>-1, -2, ...``. Other strategies take a `child(...)` spec.
-        Raises StartError when its `init` fails, ConfigError for a duplicate id.
+        Raises StartError when its `init` fails; ConfigError for a duplicate id, a value
+        that is not a spec, a significant child under ``auto_shutdown="never"``, a spec
+        given to simple_one_for_one or args given to another strategy; EncodeError (a
+        TypeError) for args that are not a list or kwargs that are not a dict;
+        PoolExhausted past `max_children`.
         """
-        blob = pickle.dumps(spec) if spec is not None else None
-        return self._request(P.StartChild(id=0, path=path, spec=blob, args=list(args),
+        try:
+            blob = pickle.dumps(spec) if spec is not None else None
+        except Exception as exc:  # pickle raises several types for what it cannot carry
+            raise ConfigError(f"cannot send the spec to the supervisor: {type(exc).__name__}:"
+                              f" {exc}", field="spec") from exc
+        # Anything but a list or tuple of args (or a dict of kwargs) fails the local
+        # decode check in `_request`: an EncodeError (a TypeError) naming the field.
+        args = list(args) if isinstance(args, list | tuple) else args
+        return self._request(P.StartChild(id=0, path=path, spec=blob, args=args,
                                           kwargs=kwargs), timeout=None)
 
     def terminate_child(self, path: str, child_id: str) -> None:
@@ -266,12 +280,14 @@ class App(RootLink):
         self._request(P.TerminateChild(id=0, path=path, child_id=child_id), timeout=None)
 
     def restart_child(self, path: str, child_id: str) -> int:
-        """Start a stopped child again; returns its pid."""
+        """Start a stopped child again; returns its pid. Raises WorkerError when it is
+        running or restarting (OTP's ``{error, running | restarting}``)."""
         return self._request(P.RestartChild(id=0, path=path, child_id=child_id),
                              timeout=None)
 
     def delete_child(self, path: str, child_id: str) -> None:
-        """Forget a stopped child's spec."""
+        """Forget a stopped child's spec. Raises WorkerError when it is running or
+        restarting."""
         self._request(P.DeleteChild(id=0, path=path, child_id=child_id))
 
     def status(self) -> dict[str, Any]:
@@ -377,13 +393,24 @@ def _rss_mb(pid: int | None) -> float | None:
         return None
 
 
-def _check_decodes(frame: bytes) -> None:
+def _check_decodes(frame: bytes, msg: Any = None) -> None:
     """A request the root could not decode (a path that is not a str, kwargs that are not
-    a dict...) would make it drop the App's channel and end the tree: refuse it here."""
+    a dict...) would make it drop the App's channel and end the tree: refuse it here.
+
+    Messages travel as arrays (the tag, then the fields in order): the decoder's ``$[i]``
+    is named back as ``$.field`` of `msg` for the caller."""
     try:
         P.CONTROL_CODEC.decode(memoryview(frame)[4:])
     except ProtocolError as exc:
-        raise TypeError(f"invalid argument: {str(exc).split(': ', 1)[-1]}") from None
+        text = str(exc).split(": ", 1)[-1]
+        fields = getattr(msg, "__struct_fields__", ())
+
+        def named(match: re.Match) -> str:
+            index = int(match.group(1)) - 1  # index 0 is the tag
+            return f"`$.{fields[index]}" if 0 <= index < len(fields) else match.group(0)
+
+        raise EncodeError("invalid argument: " + re.sub(r"`\$\[(\d+)\]", named, text)
+                          ) from None
 
 
 class WorkerProxy:

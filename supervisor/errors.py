@@ -322,7 +322,12 @@ def error_from_wire(kind: str, message: str, **fields: Any) -> SupervisorError:
             remote_traceback=fields.get("remote_traceback") or "",
             path=fields.get("path"),
         )
-    kwargs = {"path": fields.get("path")}
-    if cls is WorkerError and fields.get("category"):
-        kwargs["category"] = fields["category"]
+    kwargs: dict[str, Any] = {"path": fields.get("path")}
+    if cls is WorkerError:
+        if fields.get("category"):
+            kwargs["category"] = fields["category"]
+        # A refusal's facts (the child's state) or a supervisor's own bug (remote type and
+        # message): kept for the caller in `context`.
+        kwargs["context"] = {key: fields[key] for key in ("state", "remote_type",
+                                                          "remote_message") if key in fields}
     return cls(message, **kwargs)
