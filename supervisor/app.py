@@ -15,6 +15,7 @@ import atexit
 import itertools
 import os
 import pickle
+import re
 import socket
 import subprocess
 import threading
@@ -27,11 +28,14 @@ import msgspec
 import psutil
 
 from . import telemetry
-from .client.link import RootLink, live_apps
+from .client.link import DISCONNECTED, RootLink, live_apps
 from .client.router import NotRunning, Router
 from .errors import (
     CallTimeout,
+    ConfigError,
+    EncodeError,
     ProtocolError,
+    ServerRefused,
     SupervisorError,
     WorkerCrashed,
     WorkerError,
@@ -61,27 +65,42 @@ def start(spec: SupervisorSpec, *, timeout: float | None = 60.0) -> App:
     return app
 
 
-def connect(path: str | os.PathLike | None = None, *, timeout: float = 5.0) -> App:
+def connect(path: str | os.PathLike | None = None, *, timeout: float = 5.0,
+            server_uid: int | None = None) -> App:
     """An App on a tree run by ``python -m supervisor run`` (through its control socket).
 
     `path` defaults to the lone running tree in the default socket directory. Calls go
     straight to the workers, as with `start`; `close()` (or leaving a ``with`` block)
-    disconnects and leaves the tree running; `stop()` shuts it down. Raises ConfigError
-    when no socket (or several) is found, OSError when the connection is refused.
-    """
-    from .service.control import find_socket
+    disconnects and leaves the tree running; `stop()` asks the tree to shut down.
 
-    sock_path = find_socket(os.fspath(path) if path is not None else None)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    Nothing is sent before the server is checked: every directory on the socket's path
+    is owned by you or root and not writable by group or others (a sticky shared
+    directory such as /tmp only when the entry below it is yours or root's; anything
+    above your own XDG_RUNTIME_DIR does not matter), the socket is yours, and
+    the process listening runs as your uid (SO_PEERCRED). `server_uid` trusts a server
+    running as that uid instead (its socket and directories may then be that uid's).
+    A full listen backlog is waited out within `timeout`.
+
+    Raises UntrustedServer (a ConfigError) when a check fails, ServerRefused (a
+    ConfigError) when the server hangs up before answering (its own peer check refused
+    us), ConfigError when no socket (or several) is found, OSError when nobody listens
+    (TimeoutError when the backlog stays full for `timeout`).
+    """
+    from .client.control import dial, find_socket
+    from .wire.trust import Trust, check_peer, check_socket, peer_uid
+
+    trust = Trust.of(server_uid)
+    sock_path = find_socket(os.fspath(path) if path is not None else None, trust)
+    check_socket(sock_path, trust)
+    sock = dial(sock_path, timeout)
     try:
-        sock.connect(str(sock_path))
+        check_peer(peer_uid(sock), sock_path, trust)
     except BaseException:
         sock.close()
         raise
-    sock.settimeout(None)
     app = App(None)
     app._attach(sock)
+    app._greet(sock_path, timeout)
     return app
 
 
@@ -104,6 +123,7 @@ class App(RootLink):
         self._router = Router(self)
         self._pools: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
+        self._heard = False  # any frame from the root yet (a refusal is silence, then EOF)
 
     # ------------------------------------------------------------------ start / stop
     def close(self) -> None:
@@ -121,9 +141,19 @@ class App(RootLink):
 
     def stop(self, timeout: float | None = None) -> None:
         """Shut the tree down (children stop in reverse order) and return when no
-        descendant is left. A no-op once the root has exited. Past `timeout`, the root is
-        SIGKILLed; its children die with it (PR_SET_PDEATHSIG, EOF)."""
+        descendant is left. A no-op once the root has exited. Past `timeout`, a root this
+        App started is SIGKILLed; its children die with it (PR_SET_PDEATHSIG, EOF).
+
+        A `connect`ed App only asks: it sends the shutdown request and waits for the
+        root's exit report, and never signals a process (the tree is not its own). It
+        raises the server's error when the request is refused, WorkerCrashed when the
+        connection ends before the root reports its exit, and CallTimeout when the tree
+        has not stopped within `timeout`.
+        """
         if self._exited.is_set() or self.pid is None:
+            return
+        if self._proc is None:
+            self._ask_to_stop(timeout)
             return
         try:
             descendants = psutil.Process(self.pid).children(recursive=True)
@@ -134,17 +164,44 @@ class App(RootLink):
         except SupervisorError:
             pass  # the root is already going; waiting for it below is what matters
         if not self._wait_root_gone(timeout):
-            if self._proc is None:
-                raise CallTimeout(f"the tree (root pid {self.pid}) did not stop within "
-                                  f"{timeout}s")
             self._kill_root()
         _, alive = psutil.wait_procs(descendants, timeout=5.0)
         for proc in alive:
             proc.kill()
 
+    def _ask_to_stop(self, timeout: float | None) -> None:
+        try:
+            self._request(P.Shutdown(id=0), timeout=timeout)
+        except WorkerCrashed:
+            pass  # the connection ended before the answer: the exit report tells why
+        if not self._wait_root_gone(timeout):
+            raise CallTimeout(f"the tree (root pid {self.pid}) did not stop within "
+                              f"{timeout}s")
+        if self._exit_reason == DISCONNECTED:
+            raise WorkerCrashed(f"the connection to the tree (root pid {self.pid}) ended "
+                                "before the root reported its exit; it may still run",
+                                path="")
+
+    def _greet(self, path: Any, timeout: float) -> None:
+        """The first request on a new connection. A server whose peer check refuses us
+        closes the connection without a word: silence then EOF is that refusal."""
+        try:
+            self._request(P.CountChildren(id=0, path=""), timeout=timeout)
+        except WorkerCrashed:
+            self.close()
+            if self._heard:
+                raise
+            raise ServerRefused(f"refused by the server at {path} (its peer check: is it "
+                                "another user's tree?)", field="socket") from None
+        except BaseException:
+            self.close()
+            raise
+
     def wait(self, timeout: float | None = None) -> str | None:
         """The root's exit reason once it has exited ("normal", "auto_shutdown",
-        "reached_max_restart_intensity"), or None on timeout."""
+        "reached_max_restart_intensity"), or None on timeout. For a `connect`ed App,
+        "disconnected" once the connection ended without the root's exit report (after
+        `close()`, or when the server dropped us): how the tree fared is unknown."""
         if not self._wait_root_gone(timeout):
             return None
         return self._exit_reason
@@ -166,7 +223,7 @@ class App(RootLink):
             raise WorkerCrashed("the tree is not running", path="")
         rid = next(self._ids)
         frame = P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid))
-        _check_decodes(frame)
+        _check_decodes(frame, msg)
         fut: Future = Future()
         self._pending[rid] = fut
         try:
@@ -200,10 +257,21 @@ class App(RootLink):
 
         simple_one_for_one: `args` are appended to the template's, ids are
         ``<template>-1, -2, ...``. Other strategies take a `child(...)` spec.
-        Raises StartError when its `init` fails, ConfigError for a duplicate id.
+        Raises StartError when its `init` fails; ConfigError for a duplicate id, a value
+        that is not a spec, a significant child under ``auto_shutdown="never"``, a spec
+        given to simple_one_for_one or args given to another strategy; EncodeError (a
+        TypeError) for args that are not a list or kwargs that are not a dict;
+        PoolExhausted past `max_children`.
         """
-        blob = pickle.dumps(spec) if spec is not None else None
-        return self._request(P.StartChild(id=0, path=path, spec=blob, args=list(args),
+        try:
+            blob = pickle.dumps(spec) if spec is not None else None
+        except Exception as exc:  # pickle raises several types for what it cannot carry
+            raise ConfigError(f"cannot send the spec to the supervisor: {type(exc).__name__}:"
+                              f" {exc}", field="spec") from exc
+        # Anything but a list or tuple of args (or a dict of kwargs) fails the local
+        # decode check in `_request`: an EncodeError (a TypeError) naming the field.
+        args = list(args) if isinstance(args, list | tuple) else args
+        return self._request(P.StartChild(id=0, path=path, spec=blob, args=args,
                                           kwargs=kwargs), timeout=None)
 
     def terminate_child(self, path: str, child_id: str) -> None:
@@ -212,12 +280,14 @@ class App(RootLink):
         self._request(P.TerminateChild(id=0, path=path, child_id=child_id), timeout=None)
 
     def restart_child(self, path: str, child_id: str) -> int:
-        """Start a stopped child again; returns its pid."""
+        """Start a stopped child again; returns its pid. Raises WorkerError when it is
+        running or restarting (OTP's ``{error, running | restarting}``)."""
         return self._request(P.RestartChild(id=0, path=path, child_id=child_id),
                              timeout=None)
 
     def delete_child(self, path: str, child_id: str) -> None:
-        """Forget a stopped child's spec."""
+        """Forget a stopped child's spec. Raises WorkerError when it is running or
+        restarting."""
         self._request(P.DeleteChild(id=0, path=path, child_id=child_id))
 
     def status(self) -> dict[str, Any]:
@@ -323,13 +393,24 @@ def _rss_mb(pid: int | None) -> float | None:
         return None
 
 
-def _check_decodes(frame: bytes) -> None:
+def _check_decodes(frame: bytes, msg: Any = None) -> None:
     """A request the root could not decode (a path that is not a str, kwargs that are not
-    a dict...) would make it drop the App's channel and end the tree: refuse it here."""
+    a dict...) would make it drop the App's channel and end the tree: refuse it here.
+
+    Messages travel as arrays (the tag, then the fields in order): the decoder's ``$[i]``
+    is named back as ``$.field`` of `msg` for the caller."""
     try:
         P.CONTROL_CODEC.decode(memoryview(frame)[4:])
     except ProtocolError as exc:
-        raise TypeError(f"invalid argument: {str(exc).split(': ', 1)[-1]}") from None
+        text = str(exc).split(": ", 1)[-1]
+        fields = getattr(msg, "__struct_fields__", ())
+
+        def named(match: re.Match) -> str:
+            index = int(match.group(1)) - 1  # index 0 is the tag
+            return f"`$.{fields[index]}" if 0 <= index < len(fields) else match.group(0)
+
+        raise EncodeError("invalid argument: " + re.sub(r"`\$\[(\d+)\]", named, text)
+                          ) from None
 
 
 class WorkerProxy:

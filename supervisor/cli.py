@@ -1,11 +1,16 @@
 """The command line: ``python -m supervisor COMMAND``.
 
-    run TREE.toml        the tree in the foreground (SIGTERM / Ctrl-C stop it gracefully)
+    run TREE.toml        the tree in the foreground (SIGTERM / Ctrl-C / SIGHUP stop it
+                         gracefully; SIGHUP until configuration reload exists)
     check TREE.toml      validate the file and print the tree, starting nothing
     status               the running tree: path, kind, state, pid, uptime, restarts, RSS, circuit
     start|stop|restart PATH
     call PATH METHOD [JSON-ARGS]
     shutdown
+
+The control commands check the server before sending anything (see `supervisor._trust`):
+a socket whose directories, file or listening process belong to another user is refused
+with exit status 2; `--server-uid UID|USER` trusts a tree run by that user.
 
 Exit status: 0 success (a clean stop for `run`), 1 the root gave up or the tree could not
 start (or a control command failed), 2 a bad file, bad usage, or no tree to talk to. A bad
@@ -52,7 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     for cmd in sub.choices.values():
         if cmd.prog.split()[-1] != "check":
             cmd.add_argument("--socket", default=None, help="the tree's control socket")
+        if cmd.prog.split()[-1] not in ("check", "run"):
+            cmd.add_argument("--server-uid", type=_uid, default=None, metavar="UID|USER",
+                             help="trust a tree run by this user (default: only your own)")
     return parser
+
+
+def _uid(text: str) -> int:
+    """--server-uid: a uid number or a user name."""
+    import pwd
+
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no such user: {text!r}") from None
 
 
 def _configure_logging(json_lines: bool) -> None:
@@ -103,7 +123,7 @@ def _connect(args: argparse.Namespace) -> Any:
     from .app import connect
 
     telemetry.detach(telemetry.DEFAULT_REPORTER)  # a control command prints, not logs
-    return connect(args.socket)
+    return connect(args.socket, server_uid=args.server_uid)
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -143,6 +163,8 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _shutdown(args: argparse.Namespace) -> int:
+    # A refused request raises (exit 1 or 2 with the server's reason); only a tree that
+    # reported its exit is "stopped".
     app = _connect(args)
     app.stop(timeout=60)
     print(f"tree stopped ({app.wait(0)})")

@@ -2,6 +2,8 @@
 
     SupervisorError
     ├── ConfigError (also ValueError)      your spec or file is wrong
+    │   ├── UntrustedServer                a control socket we must not talk to; nothing sent
+    │   └── ServerRefused                  the control server hung up on us (its peer check)
     ├── StartError                         a child failed to start; the tree did not come up
     └── WorkerError                        a failure reached a caller, classified by the matrix
         ├── CallTimeout                    the call did not answer within its timeout
@@ -27,6 +29,8 @@ from strategies.circuit import CircuitOpenError
 __all__ = [
     "SupervisorError",
     "ConfigError",
+    "UntrustedServer",
+    "ServerRefused",
     "StartError",
     "WorkerError",
     "CallTimeout",
@@ -73,6 +77,21 @@ class ConfigError(SupervisorError, ValueError):
         if field is not None and not message.startswith(f"{field}:"):
             message = f"{field}: {message}"
         super().__init__(prefix + message)
+
+
+class UntrustedServer(ConfigError):
+    """A control socket the caller must not talk to; nothing was sent to it.
+
+    A directory on its path, the socket file, or the process listening on it belongs to a
+    user other than the caller, root, or the server uid the caller named: someone else
+    could have put a fake server there. Not a bug: check who owns the path in the message
+    (another user may have planted it), or trust that uid explicitly (`server_uid`).
+    """
+
+
+class ServerRefused(ConfigError):
+    """The control server closed the connection before answering anything: its peer check
+    refused us (most likely the tree is another user's). Nothing was done."""
 
 
 class StartError(SupervisorError):
@@ -303,7 +322,12 @@ def error_from_wire(kind: str, message: str, **fields: Any) -> SupervisorError:
             remote_traceback=fields.get("remote_traceback") or "",
             path=fields.get("path"),
         )
-    kwargs = {"path": fields.get("path")}
-    if cls is WorkerError and fields.get("category"):
-        kwargs["category"] = fields["category"]
+    kwargs: dict[str, Any] = {"path": fields.get("path")}
+    if cls is WorkerError:
+        if fields.get("category"):
+            kwargs["category"] = fields["category"]
+        # A refusal's facts (the child's state) or a supervisor's own bug (remote type and
+        # message): kept for the caller in `context`.
+        kwargs["context"] = {key: fields[key] for key in ("state", "remote_type",
+                                                          "remote_message") if key in fields}
     return cls(message, **kwargs)

@@ -267,6 +267,25 @@ class SupervisorSpec:
         if self.template is not None and not isinstance(self.template, ChildSpec):
             raise ConfigError(f"expected a child(...) spec, got {self.template!r}",
                               field="template")
+        self._check_dynamic()
+
+    def _check_dynamic(self) -> None:
+        # OTP's rules for children made at run time (its significant_simple case): a
+        # simple_one_for_one supervisor cannot shut itself down automatically, so neither
+        # its auto_shutdown nor its template may ask for it.
+        if self.strategy == "simple_one_for_one" and self.auto_shutdown != "never":
+            raise ConfigError(
+                "a simple_one_for_one supervisor cannot shut down automatically; "
+                f"expected 'never', got {self.auto_shutdown!r}",
+                field="auto_shutdown", value=self.auto_shutdown,
+            )
+        if self.template is not None and self.template.significant and \
+                self.auto_shutdown == "never":
+            raise ConfigError(
+                "a significant template needs auto_shutdown='any_significant' or "
+                "'all_significant' on its supervisor, which simple_one_for_one does not allow",
+                field="template.significant", value=True,
+            )
 
     def find(self, child_id: str) -> ChildSpec | SupervisorSpec | None:
         """The direct child spec with this id, or None."""

@@ -115,14 +115,15 @@ def attach_default_reporter() -> None:
 # ---------------------------------------------------------------------- policy objects
 def circuit_breaker(name: str, **options: Any):
     """A `strategies.circuit.CircuitBreaker` whose state changes are telemetry events
-    ``("supervisor", "circuit_breaker", "state_change")`` with `name`, `old`, `new`."""
+    ``("supervisor", "circuit_breaker", "state_change")``: the common keys (path ``""``,
+    id = `name`, pid = this process, reason = the new state) plus `name`, `old`, `new`."""
     from strategies.circuit import CircuitBreaker
 
     user_callback = options.pop("on_state_change", None)
 
     def on_change(old: Any, new: Any) -> None:
         execute(("supervisor", "circuit_breaker", "state_change"), {"time": _now()},
-                {"name": name, "old": str(old), "new": str(new), "path": name})
+                {**_standalone(name, reason=str(new)), "old": str(old), "new": str(new)})
         if user_callback is not None:
             user_callback(old, new)
 
@@ -131,14 +132,31 @@ def circuit_breaker(name: str, **options: Any):
 
 def retry_reporter(name: str):
     """An `on_retry` hook for `strategies.retry.retry`: each retry becomes the event
-    ``("supervisor", "retry", "attempt")`` with `name`, `attempt`, `error`, `delay`."""
+    ``("supervisor", "retry", "attempt")``: the common keys (path ``""``, id = `name`,
+    pid = this process, reason = the error's type, category = its classification) plus
+    `name`, `attempt`, `error`; `delay` is a measurement."""
 
     def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+        from strategies.matrix import classify
+
+        category = classify(exc)
         execute(("supervisor", "retry", "attempt"), {"time": _now(), "delay": delay},
-                {"name": name, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}",
-                 "path": name})
+                {**_standalone(name, reason=type(exc).__name__,
+                               category=str(category) if category is not None else None),
+                 "attempt": attempt, "error": f"{type(exc).__name__}: {exc}"})
 
     return on_retry
+
+
+def _standalone(name: str, *, reason: str | None, category: str | None = None
+                ) -> dict[str, Any]:
+    """The common metadata keys for a policy object used outside the tree: it has no path
+    in the tree (""), its `name` is its id, `pid` the process it ran in; no supervisor and
+    no restarts (None)."""
+    import os
+
+    return {"path": "", "id": name, "pid": os.getpid(), "supervisor": None,
+            "reason": reason, "category": category, "restarts": None, "name": name}
 
 
 def _now() -> float:

@@ -8,6 +8,7 @@ stops every one it started when the test ends, passed or failed.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -17,27 +18,37 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class Service:
     """One `supervisor run` of `tree` (TOML text, dedented) with its control socket in
-    `tmp_path`; `extra` are more arguments for `run` (e.g. ``--log-json``)."""
+    `tmp_path`; `extra` are more arguments for `run` (e.g. ``--log-json``).
 
-    def __init__(self, tmp_path: Path, tree: str, *extra: str) -> None:
+    `socket`: the ``--socket`` path, relative to `tmp_path` unless absolute; None runs
+    without ``--socket`` (the default path, which `env` decides: TMPDIR,
+    XDG_RUNTIME_DIR), and control commands then find the tree there too. `env` is the
+    service's environment (and its control commands'). `own_group` starts it in a process
+    group of its own, so that a signal can go to the whole group as a terminal's does.
+    """
+
+    def __init__(self, tmp_path: Path, tree: str, *extra: str, socket: str | None = "ctl.sock",
+                 env: dict[str, str] | None = None, own_group: bool = False) -> None:
         self.toml = tmp_path / "tree.toml"
         self.toml.write_text(textwrap.dedent(tree))
-        self.socket = str(tmp_path / "ctl.sock")
+        self.socket = None if socket is None else str(tmp_path / socket)
+        self.env = env
         self.lines: list[str] = []
         self.cond = threading.Condition()
         # stdout is not read by anyone: a pipe could fill and block the service. Workers'
         # output reaches us through the log on stderr. Undecodable bytes a worker wrote
         # must not kill the reader thread, hence errors="replace".
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "run", str(self.toml), "--socket",
-             self.socket, *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, errors="replace")
+            [sys.executable, "-m", "supervisor", "run", str(self.toml), *self._where(),
+             *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, errors="replace", process_group=0 if own_group else None)
         self.reader = threading.Thread(target=self._collect, daemon=True)
         self.reader.start()
 
@@ -69,11 +80,20 @@ class Service:
                     raise AssertionError(f"no line with {text!r}; last lines:\n{tail}")
                 self.cond.wait(remaining)
 
+    def _where(self) -> list[str]:
+        return [] if self.socket is None else ["--socket", self.socket]
+
     def cmd(self, *args: str) -> subprocess.CompletedProcess:
         """`python -m supervisor ARGS --socket PATH`, a control command to this service."""
-        return subprocess.run([sys.executable, "-m", "supervisor", *args, "--socket",
-                               self.socket], cwd=ROOT, capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "supervisor", *args, *self._where()],
+                              cwd=ROOT, env=self.env, capture_output=True, text=True,
                               timeout=60)
+
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to the service's own process group (see `own_group`), as a
+        terminal does to its foreground group; only while the service is unreaped."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signum)
 
     def connect(self) -> socket.socket:
         """A raw connection to the control socket (for tests that write bytes themselves)."""
@@ -113,12 +133,12 @@ class Service:
 
 @contextlib.contextmanager
 def running(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    """Yields start(tree, *extra) -> Service; on exit every service started is stopped
+    """Yields start(tree, *extra, **options) -> Service (options as for Service); on exit every service started is stopped
     (the last started first), each one even when stopping another raised."""
     with contextlib.ExitStack() as stack:
 
-        def start(tree: str, *extra: str) -> Service:
-            svc = Service(tmp_path, tree, *extra)
+        def start(tree: str, *extra: str, **options: Any) -> Service:
+            svc = Service(tmp_path, tree, *extra, **options)
             stack.callback(svc.stop)
             return svc
 

@@ -87,6 +87,18 @@ def test_specs_are_frozen():
     (lambda: Supervisor("r", auto_shutdown="sometimes"),
      r"^auto_shutdown: expected one of never, any_significant, all_significant"),
     (lambda: Supervisor("r", bogus=1), r"^bogus: unknown key 'bogus'"),
+    # OTP's significant_simple: no auto_shutdown, and so no significant template, for a
+    # simple_one_for_one supervisor.
+    (lambda: Supervisor("r", strategy="simple_one_for_one", auto_shutdown="any_significant",
+                        template=child("j", Echo, restart="transient")),
+     r"^auto_shutdown: a simple_one_for_one supervisor cannot shut down automatically; "
+     r"expected 'never', got 'any_significant'$"),
+    (lambda: Supervisor("r", strategy="simple_one_for_one", auto_shutdown="all_significant",
+                        template=child("j", Echo, restart="transient", significant=True)),
+     r"^auto_shutdown: a simple_one_for_one supervisor cannot shut down automatically"),
+    (lambda: Supervisor("r", strategy="simple_one_for_one",
+                        template=child("j", Echo, restart="transient", significant=True)),
+     r"^template\.significant: a significant template needs auto_shutdown="),
     (lambda: Pool("p", Echo, size=0), r"^size: expected an integer >= 1, got 0$"),
     (lambda: Pool("p", Echo, max_restarts=-1), r"^max_restarts: expected an integer >= 0"),
     (lambda: Pool("p", Echo, max_seconds=0), r"^max_seconds: expected a number > 0"),

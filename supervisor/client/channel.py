@@ -32,7 +32,7 @@ from ..wire import messages as P
 from ..wire.framing import FrameReader
 from ..wire.policy import CallPolicy
 
-__all__ = ["CallChannel", "NotSent", "reply_value"]
+__all__ = ["CallChannel", "NotSent", "reply_value", "screen"]
 
 
 # The longest a blocking read waits before the caller re-checks its deadline.
@@ -49,6 +49,9 @@ class CallChannel:
         self.path = path
         self.policy = policy  # the worker's rules for its callers (pid, timeouts, retries)
         self.pid = policy.pid
+        # Whether this worker opted in to pickle, as the tree said when the channel was
+        # opened; a reply's own `pickled` flag is never taken at its word.
+        self.pickle_ok = policy.serializer == "pickle"
         self.reader = FrameReader(P.CALL_CODEC)
         self.send_lock = threading.Lock()
         self.cond = threading.Condition(threading.Lock())
@@ -133,10 +136,13 @@ class CallChannel:
         if not n:
             return [], "the channel closed"
         try:
-            return self.reader.feed(memoryview(self.buffer)[:n]), None
+            msgs, why = screen(self.reader.feed(memoryview(self.buffer)[:n]), self.pickle_ok)
         except ProtocolError as exc:
             self._shutdown_socket()
             return [], f"bad frame from the worker: {exc}"
+        if why is not None:
+            self._shutdown_socket()
+        return msgs, why
 
     def _bound_wait(self, timeout: float | None) -> None:
         wanted = _WAIT_SLICE if timeout is None else min(max(timeout, 0.001), _WAIT_SLICE)
@@ -175,8 +181,30 @@ class CallChannel:
         self.sock.close()
 
 
+def screen(msgs: list[Any], pickle_ok: bool) -> tuple[list[Any], str | None]:
+    """The replies read from a call channel, as its worker's serializer allows them.
+
+    A pickled Reply on a channel whose worker did not opt in to pickle (`pickle_ok`, from
+    the tree's answer when the channel was opened) is a protocol violation, whatever the
+    reply says: it is never unpickled. Its caller gets a ProtocolError (as a Fail), what
+    came after it is dropped, and the reason to close the channel is returned (else None).
+    """
+    if pickle_ok:
+        return msgs, None
+    for index, msg in enumerate(msgs):
+        if type(msg) is P.Reply and msg.pickled:
+            why = ("a pickled reply from a worker that did not opt in to pickle "
+                   "(serializer='msgpack'); not unpickled, the channel is closed")
+            return [*msgs[:index], P.Fail(id=msg.id, category="communication_error",
+                                          type="ProtocolError", message=why)], why
+    return msgs, None
+
+
 def reply_value(msg: Any, path: str, method: str) -> Any:
-    """The result a Reply carries, or the classified error a Fail carries (raised)."""
+    """The result a Reply carries, or the classified error a Fail carries (raised).
+
+    `msg` comes from `screen`: a pickled Reply reaches here only from a worker that opted
+    in to pickle."""
     if isinstance(msg, P.Reply):
         return pickle.loads(msg.value) if msg.pickled else msg.value
     if msg.category == "python_error":
@@ -184,5 +212,6 @@ def reply_value(msg: Any, path: str, method: str) -> Any:
                            path=path, context={"operation": method})
     if msg.type == "EncodeError":
         raise EncodeError(msg.message, path=path, context={"operation": method})
-    raise WorkerError(f"{msg.type}: {msg.message}", category=msg.category, path=path,
-                      context={"operation": method})
+    error = ProtocolError if msg.type == "ProtocolError" else WorkerError
+    raise error(f"{msg.type}: {msg.message}", category=msg.category, path=path,
+                context={"operation": method})

@@ -34,12 +34,16 @@ from ..errors import (
 )
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some
+from ..wire.trust import peer_pid
 from .router import NotRunning
 
-__all__ = ["RootLink", "live_apps"]
+__all__ = ["RootLink", "live_apps", "DISCONNECTED"]
 
 # Apps whose tree this process started and has not stopped: stopped at interpreter exit.
 live_apps: weakref.WeakSet = weakref.WeakSet()
+
+# The exit reason of a connected App whose connection ended without the root's Exit report.
+DISCONNECTED = "disconnected"
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOT = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
@@ -105,6 +109,8 @@ class RootLink:
                 msgs, eof = [], True
             except OSError:
                 msgs, eof = [], True
+            if msgs:
+                self._heard = True
             for msg in msgs:
                 self._dispatch(msg)
             if eof:
@@ -143,7 +149,6 @@ class RootLink:
 
     def _attach(self, sock: socket.socket) -> None:
         """Serve a connection to a running service's control socket (see `connect`)."""
-        from ..service.control import peer_pid
 
         self._sock = sock
         self.pid = peer_pid(sock)
@@ -155,7 +160,9 @@ class RootLink:
     def _on_root_gone(self) -> None:
         proc = self._proc
         code = proc.wait() if proc is not None else None
-        if self._exit_reason is None:
+        if self._exit_reason is None and proc is None:
+            self._exit_reason = DISCONNECTED  # we cannot know how a tree we attached to ended
+        elif self._exit_reason is None:
             self._exit_reason = "crashed" if code else "normal"
         if not self._ready.done():
             self._ready.set_exception(StartError(f"the root supervisor exited (code {code}) "

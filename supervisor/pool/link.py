@@ -27,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from ..client.channel import screen
 from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some
@@ -132,6 +133,8 @@ class Link:
         self.pid: int | None = policy.pid
         self.idempotent = policy.idempotent
         self.call_timeout: float | None = policy.call_timeout
+        # As the tree said when the link was opened; never a reply's own `pickled` flag.
+        self.pickle_ok = policy.serializer == "pickle"
         self.generation = generation
         self.cond = threading.Condition(lock)
         self.waiting: dict[int, Any] = {}
@@ -252,7 +255,7 @@ class Link:
                 self.reader.eof()  # raises for a frame cut short
                 return [], "the worker closed the channel"
             with memoryview(buf) as view:
-                return self.reader.feed(view[:n]), None
+                return screen(self.reader.feed(view[:n]), self.pickle_ok)
         except BlockingIOError:
             return [], None  # a spurious wake-up: nothing to read after all
         except ProtocolError as exc:
@@ -267,7 +270,8 @@ class Link:
             return [], f"bad frame from the worker: {exc}"
         except OSError as exc:
             return [], f"channel error: {exc}"
-        return msgs, ("the worker closed the channel" if eof else None)
+        msgs, why = screen(msgs, self.pickle_ok)
+        return msgs, (why or ("the worker closed the channel" if eof else None))
 
     # ------------------------------------------------------------------ closing
     def _shutdown(self, how: int) -> None:

@@ -4,14 +4,18 @@
         requests (+fds for OpenChannel) ▶            ◀ Responses, Events, the root's Exit
 
 Where: ``--socket PATH``, else ``$XDG_RUNTIME_DIR/supervisor/<root id>.sock``, else
-``<tmp>/supervisor-<uid>/<root id>.sock``. The directory is created 0700 and must be ours
-and private; the socket is 0600; every connection's peer uid (SO_PEERCRED) must be ours.
-A socket file left by a dead run (connecting is refused) is replaced; a live one means a
-tree already runs there, and a second `run` is refused.
+``<tmp>/supervisor-<uid>/<root id>.sock``. The server's own directory is created 0700 and
+must be a real directory of ours, private; a `--socket` directory that exists is used as it
+is (its mode is never changed); every directory above must be one no other user can swap.
+The socket is born 0600; every connection's peer uid (SO_PEERCRED) must be ours. A socket
+of ours left by a dead run (connecting is refused) is replaced; a live one means a tree
+already runs there, and a second `run` is refused; anything else at the path is refused.
+Clients check the server before they send anything (`wire.trust`, `client.control`).
 
 Clients are served from the root's own loop, never blocking it: their sockets are
 non-blocking, and a client that stops reading (its buffer fills) is disconnected rather
-than allowed to stall the supervisor.
+than allowed to stall the supervisor. Out of descriptors, the server stops accepting for a
+moment instead of dying; the partial frames of all clients together are bounded.
 """
 
 from __future__ import annotations
@@ -20,132 +24,255 @@ import errno
 import os
 import socket
 import stat
-import struct
-import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from ..errors import ConfigError, ProtocolError
+from ..tree.loop import Timer
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
+from ..wire.trust import default_socket, describe_kind, describe_uid, is_live, peer_uid
 
 if TYPE_CHECKING:
     from ..tree.process import SupervisorProcess
 
-__all__ = ["ControlServer", "default_dir", "default_socket", "find_socket", "peer_uid",
-           "peer_pid", "TreeRunning"]
+__all__ = ["ControlServer", "default_socket", "TreeRunning", "verify_directory_chain",
+           "PARTIAL_BUDGET"]
+
+_MIB = 1024 * 1024
 
 
 class TreeRunning(ConfigError):
     """A live tree already listens on that socket."""
 
 
-def default_dir() -> Path:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "supervisor"
-    return Path(tempfile.gettempdir()) / f"supervisor-{os.getuid()}"
+# ------------------------------------------------------------ where the server may bind
+# The server trusts no directory it did not create. Its own directory (the default one, or
+# a missing `--socket` directory) is created 0700 and then checked through a descriptor
+# opened with O_NOFOLLOW, so a symlink planted in its place is refused, not followed. Any
+# other directory is only used, never changed: a shared one (/tmp, $HOME) keeps its mode,
+# and the socket is born 0600 by the umask. Every directory above must be one no other user
+# can swap: owned by us or root, not writable by group or others unless sticky (like /tmp).
 
 
-def default_socket(root_id: str) -> Path:
-    return default_dir() / f"{root_id}.sock"
+def verify_directory_chain(path: Path) -> None:
+    """Raise ConfigError unless no other user can replace `path` (an existing directory)
+    or any directory above it.
+
+    Each directory must be owned by us or root and not writable by group or others unless
+    it is sticky. The chain is checked as written (a symlink on the way must be owned by us
+    or root; its mode means nothing) and again with every symlink resolved.
+    """
+    literal = Path(os.path.abspath(path))
+    for chain in (literal, Path(os.path.realpath(literal))):
+        for directory in (chain, *chain.parents):
+            info = _lstat(directory)
+            if info.st_uid not in (os.getuid(), 0):
+                raise ConfigError(f"refusing {directory}: it is owned by "
+                                  f"{describe_uid(info.st_uid)}, not by us or root, who could swap "
+                                  "what is below it", field="socket")
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                raise ConfigError(f"refusing {directory}: it is not a directory",
+                                  field="socket")
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o022 and not mode & stat.S_ISVTX:
+                raise ConfigError(f"refusing {directory}: mode {mode:04o} lets group or "
+                                  "others replace what is below it (and it is not sticky)",
+                                  field="socket")
 
 
 def _private_dir(directory: Path) -> None:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = directory.stat()
-    if info.st_uid != os.getuid():
-        raise ConfigError(f"{directory} belongs to uid {info.st_uid}, not to us; "
-                          "refusing to put a control socket there", field="socket")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(directory, 0o700)
+    """Make `directory` our private directory for control sockets, or raise ConfigError.
+
+    Missing directories are created 0700 (they are then ours). An existing `directory`
+    must be a real directory (not a symlink) owned by us with no access for group or
+    others: it is refused otherwise, never chmodded. The directories above it must pass
+    `verify_directory_chain`.
+    """
+    directory = Path(os.path.abspath(directory))
+    missing = []
+    top = directory
+    while not os.path.lexists(top):  # lexists: a dangling symlink is there, not missing
+        missing.append(top)
+        top = top.parent
+    verify_directory_chain(top if missing else directory.parent)
+    created = False
+    for made in reversed(missing):
+        try:
+            os.mkdir(made, 0o700)
+        except FileExistsError:  # made by someone else meanwhile: checked like any other
+            if made != directory:
+                verify_directory_chain(made)
+            continue
+        if made == directory:
+            created = True
+        else:
+            _check_private(made, created=True)
+    _check_private(directory, created=created)
 
 
-def _is_live(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _check_private(directory: Path, *, created: bool) -> None:
+    # Opened with O_NOFOLLOW and checked with fstat: what is checked is what we opened,
+    # so nothing can be swapped in between a check of the path and its use.
     try:
-        probe.connect(str(path))
-        return True
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            return False
-        raise
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        info = _lstat(directory)
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+        raise ConfigError(f"refusing {directory}: it is {kind} (owned by "
+                          f"{describe_uid(info.st_uid)}), not a directory of ours; remove it "
+                          "or pick another --socket", field="socket") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid():
+            raise ConfigError(f"refusing {directory}: it is owned by {describe_uid(info.st_uid)}, "
+                              "not by us; remove it or pick another --socket",
+                              field="socket")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            if not created:
+                raise ConfigError(f"refusing {directory}: mode {mode:04o} gives group or "
+                                  f"others access; make it private (chmod 700 {directory})"
+                                  " or remove it", field="socket")
+            os.fchmod(fd, 0o700)  # ours, made a moment ago under an unusual umask
     finally:
-        probe.close()
+        os.close(fd)
 
 
-def find_socket(explicit: str | None = None) -> Path:
-    """The socket a control command talks to: `explicit`, else the lone live one in the
-    default directory. Raises ConfigError when there is none, or several."""
-    if explicit:
-        return Path(explicit)
-    directory = default_dir()
-    live = sorted(p for p in directory.glob("*.sock") if _is_live(p)) \
-        if directory.is_dir() else []
-    if len(live) == 1:
-        return live[0]
-    if not live:
-        raise ConfigError(f"no running tree found in {directory}; start one with "
-                          "'python -m supervisor run TREE.toml' or pass --socket",
-                          field="socket")
-    names = ", ".join(p.name for p in live)
-    raise ConfigError(f"several trees run in {directory} ({names}); pick one with --socket",
-                      field="socket")
+def _lstat(path: Path) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist", field="socket") from None
 
 
-def _peer(conn: socket.socket) -> tuple[int, int, int]:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)
+PARTIAL_BUDGET = 2 * P.CONTROL_CODEC.max_frame
+"""Bytes that the partial frames of all control clients may hold together (128 MiB with
+the default 64 MiB frame limit). Past it, the client holding the most is dropped."""
+
+ACCEPT_PAUSE = (0.1, 1.0)
+"""Seconds the server stops accepting after accept() ran out of descriptors or memory:
+the first pause, then doubling up to the second while it persists."""
 
 
-def peer_uid(conn: socket.socket) -> int:
-    """The uid of the process at the other end of an AF_UNIX connection (Linux)."""
-    return _peer(conn)[1]
+def accept_pause(pauses: int) -> float:
+    """Seconds of the next pause after `pauses` pauses in a row: 0.1, 0.2, 0.4, 0.8, 1.0,
+    1.0, ..."""
+    first, longest = ACCEPT_PAUSE
+    return min(longest, first * 2 ** min(pauses, 16))
 
 
-def peer_pid(conn: socket.socket) -> int:
-    """The pid of the process at the other end of an AF_UNIX connection (Linux)."""
-    return _peer(conn)[0]
+# The client went away between connecting and being accepted: nothing to do.
+_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO})
 
 
 class ControlServer:
-    def __init__(self, sup: SupervisorProcess, path: Path) -> None:
+    """The listening control socket of a service root, served from the root's loop.
+
+    `explicit` is True for a `--socket PATH` chosen by the user: its directory may be a
+    shared one, which is used as it is. Otherwise the directory is our private one.
+    Raises ConfigError when the directory or an existing file at `path` is not to be
+    trusted, TreeRunning when a live tree already listens there.
+    """
+
+    def __init__(self, sup: SupervisorProcess, path: Path, *, explicit: bool = False) -> None:
         self.sup = sup
         self.path = path
         self.clients: dict[socket.socket, FrameReader] = {}
-        _private_dir(path.parent)
-        if path.exists() or path.is_symlink():
-            if _is_live(path):
-                raise TreeRunning(f"a tree is already running on {path}; stop it first "
-                                  "or pick another --socket", field="socket")
-            path.unlink()  # a stale socket from a run that died
+        self._held: dict[socket.socket, int] = {}  # partial-frame bytes per client (>0 only)
+        self._held_total = 0
+        self._pauses = 0  # accept() pauses in the current shortage (0: none)
+        self._paused_since = 0.0
+        self._resume: Timer | None = None
+        directory = path.parent
+        if explicit and os.path.lexists(directory):
+            verify_directory_chain(directory)  # shared or not, its mode stays as it is
+        else:
+            _private_dir(directory)
+        self._claim(path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the socket file is born 0600: no window where it is open
         try:
             self.listener.bind(str(path))
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        bound = os.lstat(path)
+        self._identity = (bound.st_dev, bound.st_ino)  # close() removes this file only
         self.listener.listen(64)
         self.listener.setblocking(False)
         sup.loop.add_reader(self.listener, self._accept)
 
+    @staticmethod
+    def _claim(path: Path) -> None:
+        """Make room at `path`: nothing there, or a socket of ours that nobody serves."""
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+            raise ConfigError(f"refusing to replace {path}: it is {describe_kind(info.st_mode)} owned "
+                              f"by {describe_uid(info.st_uid)}, not a socket of ours; remove it or "
+                              "pick another --socket", field="socket")
+        if is_live(path):
+            raise TreeRunning(f"a tree is already running on {path}; stop it first "
+                              "or pick another --socket", field="socket")
+        path.unlink()  # a stale socket from a run of ours that died
+
+    # ------------------------------------------------------------------ accepting
     def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
-        except BlockingIOError:
+        except BlockingIOError:  # another accept took it, or the client left
             return
-        uid = peer_uid(conn)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                return
+            # Out of descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a
+            # failure we do not know: the root must not die of it, and retrying at once
+            # would spin (level-triggered readiness reports the waiting client again).
+            self._pause(exc)
+            return
+        try:
+            uid = peer_uid(conn)
+        except OSError as exc:  # the peer is already gone
+            logger.warning("control socket: no credentials for a connection: {}", exc)
+            conn.close()
+            return
         if uid != os.getuid():
             logger.warning("control socket: refused a connection from uid {}", uid)
             conn.close()
             return
+        if self._pauses:
+            logger.info("control socket: accepting again after {} pauses ({:.1f} s)",
+                        self._pauses, time.monotonic() - self._paused_since)
+            self._pauses = 0
         conn.setblocking(False)
         self.clients[conn] = FrameReader(P.CONTROL_CODEC)
         self.sup.loop.add_reader(conn, lambda: self._read(conn))
 
+    def _pause(self, exc: OSError) -> None:
+        """Stop accepting for a moment; the waiting clients stay in the listen backlog."""
+        if not self._pauses:
+            self._paused_since = time.monotonic()
+            logger.warning("control socket: cannot accept a connection ({}); not accepting "
+                           "for a moment, the tree runs on", exc.strerror or exc)
+        delay = accept_pause(self._pauses)
+        self._pauses += 1
+        self.sup.loop.remove_reader(self.listener)
+        self._resume = self.sup.loop.call_later(delay, self._unpause)
+
+    def _unpause(self) -> None:
+        self._resume = None
+        self.sup.loop.add_reader(self.listener, self._accept)
+
+    # ------------------------------------------------------------------ reading
     def _read(self, conn: socket.socket) -> None:
         reader = self.clients.get(conn)
         if reader is None:
@@ -168,7 +295,23 @@ class ControlServer:
             os.close(fd)
         if eof and conn in self.clients:
             self.drop(conn)
+        elif conn in self.clients:
+            self._account(conn, reader.pending)
 
+    def _account(self, conn: socket.socket, held: int) -> None:
+        """Note what `conn` buffers now; past PARTIAL_BUDGET drop the biggest holders."""
+        self._held_total += held - self._held.pop(conn, 0)
+        if held:
+            self._held[conn] = held
+        while self._held_total > PARTIAL_BUDGET:
+            biggest = max(self._held, key=self._held.__getitem__)
+            logger.warning("control socket: dropped the client holding the most partial "
+                           "frame bytes ({:.1f} MiB): all clients held {:.1f} MiB, over the "
+                           "budget of {:.0f} MiB", self._held[biggest] / _MIB,
+                           self._held_total / _MIB, PARTIAL_BUDGET / _MIB)
+            self.drop(biggest)
+
+    # ------------------------------------------------------------------ writing
     def owns(self, conn: Any) -> bool:
         return conn in self.clients
 
@@ -189,15 +332,21 @@ class ControlServer:
 
     def drop(self, conn: socket.socket) -> None:
         if self.clients.pop(conn, None) is not None:
+            self._held_total -= self._held.pop(conn, 0)
             self.sup.loop.remove_reader(conn)
             conn.close()
 
     def close(self) -> None:
         for conn in list(self.clients):
             self.drop(conn)
+        if self._resume is not None:
+            self._resume.cancel()
         self.sup.loop.remove_reader(self.listener)
         self.listener.close()
+        # Only the file we bound: a later run may have replaced a socket we lost.
         try:
-            self.path.unlink()
+            info = os.lstat(self.path)
         except FileNotFoundError:  # removed by someone else already
-            pass
+            return
+        if (info.st_dev, info.st_ino) == self._identity:
+            self.path.unlink()

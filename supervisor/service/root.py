@@ -2,7 +2,8 @@
 
 There is no App above this root. Its events go to the local telemetry handlers (the
 default reporter logs them) and to every client of the control socket; requests come from
-those clients. SIGTERM and SIGINT stop the tree gracefully, children in reverse order.
+those clients. SIGTERM, SIGINT and SIGHUP stop the tree gracefully, children in reverse
+order (SIGHUP until configuration reload exists).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from loguru import logger
 from .. import telemetry
 from ..tree.process import SupervisorProcess
 from ..wire import messages as P
-from .control import ControlServer, default_socket
+from ..wire.trust import default_socket
+from .control import ControlServer
 
 __all__ = ["run_tree"]
 
@@ -25,7 +27,7 @@ def run_tree(spec: Any, socket_path: str | None = None) -> int:
     child failed to start). Raises ConfigError (TreeRunning) when the socket is live."""
     path = Path(socket_path) if socket_path else default_socket(spec.id)
     sup = SupervisorProcess(spec, "", None, root=True)
-    sup.control = control = ControlServer(sup, path)
+    sup.control = control = ControlServer(sup, path, explicit=socket_path is not None)
     telemetry.attach_default_reporter()
 
     def uplink(msg: Any) -> None:

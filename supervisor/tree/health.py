@@ -80,6 +80,9 @@ def _memory(sup: SupervisorProcess, slot: ChildSlot) -> None:
         rss_mb = psutil.Process(slot.pid).memory_info().rss / (1024 * 1024)
     except psutil.Error:  # exited since; its exit is reaped by the loop
         return
+    except OSError:  # EMFILE: no descriptor left to read /proc with; look again later
+        slot.timers.append(sup.loop.call_later(MEMORY_INTERVAL, lambda: _memory(sup, slot)))
+        return
     if rss_mb > slot.spec.max_memory_mb:
         sup.emit("memory_exceeded", slot, rss_mb=round(rss_mb, 1),
                  limit_mb=slot.spec.max_memory_mb)

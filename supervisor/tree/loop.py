@@ -3,6 +3,11 @@
 The loop sleeps in `select()` until the next timer is due or an fd is ready; it never
 polls and never calls `time.sleep`. Signals are turned into fd events with
 `signal.set_wakeup_fd`, so a handler runs between events, not in the middle of one.
+
+Given `on_error`, the loop outlives its handlers: an exception escaping an fd callback, a
+timer or a signal handler is handed to `on_error(exc, callback)` and the loop goes on with
+the next event. A supervisor must not die of a bug in one handler: its children would be
+left to its parent's restart, or, at the root, the whole tree would end.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ class Timer:
 
 
 class Loop:
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[Exception, Callable[..., Any]], Any] | None = None
+                 ) -> None:
         self.selector = selectors.DefaultSelector()
+        self._on_error = on_error
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._running = False
@@ -84,7 +91,7 @@ class Loop:
         for signum in dict.fromkeys(data):
             handler = self._signal_handlers.get(signum)
             if handler is not None:
-                handler(signum)
+                self._guarded(handler, signum)
 
     # running -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -105,7 +112,7 @@ class Loop:
             # fd; calling it anyway would read from a closed or reused descriptor.
             if self.selector.get_map().get(key.fd) is not key:
                 continue
-            key.data()
+            self._guarded(key.data)
             if not self._running and max_wait is None:
                 return
         self._run_due_timers()
@@ -123,4 +130,13 @@ class Loop:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.callback()
+                self._guarded(timer.callback)
+
+    def _guarded(self, callback: Callable[..., Any], *args: Any) -> None:
+        if self._on_error is None:
+            callback(*args)
+            return
+        try:
+            callback(*args)
+        except Exception as exc:  # a bug in one handler; see the module docstring
+            self._on_error(exc, callback)

@@ -92,7 +92,10 @@ def fork_child(run: Callable[[], int], keep: Iterable[int] = ()) -> int:
             os._exit(1)
         signal.set_wakeup_fd(-1)
         _close_all_but(keep)
+        # Ctrl-C and a terminal's hangup reach the whole foreground process group: the
+        # service root turns them into a graceful stop of the tree, which stops us in turn.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         code = run()
@@ -198,7 +201,9 @@ def kill_strays(known: Iterable[int]) -> list[int]:
     if pids is None:
         try:
             pids = [proc.pid for proc in psutil.Process().children()]
-        except psutil.Error:  # our own process table entry is unreadable: nothing to scan
+        except (psutil.Error, OSError):
+            # Our own entry is unreadable, or no descriptor is left to read /proc with
+            # (EMFILE): nothing to scan now; the next exit or the shutdown scans again.
             return []
     killed = []
     for pid in pids:

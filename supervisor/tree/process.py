@@ -29,7 +29,6 @@ from __future__ import annotations
 import gc
 import itertools
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -83,7 +82,7 @@ class SupervisorProcess:
         self.control: Any = None  # the ControlServer of a service root
         self.parent_reader = FrameReader(P.CONTROL_CODEC)
         self.root = root
-        self.loop = Loop()
+        self.loop = Loop(on_error=self._handler_failed)
         self.matrix = child_matrix(matrix or DEFAULT_MATRIX, spec)
         self.children = [self.new_slot(s) for s in spec.children]
         self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
@@ -95,6 +94,8 @@ class SupervisorProcess:
         self.exit_detail: str | None = None
 
     def new_slot(self, spec: Any) -> ChildSlot:
+        """The runtime record of a child: the one builder for static and dynamic children
+        alike, so the two cannot differ (its path, its error matrix)."""
         return ChildSlot(spec=spec, path=join(self.path, spec.id),
                          matrix=child_matrix(self.matrix, spec))
 
@@ -107,6 +108,7 @@ class SupervisorProcess:
         self.loop.add_signal(signal.SIGTERM, lambda _: self.shutdown("normal"))
         if self.parent is None:  # the service root: Ctrl-C is a graceful stop
             self.loop.add_signal(signal.SIGINT, lambda _: self.shutdown("normal"))
+            self.loop.add_signal(signal.SIGHUP, lambda _: self._hangup())
         else:
             self.parent.setblocking(True)
         gc.freeze()  # forked children share our heap without copy-on-write faults at GC
@@ -137,6 +139,14 @@ class SupervisorProcess:
                 return failure
             started.append(slot)
         return None
+
+    def _hangup(self) -> None:
+        # SIGHUP conventionally asks a daemon to reload its configuration. Until reload
+        # exists it is a graceful stop like SIGTERM: never the abrupt death that its default
+        # action is (no terminate(), a stale socket), also when a terminal closes.
+        logger.info("SIGHUP: configuration reload does not exist yet; stopping the tree "
+                    "gracefully")
+        self.shutdown("normal")
 
     def shutdown(self, detail: str) -> None:
         """Stop every child in reverse start order, then leave the loop."""
@@ -391,7 +401,29 @@ class SupervisorProcess:
                               "channel's socket could not be received", category="resource_error",
                               path=msg.path)
             return
-        handle_request(self, msg, origin, fd)
+        try:
+            handle_request(self, msg, origin, fd)
+        except Exception as exc:
+            # A bug, not a refusal (those are answered by the handlers): the requester gets
+            # a classified error and the loop goes on serving everyone else.
+            self._report_bug(exc, f"the request {type(msg).__name__}")
+            rid = getattr(msg, "id", None)
+            if rid is not None:
+                where = self.path or "the root"
+                self._reply_error(origin, rid, "WorkerError",
+                                  f"supervisor {where!r} failed to handle "
+                                  f"{type(msg).__name__}: {type(exc).__name__}: {exc}",
+                                  category="system_error", path=self.path,
+                                  remote_type=type(exc).__name__, remote_message=str(exc))
+
+    def _handler_failed(self, exc: Exception, callback: Any) -> None:
+        """An event handler of the loop raised: report the bug; the loop goes on."""
+        self._report_bug(exc, f"the event handler {getattr(callback, '__qualname__', callback)}")
+
+    def _report_bug(self, exc: Exception, what: str) -> None:
+        logger.opt(exception=exc).error(
+            "supervisor {!r}: bug: {} raised {}: {}; the supervisor keeps running",
+            self.path or self.spec.id, what, type(exc).__name__, exc)
 
     def _relay(self, origin: socket.socket, msg: Any) -> None:
         if self.control is not None and self.control.owns(origin):
@@ -425,9 +457,6 @@ class SupervisorProcess:
         finally:
             if fd is not None:
                 os.close(fd)
-
-    def spec_blob(self, blob: bytes) -> Any:
-        return pickle.loads(blob)
 
 
 def _with_id(msg: Any, rid: int) -> Any:

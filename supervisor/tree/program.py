@@ -3,8 +3,8 @@
 A program runs in its own process group, forked by the supervisor like any child (so it
 dies with it: PR_SET_PDEATHSIG survives exec) and then exec'd. Whether exec worked is read
 from a close-on-exec pipe: EOF means the program is running, bytes are the exec error.
-Signals the supervisor's Python set to "ignore" (SIGPIPE, SIGINT) are reset first: ignored
-dispositions survive exec and would change the program's behaviour.
+Signals the supervisor's Python set to "ignore" (SIGPIPE, SIGINT, SIGHUP) are reset first:
+ignored dispositions survive exec and would change the program's behaviour.
 
 Stopping it sends `stop_signal` to its group, then SIGKILL to the group when the shutdown
 grace runs out. When it exits, whatever is left of its group is killed too.
@@ -24,7 +24,8 @@ from .slot import ChildSlot, StartFailure
 
 __all__ = ["spawn", "await_exec", "signal_group", "kill_group"]
 
-_RESET = (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGXFSZ)
+_RESET = (signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGCHLD,
+          signal.SIGXFSZ)
 
 
 def spawn(slot: ChildSlot, keep: list[int], capture: Capture | None) -> int:

@@ -59,7 +59,10 @@ def handle_exit(sup: SupervisorProcess, slot: ChildSlot, reason: str, category: 
         restart_group(sup, slot)
         return
     if not should_restart(slot.spec.restart, reason):
-        if slot.spec.restart == "temporary":
+        # OTP's del_child: a temporary child, or any child of a simple_one_for_one
+        # supervisor (it has no spec of its own to keep), is forgotten; any other keeps
+        # its spec, stopped, for restart_child / delete_child.
+        if slot.spec.restart == "temporary" or sup.spec.strategy == "simple_one_for_one":
             sup.children.remove(slot)
         else:
             slot.state = "stopped"

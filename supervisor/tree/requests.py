@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import msgspec
 
+from strategies.matrix import ErrorCategory
+
+from ..errors import ConfigError
+from ..specs import ChildSpec, ProgramSpec, SupervisorSpec
 from ..wire import messages as P
 from .health import fail_running
 from .slot import ChildSlot
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
     from .process import SupervisorProcess
 
 __all__ = ["handle_request"]
+
+_CATEGORIES = tuple(str(c) for c in ErrorCategory)
 
 
 def handle_request(sup: SupervisorProcess, msg: Any, origin: socket.socket,
@@ -118,8 +125,11 @@ def _which(sup: SupervisorProcess, msg: Any) -> list[P.ChildInfo]:
 
 
 def _count(sup: SupervisorProcess, msg: Any) -> dict[str, int]:
+    # simple_one_for_one: one spec, its template, however many children (OTP; Elixir's
+    # DynamicSupervisor counts the children instead).
+    simple = sup.spec.strategy == "simple_one_for_one"
     return {
-        "specs": len(sup.children),
+        "specs": 1 if simple else len(sup.children),
         "active": sum(1 for s in sup.children if s.state == "running"),
         "supervisors": sum(1 for s in sup.children if s.kind == "supervisor"),
         "workers": sum(1 for s in sup.children if s.kind == "worker"),
@@ -155,36 +165,69 @@ def _find(sup: SupervisorProcess, child_id: str) -> ChildSlot:
 
 def _start_child(sup: SupervisorProcess, msg: Any) -> str:
     spec = sup.spec
+    # Restarting and stopped children count too (as in OTP and Elixir): they hold a place.
     if spec.max_children is not None and len(sup.children) >= spec.max_children:
         raise _Refused("PoolExhausted", f"max_children ({spec.max_children}) reached",
                        path=sup.path)
-    if msg.spec is None and getattr(spec, "worker_template", None) is not None:
-        # A pool's overflow worker: the next free index after the pool's own.
-        taken = {slot.id for slot in sup.children}
-        index = next(i for i in itertools.count(spec.size) if f"{spec.id}-{i}" not in taken)
-        child_spec = attrs.evolve(spec.worker_template, id=f"{spec.id}-{index}")
-    elif spec.strategy == "simple_one_for_one":
-        template = spec.template
-        child_spec = attrs.evolve(
-            template, id=f"{template.id}-{next(sup._dynamic)}",
-            args=tuple(template.args) + tuple(msg.args),
-            kwargs={**template.kwargs, **(msg.kwargs or {})},
-        )
-    else:
-        if msg.spec is None:
-            raise _Refused("ConfigError", "start_child needs a spec for a "
-                           f"{spec.strategy} supervisor", field="spec")
-        child_spec = sup.spec_blob(msg.spec)
-        if sup.find_slot(child_spec.id) is not None:
-            raise _Refused("ConfigError", f"duplicate child id {child_spec.id!r}", field="id")
-    slot = ChildSlot(spec=child_spec,
-                     path=f"{sup.path}/{child_spec.id}" if sup.path else child_spec.id)
+    # Validated in full before the child table changes: a refusal leaves no trace.
+    slot = sup.new_slot(_dynamic_spec(sup, msg))
     sup.children.append(slot)
     failure = sup.start_slot(slot)
     if failure is not None:
         sup.children.remove(slot)
         raise _start_refused(failure)
-    return child_spec.id
+    return slot.id
+
+
+def _dynamic_spec(sup: SupervisorProcess, msg: Any) -> Any:
+    """The spec of the child `msg` asks for, checked as OTP checks start_child's argument;
+    a bad one is refused with a ConfigError naming the field."""
+    spec = sup.spec
+    if msg.spec is None and getattr(spec, "worker_template", None) is not None:
+        # A pool's overflow worker: the next free index after the pool's own.
+        taken = {slot.id for slot in sup.children}
+        index = next(i for i in itertools.count(spec.size) if f"{spec.id}-{i}" not in taken)
+        return attrs.evolve(spec.worker_template, id=f"{spec.id}-{index}")
+    if spec.strategy == "simple_one_for_one":
+        if msg.spec is not None:
+            raise _Refused("ConfigError", "spec: a simple_one_for_one supervisor makes its "
+                           "children from its template; pass args/kwargs instead", field="spec")
+        template = spec.template
+        try:
+            return attrs.evolve(template, id=f"{template.id}-{next(sup._dynamic)}",
+                                args=tuple(template.args) + tuple(msg.args),
+                                kwargs={**template.kwargs, **(msg.kwargs or {})})
+        except ConfigError as exc:
+            raise _Refused("ConfigError", str(exc), field=exc.field) from exc
+    if msg.spec is None:
+        raise _Refused("ConfigError", "start_child needs a spec for a "
+                       f"{spec.strategy} supervisor", field="spec")
+    if msg.args or msg.kwargs:
+        raise _Refused("ConfigError", "args: only a simple_one_for_one supervisor takes "
+                       "args/kwargs (its template's are extended); put them in the spec",
+                       field="args")
+    child_spec = _decode_spec(msg.spec)
+    if sup.find_slot(child_spec.id) is not None:
+        raise _Refused("ConfigError", f"duplicate child id {child_spec.id!r}", field="id")
+    if child_spec.significant and spec.auto_shutdown == "never":
+        raise _Refused("ConfigError", "significant: a significant child needs "
+                       "auto_shutdown='any_significant' or 'all_significant' on its "
+                       f"supervisor; {sup.path or 'the root'!r} has 'never'",
+                       field="significant")
+    return child_spec
+
+
+def _decode_spec(blob: bytes) -> Any:
+    try:
+        child_spec = pickle.loads(blob)
+    except Exception as exc:  # any bytes may arrive here: a client's or a fuzzer's
+        raise _Refused("ConfigError", f"spec: cannot decode it ({type(exc).__name__}: "
+                       f"{exc})", field="spec") from exc
+    if not isinstance(child_spec, ChildSpec | ProgramSpec | SupervisorSpec):
+        raise _Refused("ConfigError", "spec: expected a child(...), program(...), "
+                       f"Supervisor(...) or Pool(...) spec, got {type(child_spec).__name__} "
+                       f"{child_spec!r:.80}", field="spec")
+    return child_spec
 
 
 def _start_error_text(failure: Any) -> str:
@@ -202,14 +245,20 @@ def _terminate_child(sup: SupervisorProcess, msg: Any) -> None:
 
 
 def _stopped_child(sup: SupervisorProcess, msg: Any, operation: str) -> ChildSlot:
-    """The stopped child `restart_child` / `delete_child` acts on (as in OTP, neither
-    applies to simple_one_for_one children nor to a running child)."""
+    """The stopped child `restart_child` / `delete_child` acts on. As in OTP, neither
+    applies to simple_one_for_one children, to a running child ({error, running}) or to
+    one whose restart is under way ({error, restarting}: a restart waiting on its backoff
+    delay or retried after it failed to start)."""
     slot = _find(sup, msg.child_id)
     if sup.spec.strategy == "simple_one_for_one":
         raise _Refused("WorkerError", f"{operation} is not supported by simple_one_for_one",
                        path=slot.path)
     if slot.pid is not None:
-        raise _Refused("WorkerError", f"{slot.path!r} is running", path=slot.path)
+        raise _Refused("WorkerError", f"{slot.path!r} is running", path=slot.path,
+                       state="running")
+    if slot.state == "restarting":
+        raise _Refused("WorkerError", f"{slot.path!r} is restarting; terminate_child it "
+                       "first to cancel the restart", path=slot.path, state="restarting")
     return slot
 
 
@@ -221,6 +270,9 @@ def _start_refused(failure: Any) -> _Refused:
 
 def _restart_child(sup: SupervisorProcess, msg: Any) -> int | None:
     slot = _stopped_child(sup, msg, "restart_child")
+    # An operator's start replaces a pending circuit trial (it would start a second process).
+    slot.cancel_timers()
+    slot.circuit, slot.retry_at = "closed", None
     failure = sup.start_slot(slot)
     if failure is not None:
         raise _start_refused(failure)
@@ -233,6 +285,10 @@ def _delete_child(sup: SupervisorProcess, msg: Any) -> None:
 
 def _report_failure(sup: SupervisorProcess, msg: Any) -> None:
     slot = _find(sup, msg.child_id)
+    if msg.category not in _CATEGORIES:
+        # It would name the child's exit, and the matrix has no row for it.
+        raise _Refused("ConfigError", f"category: expected one of {', '.join(_CATEGORIES)}, "
+                       f"got {msg.category!r}", field="category")
     # The caller saw it fail (a timed-out call): its state is unknown, so no grace.
     fail_running(sup, slot, msg.category, msg.reason, graceful=False)
 

@@ -35,7 +35,11 @@ __all__ = ["ChildSlot", "StartFailure", "await_ready", "stop_process", "drain"]
 class ChildSlot:
     spec: Any
     path: str
-    matrix: Any = None  # this child's error matrix: defaults, then ancestors', then its own
+    # This child's error matrix: defaults, then its ancestors' overrides, then its own. No
+    # default on purpose: a slot built without one (a dynamic child once was) fails at its
+    # first failure, inside the supervisor's loop. `SupervisorProcess.new_slot` builds every
+    # slot, static and dynamic alike.
+    matrix: Any
     state: str = "stopped"  # starting | running | stopping | restarting | stopped | circuit_open
     restarts: int = 0
     pid: int | None = None  # None unless a process exists (running, starting, stopping)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from supervisor import cli
-from supervisor.service.control import ControlServer, peer_uid
+from supervisor.service.control import ControlServer
+from supervisor.wire.trust import peer_uid
 
 from .._procs import wait_gone
 from .._service import Service, running

@@ -63,7 +63,7 @@ def full_jobs() -> SupervisorSpec:
     return Supervisor(
         "jobs", strategy="simple_one_for_one", max_restarts=0, max_seconds=1,
         restart="temporary", shutdown="brutal_kill", template=job, max_children=50,
-        auto_shutdown="all_significant", significant=True,
+        significant=True,
         errors={"session_error": {"recovery": "failover"}},
     )
 
@@ -98,7 +98,8 @@ def full_tree() -> SupervisorSpec:
         stable_after=1, circuit_timeout=10,
     )
     jobs = full_jobs()
-    workers = Supervisor("workers", [child("one", ECHO)], strategy="one_for_all", shutdown=60)
+    workers = Supervisor("workers", [child("one", ECHO)], strategy="one_for_all", shutdown=60,
+                         auto_shutdown="all_significant")
     pool = full_pool()
     return Supervisor(
         "root", [echo, sleeper, jobs, workers, pool], strategy="rest_for_one", max_restarts=7,
@@ -316,9 +317,10 @@ root (supervisor): rest_for_one, max_restarts=7, max_seconds=12.5, auto_shutdown
 ├── echo (worker): workers.echo:Echo, restart=transient, significant
 ├── sleeper (program): $ sleep 1000, restart=temporary, significant
 ├── jobs (supervisor): simple_one_for_one, max_restarts=0, max_seconds=1, \
-auto_shutdown=all_significant, restart=temporary, significant
+restart=temporary, significant
 │   └── job (template worker): workers.echo:Echo, restart=transient
-├── workers (supervisor): one_for_all, max_restarts=3, max_seconds=5, restart=permanent
+├── workers (supervisor): one_for_all, max_restarts=3, max_seconds=5, \
+auto_shutdown=all_significant, restart=permanent
 │   └── one (worker): workers.echo:Echo, restart=permanent
 └── py (pool): 3 x workers.echo:Echo, restart=transient"""
 

@@ -172,6 +172,9 @@ EXPECTED = {
         ': tree.children[0].command: a child runs either worker (a Worker class) or command '
         '(an external program), not both',
     'zero_max_seconds.toml': ': tree.max_seconds: expected a number > 0, got 0',
+    'simple_auto_shutdown.toml':
+        ": tree.children[0].auto_shutdown: a simple_one_for_one supervisor cannot shut down "
+        "automatically; expected 'never', got 'any_significant'",
 }
 
 

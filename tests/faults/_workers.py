@@ -133,3 +133,18 @@ class Forker(Worker):
 
     def die(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Farewell(Worker):
+    """Appends its id to the file `record` from `terminate`: a test reads in which order
+    a graceful stop reached the workers (one write each, O_APPEND)."""
+
+    def init(self, record: str) -> None:
+        self.record = record
+
+    def ping(self) -> str:
+        return "pong"
+
+    def terminate(self, reason: str) -> None:
+        with open(self.record, "a") as fh:
+            fh.write(f"{self.id} {reason}\n")

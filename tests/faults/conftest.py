@@ -75,11 +75,12 @@ def raw_channel():
 # ------------------------------------------------------------------ service mode
 @pytest.fixture
 def service(tmp_path):
-    """service(tree_toml) -> a running Service (up and serving); stopped at teardown."""
+    """service(tree_toml, **options) -> a running Service (up and serving; options as for
+    Service); stopped at teardown."""
     with running(tmp_path) as start:
 
-        def _start(tree: str) -> Service:
-            svc = start(tree)
+        def _start(tree: str, **options) -> Service:
+            svc = start(tree, **options)
             svc.wait_line("is up")
             return svc
 

@@ -17,6 +17,13 @@ tree's `which_children`. Then, at the end:
 - after `stop()` no process of the tree is left (every pid ever seen), no zombie child,
   and the caller's file descriptors are back to their baseline.
 
+The "dynamic" mode adds a simple_one_for_one supervisor ("dyn") whose children a churn
+thread starts and terminates all the time (each new child is called once), while the
+chaos loop kills workers (dynamic ones included) and supervisors ("dyn" included). The
+churn and the chaos loop never act on the same process: a pid the chaos loop touched is
+never terminated, a pid the churn terminates is never touched (one lock, two sets), so
+every death stays accountable.
+
 SUPERVISOR_CHAOS_SEED=<n> replays a seed; SUPERVISOR_CHAOS_SECONDS=<s> sets the length of
 the long run (default 120 s; run it with ``-m slow`` or SUPERVISOR_LONG=1).
 """
@@ -82,10 +89,17 @@ HEARTBEATS = {"front/back/b", "front/d", "py/py-0", "py/py-1"}
 TARGETS = ["front/a", "front/back/b", "front/back/c", "front/d", "e", "py"]  # "py": the pool
 
 
-def chaos_tree():
+DYNAMIC_SHAPE = {**SHAPE, "dyn": "supervisor"}  # plus dyn/job-N, which come and go
+CHURN_INTERVAL = 0.05  # seconds between churn operations: the rate, not a wait
+CHURN_MAX = 8  # dynamic children the churn keeps at most
+
+
+def chaos_tree(mode: str = "tree"):
     # Pool(...) takes child options only; its supervisor's intensity is set with evolve.
     pool = attrs.evolve(Pool("py", Target, size=2, checkout_timeout=CHECKOUT, **WORKER,
                              **HEARTBEAT), **INTENSITY)
+    dynamic = [Supervisor("dyn", strategy="simple_one_for_one", **INTENSITY,
+                          template=child("job", Target, **WORKER))] if mode == "dynamic" else []
     return Supervisor("root", errors=CHAOS_ERRORS, **INTENSITY, children=[
         Supervisor("front", **INTENSITY, children=[
             child("a", Target, **WORKER),
@@ -97,6 +111,7 @@ def chaos_tree():
         ]),
         pool,
         child("e", Target, **WORKER),
+        *dynamic,
     ])
 
 
@@ -151,6 +166,81 @@ def call_forever(n: int, app, pool, stop: threading.Event, tally: Tally) -> None
         i += 1
 
 
+# ------------------------------------------------------------------ the churn
+@attrs.define
+class Claims:
+    """Who may act on which process: the chaos loop and the churn never share one."""
+
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    touched: set[int] = attrs.field(factory=set)  # pids the chaos loop signalled
+    retired: set[int] = attrs.field(factory=set)  # pids the churn terminated
+
+
+@attrs.define
+class ChurnTally(Tally):
+    started: int = 0
+    terminated: int = 0
+
+
+def classified(exc: BaseException) -> bool:
+    categories = {str(c) for c in ErrorCategory}
+    return type(exc) in PUBLIC_ERRORS and getattr(exc, "category", None) in categories
+
+
+def churn_forever(app, rng: random.Random, claims: Claims, stop: threading.Event,
+                  tally: ChurnTally) -> None:
+    """Start and terminate children of "dyn" (each new one is called once) until `stop`.
+    Every answer must be a result or a classified error: "dyn" may be restarting (the
+    chaos loop killed it) or a child may be down (the chaos loop killed it)."""
+
+    def outcome(name: str, exc: BaseException | None) -> None:
+        if exc is None:
+            tally.outcomes[f"{name} ok"] += 1
+        else:
+            tally.outcomes[f"{name} {type(exc).__name__}"] += 1
+            if not classified(exc) and len(tally.problems) < 20:
+                tally.problems.append(f"churn {name}: {type(exc).__name__}: {exc}")
+        tally.calls += 1
+
+    i = 0
+    # The wait is the churn's rate, not a wait for a condition.
+    while not stop.wait(CHURN_INTERVAL):
+        try:
+            running = [c for c in app.which_children("dyn") if c.state == "running" and c.pid]
+        except Exception as exc:
+            outcome("which_children", exc)
+            continue
+        if len(running) < 2 or (len(running) < CHURN_MAX and rng.random() < 0.5):
+            try:
+                cid = app.start_child("dyn")
+            except Exception as exc:
+                outcome("start_child", exc)
+                continue
+            tally.started += 1
+            outcome("start_child", None)
+            token = f"churn-{i}"
+            i += 1
+            try:
+                value = app.call(f"dyn/{cid}", "echo", token, timeout=CALL_TIMEOUT)
+                if value != token and len(tally.problems) < 20:
+                    tally.problems.append(f"dyn/{cid}: sent {token!r}, got {value!r}")
+                outcome("call", None)
+            except Exception as exc:
+                outcome("call", exc)
+            continue
+        victim = rng.choice(running)
+        with claims.lock:
+            if victim.pid in claims.touched:
+                continue  # the chaos loop's: its death must be reported as a kill
+            claims.retired.add(victim.pid)
+        try:
+            app.terminate_child("dyn", victim.id)
+            tally.terminated += 1
+            outcome("terminate_child", None)
+        except Exception as exc:
+            outcome("terminate_child", exc)
+
+
 # ------------------------------------------------------------------ the chaos loop
 @attrs.frozen
 class Action:
@@ -163,10 +253,13 @@ class Action:
 
 
 def run_chaos(app, rng: random.Random, seconds: float, kill_supervisors: bool,
-              seen: set[int], quit: threading.Event) -> list[Action]:
-    """SIGKILL / SIGSTOP random nodes every INTERVAL seconds, bounded in time and count."""
+              seen: set[int], quit: threading.Event, claims: Claims | None = None
+              ) -> list[Action]:
+    """SIGKILL / SIGSTOP random nodes every INTERVAL seconds, bounded in time and count.
+    `claims`: never a pid the churn retired; every pid signalled is recorded there."""
     actions: list[Action] = []
-    touched: set[int] = set()
+    claims = claims if claims is not None else Claims()
+    touched = claims.touched
     end = time.monotonic() + seconds
     budget = int(seconds / INTERVAL) + 1
     while time.monotonic() < end and len(actions) < budget:
@@ -191,11 +284,15 @@ def run_chaos(app, rng: random.Random, seconds: float, kill_supervisors: bool,
         path = rng.choice(sorted(pool))
         node = live[path]
         action = Action(time.time(), what, node["kind"], path, node["pid"], node["ancestors"])
-        try:
-            os.kill(action.pid, signal.SIGKILL if what == "kill" else signal.SIGSTOP)
-        except ProcessLookupError:  # it cannot be gone unless we did it: a finding
-            raise AssertionError(f"{action} died before the chaos loop touched it") from None
-        touched.add(action.pid)
+        with claims.lock:
+            if action.pid in claims.retired:
+                continue  # the churn terminated it since the walk
+            try:
+                os.kill(action.pid, signal.SIGKILL if what == "kill" else signal.SIGSTOP)
+            except ProcessLookupError:  # it cannot be gone unless we did it: a finding
+                raise AssertionError(f"{action} died before the chaos loop touched it") \
+                    from None
+            touched.add(action.pid)
         actions.append(action)
     return actions
 
@@ -265,15 +362,17 @@ def exits_and_decisions(events, actions: list[Action]) -> dict[str, int]:
             "started": sum(1 for name, _, _ in log if name == "started")}
 
 
-def wait_full_shape(app, events, touched: set[int], timeout: float) -> dict[str, dict]:
-    """Wait (on telemetry events, not sleeps) until every node of SHAPE runs a new pid."""
+def wait_full_shape(app, events, touched: set[int], timeout: float,
+                    want: dict[str, str] = SHAPE) -> dict[str, dict]:
+    """Wait (on telemetry events, not sleeps) until every node of `want` runs a new pid
+    (the children of "dyn" come and go: they are not part of the shape)."""
     deadline = time.monotonic() + timeout
     while True:
         with events.cond:
             mark = len(events.events)
-        nodes = walk(app)
+        nodes = {p: n for p, n in walk(app).items() if not p.startswith("dyn/")}
         shape = {path: node["kind"] for path, node in nodes.items()}
-        if shape == SHAPE and not touched.intersection(n["pid"] for n in nodes.values()):
+        if shape == want and not touched.intersection(n["pid"] for n in nodes.values()):
             return nodes
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"the tree did not come back: {sorted(shape)}"
@@ -302,6 +401,7 @@ BUG_NESTED_SUPERVISOR_KILL = (
 @pytest.mark.parametrize("mode", [
     "workers",
     "tree",
+    "dynamic",
 ])
 @pytest.mark.parametrize("seconds", [
     pytest.param(SHORT, id="short", marks=pytest.mark.timeout(90)),
@@ -319,20 +419,26 @@ def test_chaos_under_load(seconds, mode, events):
     gc.collect()
     fds_before = open_fds()
     seen: set[int] = set()
-    app = supervisor.start(chaos_tree())
+    app = supervisor.start(chaos_tree(mode))
     quit = threading.Event()
     tallies = [Tally() for _ in range(CALLERS)]
     callers: list[threading.Thread] = []
+    claims, churn = Claims(), ChurnTally()
     try:
         seen.add(app.pid)
         pool = app.pool("py")
         callers = [threading.Thread(target=call_forever, args=(n, app, pool, quit, tallies[n]),
                                     name=f"chaos-caller-{n}", daemon=True)
                    for n in range(CALLERS)]
+        if mode == "dynamic":
+            callers.append(threading.Thread(
+                target=churn_forever, args=(app, random.Random(rng.random()), claims, quit,
+                                            churn), name="chaos-churn", daemon=True))
         for t in callers:
             t.start()
         began = time.monotonic()
-        actions = run_chaos(app, rng, seconds, mode == "tree", seen, quit)
+        actions = run_chaos(app, rng, seconds, mode in ("tree", "dynamic"), seen, quit,
+                            claims)
         duration = time.monotonic() - began
         quit.set()
         for t in callers:
@@ -342,14 +448,17 @@ def test_chaos_under_load(seconds, mode, events):
 
         # Calls: classified, in time, never mixed.
         outcomes = sum((t.outcomes for t in tallies), collections.Counter())
-        problems = [p for t in tallies for p in t.problems]
+        problems = [p for t in (*tallies, churn) for p in t.problems]
         assert problems == []
         assert outcomes["ok"] > 0
+        if mode == "dynamic":
+            assert churn.started > 0 and churn.terminated > 0, churn
 
         # Every touched process is gone (a stopped one was killed by its heartbeat).
         touched = {a.pid for a in actions}
         assert wait_gone(touched, 15) == []
-        nodes = wait_full_shape(app, events, touched, timeout=15)
+        nodes = wait_full_shape(app, events, touched, timeout=15,
+                                want=DYNAMIC_SHAPE if mode == "dynamic" else SHAPE)
         seen.update(n["pid"] for n in nodes.values())
         for path, kind in SHAPE.items():
             if kind == "worker":
@@ -387,7 +496,10 @@ def test_chaos_under_load(seconds, mode, events):
           f"longest_call={max(t.longest for t in tallies):.2f}s hung=0 mixed=0 "
           f"exits={counts['exits']} restarts={counts['restarts']} "
           f"swallowed={counts['swallowed']} interrupted={counts['interrupted']} "
-          f"orphans={len(orphans)} zombies={len(zombies)} leaked_fds={len(leaked)}")
+          f"orphans={len(orphans)} zombies={len(zombies)} leaked_fds={len(leaked)}"
+          + (f" churn: started={churn.started} terminated={churn.terminated} "
+             f"ops={churn.calls} outcomes={dict(sorted(churn.outcomes.items()))}"
+             if mode == "dynamic" else ""))
 
 
 # ------------------------------------------------------------------ the findings, small

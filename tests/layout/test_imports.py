@@ -127,16 +127,7 @@ CALLER_SIDE = [name for name in MODULES
 OTHER_PROCESSES = ("supervisor.tree", "supervisor.runtime", "supervisor.service")
 
 
-# Caller-side modules that still reach service code through the control socket's client
-# helpers (being moved to client/); the list may only shrink.
-_STILL_REACHING = {
-    "supervisor.app", "supervisor.client.link", "supervisor.client.router",
-    "supervisor.pool.client", "supervisor.pool.io", "supervisor.pool.membership",
-}
-
-
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=_CIRCLES_LEFT) if m in _STILL_REACHING else m for m in CALLER_SIDE])
+@pytest.mark.parametrize("module", CALLER_SIDE)
 def test_the_callers_process_never_imports_supervisor_or_worker_code(module: str) -> None:
     assert sorted(m for m in _reachable(module) if _in(m, *OTHER_PROCESSES)) == []
 

@@ -45,8 +45,8 @@ def event_times(events, suffix, path):
 
 
 # ------------------------------------------------------------------ classification
-def test_sigkill_is_a_connection_error_restarted_at_once(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("w", Echo)]))
+def test_sigkill_is_a_connection_error_restarted_at_once(start_as, events):
+    app = start_as(Supervisor("root", children=[child("w", Echo)]))
     os.kill(pid_of(app, "w"), signal.SIGKILL)
     f = failure(events, "w")
     assert (f["category"], f["severity"], f["recovery"], f["action"], f["delay"]) == (
@@ -54,8 +54,8 @@ def test_sigkill_is_a_connection_error_restarted_at_once(start_tree, events):
     events.wait_count("restarted", 1, "w")
 
 
-def test_a_garbage_frame_is_a_communication_error(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("w", Echo)]))
+def test_a_garbage_frame_is_a_communication_error(start_as, events):
+    app = start_as(Supervisor("root", children=[child("w", Echo)]))
     assert app.call("w", "ping") == "pong"
     chan = app._router.channels["w"]
     chan.sock.sendall(b"\x00\x00\x00\x03\xc1\xc1\xc1")  # a frame whose body is not msgpack
@@ -67,8 +67,8 @@ def test_a_garbage_frame_is_a_communication_error(start_tree, events):
     assert app.call("w", "ping") == "pong"
 
 
-def test_a_timed_out_call_restarts_the_worker_as_a_timeout_error(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("c", Calc)]))
+def test_a_timed_out_call_restarts_the_worker_as_a_timeout_error(start_as, events):
+    app = start_as(Supervisor("root", children=[child("c", Calc)]))
     before = pid_of(app, "c")
     with pytest.raises(CallTimeout) as info:
         app.call("c", "slow", 30, timeout=0.3)
@@ -89,8 +89,8 @@ def test_on_timeout_ignore_keeps_the_worker(start_tree, events):
     assert events.named("failure") == []
 
 
-def test_memory_over_the_limit_is_a_resource_error(start_tree, events):
-    app = start_tree(Supervisor("root", children=[
+def test_memory_over_the_limit_is_a_resource_error(start_as, events):
+    app = start_as(Supervisor("root", children=[
         child("m", Flaky, kwargs={"marker": "/nonexistent"}, max_memory_mb=150)]))
     app.call("m", "balloon", 300)
     f = failure(events, "m")
@@ -101,8 +101,8 @@ def test_memory_over_the_limit_is_a_resource_error(start_tree, events):
     events.wait_count("restarted", 1, "m")
 
 
-def test_a_stopped_process_misses_heartbeats_and_is_killed(start_tree, events):
-    app = start_tree(Supervisor("root", children=[
+def test_a_stopped_process_misses_heartbeats_and_is_killed(start_as, events):
+    app = start_as(Supervisor("root", children=[
         child("h", Echo, heartbeat=0.1, heartbeat_timeout=0.3)]))
     pid = pid_of(app, "h")
     os.kill(pid, signal.SIGSTOP)
@@ -120,8 +120,8 @@ def test_heartbeats_are_answered_while_a_long_command_runs(start_tree, events):
     assert events.named("failure") == []
 
 
-def test_health_false_is_a_health_check_error(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("h", Moody, heartbeat=0.1)]))
+def test_health_false_is_a_health_check_error(start_as, events):
+    app = start_as(Supervisor("root", children=[child("h", Moody, heartbeat=0.1)]))
     app.call("h", "sicken")
     f = failure(events, "h")
     assert f["category"] == "health_check_error"
@@ -130,16 +130,16 @@ def test_health_false_is_a_health_check_error(start_tree, events):
     assert app.call("h", "pid") > 0
 
 
-def test_run_raising_is_a_python_error_with_failover(start_tree, events):
-    start_tree(Supervisor("root", max_restarts=50, max_seconds=60, children=[
+def test_run_raising_is_a_python_error_with_failover(start_as, events):
+    start_as(Supervisor("root", max_restarts=50, max_seconds=60, children=[
         child("s", Service, kwargs={"mode": "raise"}, restart="transient")]))
     f = failure(events, "s")
     assert (f["category"], f["recovery"], f["delay"]) == ("python_error", "failover", 0.0)
 
 
-def test_init_failing_on_restart_is_an_initialization_error(start_tree, events, tmp_path):
+def test_init_failing_on_restart_is_an_initialization_error(start_as, events, tmp_path):
     marker = tmp_path / "broken"
-    app = start_tree(Supervisor("root", max_restarts=10, max_seconds=60, children=[
+    app = start_as(Supervisor("root", max_restarts=10, max_seconds=60, children=[
         child("f", Flaky, kwargs={"marker": str(marker)}), child("other", Echo)]))
     marker.touch()
     os.kill(pid_of(app, "f"), signal.SIGKILL)
@@ -155,8 +155,8 @@ def test_init_failing_on_restart_is_an_initialization_error(start_tree, events, 
 
 
 # ------------------------------------------------------------------ schedules
-def test_restart_delays_follow_the_schedule(start_tree, events):
-    app = start_tree(Supervisor("root", max_restarts=10, max_seconds=60, children=[
+def test_restart_delays_follow_the_schedule(start_as, events):
+    app = start_as(Supervisor("root", max_restarts=10, max_seconds=60, children=[
         child("w", Echo, errors={"connection_error": {"backoff": [0.4, 0.8]}})]))
     for n in (1, 2, 3):
         os.kill(pid_of(app, "w"), signal.SIGKILL)
@@ -182,8 +182,8 @@ def test_stable_after_resets_the_failure_count(start_tree, events):
     assert failure(events, "w", 2)["delay"] == 0.0
 
 
-def test_critical_on_a_late_attempt_is_abandoned(start_tree, events):
-    app = start_tree(Supervisor("root", max_restarts=10, max_seconds=60, children=[
+def test_critical_on_a_late_attempt_is_abandoned(start_as, events):
+    app = start_as(Supervisor("root", max_restarts=10, max_seconds=60, children=[
         child("w", Echo, errors=FAST)]))
     for n in (1, 2, 3):
         os.kill(pid_of(app, "w"), signal.SIGKILL)
@@ -194,8 +194,8 @@ def test_critical_on_a_late_attempt_is_abandoned(start_tree, events):
     assert (fourth["severity"], fourth["action"]) == ("critical", "abandon")
 
 
-def test_used_up_retries_escalate(start_tree, events):
-    app = start_tree(Supervisor("root", max_restarts=10, max_seconds=60, children=[
+def test_used_up_retries_escalate(start_as, events):
+    app = start_as(Supervisor("root", max_restarts=10, max_seconds=60, children=[
         child("w", Echo, errors={"connection_error": {
             "severity": "minor", "max_retries": 1, "backoff": "none"}})]))
     os.kill(pid_of(app, "w"), signal.SIGKILL)
@@ -205,8 +205,8 @@ def test_used_up_retries_escalate(start_tree, events):
     assert failure(events, "w", 2)["action"] == "escalate"
 
 
-def test_a_failure_that_takes_every_child_down_is_critical(start_tree, events):
-    app = start_tree(Supervisor("root", max_restarts=10, max_seconds=60,
+def test_a_failure_that_takes_every_child_down_is_critical(start_as, events):
+    app = start_as(Supervisor("root", max_restarts=10, max_seconds=60,
                                 children=[child("a", Echo), child("b", Echo)]))
     pids = [pid_of(app, "a"), pid_of(app, "b")]
     os.kill(app.pid, signal.SIGSTOP)  # the supervisor sees both exits in one pass
@@ -232,10 +232,10 @@ def circuit_tree(marker, **extra):
     ])
 
 
-def test_circuit_opens_after_the_budget_then_half_opens_and_closes(start_tree, events,
+def test_circuit_opens_after_the_budget_then_half_opens_and_closes(start_as, events,
                                                                     tmp_path):
     marker = tmp_path / "broken"
-    app = start_tree(circuit_tree(marker))
+    app = start_as(circuit_tree(marker))
     backup = pid_of(app, "backup")
     marker.touch()
     os.kill(pid_of(app, "f"), signal.SIGKILL)
@@ -271,6 +271,21 @@ def test_a_failed_half_open_trial_opens_the_circuit_again(start_tree, events, tm
     assert {i.id: i.state for i in app.which_children()}["f"] == "circuit_open"
 
 
+def test_restart_child_of_an_open_circuit_closes_it_and_cancels_the_trial(start_tree, events,
+                                                                           tmp_path):
+    marker = tmp_path / "broken"
+    app = start_tree(circuit_tree(marker))
+    marker.touch()
+    os.kill(pid_of(app, "f"), signal.SIGKILL)
+    events.wait_count("circuit_opened", 1, "f")
+    marker.unlink()
+    pid = app.restart_child("", "f")  # the operator's way back
+    info = {i.id: i for i in app.which_children()}["f"]
+    assert (info.state, info.pid, info.circuit, info.retry_at) == ("running", pid, "closed",
+                                                                   None)
+    assert app.call("f", "pid") == pid
+
+
 def test_calls_go_to_the_fallback_while_the_circuit_is_open(start_tree, events, tmp_path):
     marker = tmp_path / "broken"
     app = start_tree(Supervisor("root", max_restarts=20, max_seconds=60, children=[
@@ -286,8 +301,8 @@ def test_calls_go_to_the_fallback_while_the_circuit_is_open(start_tree, events, 
         app.call("primary", "get", retry=False)
 
 
-def test_calls_go_to_the_fallback_during_a_backoff_delay(start_tree, events):
-    app = start_tree(Supervisor("root", max_restarts=20, max_seconds=60, children=[
+def test_calls_go_to_the_fallback_during_a_backoff_delay(start_as, events):
+    app = start_as(Supervisor("root", max_restarts=20, max_seconds=60, children=[
         child("primary", Calc, kwargs={"base": 1}, fallback="backup",
               errors={"connection_error": {"backoff": [5.0]}}),
         child("backup", Calc, kwargs={"base": 2}),
@@ -301,8 +316,8 @@ def test_calls_go_to_the_fallback_during_a_backoff_delay(start_tree, events):
 
 
 # ------------------------------------------------------------------ caller-side retries
-def test_idempotent_method_is_resent_after_a_crash(start_tree, events, tmp_path):
-    app = start_tree(Supervisor("root", children=[child("o", Once)]))
+def test_idempotent_method_is_resent_after_a_crash(start_as, events, tmp_path):
+    app = start_as(Supervisor("root", children=[child("o", Once)]))
     first = pid_of(app, "o")
     result = app.call("o", "once", str(tmp_path / "m"))
     assert result.startswith("ok from ") and int(result.split()[-1]) != first
@@ -328,8 +343,8 @@ def test_retry_false_disables_resending(start_tree, tmp_path):
         app.call("o", "once", str(tmp_path / "m"), retry=False)
 
 
-def test_max_calls_recycles_without_counting_toward_intensity(start_tree, events):
-    app = start_tree(Supervisor("root", max_restarts=0, children=[
+def test_max_calls_recycles_without_counting_toward_intensity(start_as, events):
+    app = start_as(Supervisor("root", max_restarts=0, children=[
         child("r", Calc, max_calls=3)]))
     pids = {app.call("r", "add", 0) or pid_of(app, "r") for _ in range(9)}
     assert app.wait(timeout=0.2) is None  # max_restarts=0 and still up
@@ -371,6 +386,39 @@ def test_standalone_circuit_breaker_reports_state_changes(events):
     changes = [(m["name"], m["old"], m["new"]) for n, _, m in events.events
                if n == ("supervisor", "circuit_breaker", "state_change")]
     assert changes == [("db", "closed", "open")]
+
+
+COMMON_KEYS = {"path", "id", "pid", "supervisor", "reason", "category", "restarts"}
+
+
+def test_policy_events_carry_the_common_metadata_keys(events):
+    """The README promises every event's metadata the common keys: the standalone
+    breaker's and retry's events too (a policy object has no place in the tree)."""
+    from strategies.retry import retry
+
+    breaker = telemetry.circuit_breaker("db", failure_threshold=1, timeout=60)
+    breaker.record_failure()
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 2:
+            raise ConnectionResetError("peer reset")
+        return "ok"
+
+    assert retry(flaky, max_attempts=2, backoff="none", sleep=lambda s: None,
+                 on_retry=telemetry.retry_reporter("fetch")) == "ok"
+    got = {n[1]: m for n, _, m in events.events if n[1] in ("circuit_breaker", "retry")}
+    for meta in got.values():
+        assert COMMON_KEYS <= set(meta)
+    common = {k: got["circuit_breaker"][k] for k in COMMON_KEYS}
+    assert common == {"path": "", "id": "db", "pid": os.getpid(), "supervisor": None,
+                      "reason": "open", "category": None, "restarts": None}
+    common = {k: got["retry"][k] for k in COMMON_KEYS}
+    assert common == {"path": "", "id": "fetch", "pid": os.getpid(), "supervisor": None,
+                      "reason": "ConnectionResetError", "category": "connection_error",
+                      "restarts": None}
+    assert (got["retry"]["name"], got["retry"]["attempt"]) == ("fetch", 1)
 
 
 def test_format_for_logging_names_every_fact(start_tree):

@@ -30,12 +30,12 @@ def started_order(events, since=0):
 
 
 # --------------------------------------------------------------------- start / stop order
-def test_children_start_in_order_and_stop_in_reverse(start_tree, events, tmp_path):
+def test_children_start_in_order_and_stop_in_reverse(start_as, events, tmp_path):
     notes = tmp_path / "notes"
     tree = Supervisor("root", children=[
         child(cid, Noted, kwargs={"notes": str(notes)}) for cid in ("a", "b", "c")
     ])
-    app = start_tree(tree)
+    app = start_as(tree)
     assert started_order(events) == ["a", "b", "c"]
     app.stop()
     assert notes.read_text().splitlines() == [
@@ -76,8 +76,8 @@ def test_nested_start_failure_names_the_deep_path(start_tree):
 
 
 # --------------------------------------------------------------------- strategies
-def test_one_for_one_restarts_only_the_failed_child(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child(c, Echo) for c in "abc"]))
+def test_one_for_one_restarts_only_the_failed_child(start_as, events):
+    app = start_as(Supervisor("root", children=[child(c, Echo) for c in "abc"]))
     before = pids(app)
     kill(before["b"])
     events.wait_count("restarted", 1, "b")
@@ -87,8 +87,8 @@ def test_one_for_one_restarts_only_the_failed_child(start_tree, events):
     assert app.call("b", "ping") == "pong"
 
 
-def test_one_for_all_restarts_everyone_in_start_order(start_tree, events):
-    app = start_tree(Supervisor("root", strategy="one_for_all",
+def test_one_for_all_restarts_everyone_in_start_order(start_as, events):
+    app = start_as(Supervisor("root", strategy="one_for_all",
                                 children=[child(c, Echo) for c in "abc"]))
     before = pids(app)
     events.clear()
@@ -101,8 +101,8 @@ def test_one_for_all_restarts_everyone_in_start_order(start_tree, events):
     assert started_order(events) == ["a", "b", "c"]
 
 
-def test_rest_for_one_restarts_the_failed_child_and_those_after_it(start_tree, events):
-    app = start_tree(Supervisor("root", strategy="rest_for_one",
+def test_rest_for_one_restarts_the_failed_child_and_those_after_it(start_as, events):
+    app = start_as(Supervisor("root", strategy="rest_for_one",
                                 children=[child(c, Echo) for c in "abcd"]))
     before = pids(app)
     events.clear()
@@ -115,8 +115,8 @@ def test_rest_for_one_restarts_the_failed_child_and_those_after_it(start_tree, e
 
 
 # --------------------------------------------------------------------- restart types
-def test_transient_child_exiting_normally_is_not_restarted(start_tree, events):
-    app = start_tree(Supervisor("root", children=[
+def test_transient_child_exiting_normally_is_not_restarted(start_as, events):
+    app = start_as(Supervisor("root", children=[
         child("t", Echo, restart="transient"), child("other", Echo)]))
     assert app.call("t", "exit", "normal") == "normal"
     events.wait_count("exited", 1, "t")
@@ -125,17 +125,17 @@ def test_transient_child_exiting_normally_is_not_restarted(start_tree, events):
     assert events.named("restarted", "t") == []
 
 
-def test_transient_child_that_crashes_is_restarted(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("t", Echo, restart="transient")]))
+def test_transient_child_that_crashes_is_restarted(start_as, events):
+    app = start_as(Supervisor("root", children=[child("t", Echo, restart="transient")]))
     kill(pids(app)["t"])
     events.wait_count("restarted", 1, "t")
     assert app.call("t", "ping") == "pong"
 
 
-def test_transient_child_stopping_abnormally_is_restarted(start_tree, events):
+def test_transient_child_stopping_abnormally_is_restarted(start_as, events):
     # A reason that names no category is a system_error; its default row abandons, so
     # this child overrides the row to get restarts.
-    app = start_tree(Supervisor("root", children=[child(
+    app = start_as(Supervisor("root", children=[child(
         "t", Echo, restart="transient",
         errors={"system_error": {"severity": "minor", "recovery": "backoff_retry",
                                  "max_retries": 2}})]))
@@ -145,8 +145,8 @@ def test_transient_child_stopping_abnormally_is_restarted(start_tree, events):
     events.wait_count("restarted", 1, "t")
 
 
-def test_unclassified_abnormal_exit_is_abandoned_by_the_default_matrix(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("t", Echo, restart="transient")]))
+def test_unclassified_abnormal_exit_is_abandoned_by_the_default_matrix(start_as, events):
+    app = start_as(Supervisor("root", children=[child("t", Echo, restart="transient")]))
     app.call("t", "exit", "gave up on the world")
     assert app.wait(timeout=10) == "reached_max_restart_intensity"
     (failure,) = events.named("failure", "t")
@@ -154,8 +154,8 @@ def test_unclassified_abnormal_exit_is_abandoned_by_the_default_matrix(start_tre
         "system_error", "abandon", "abandon")
 
 
-def test_temporary_child_is_never_restarted_and_is_removed(start_tree, events):
-    app = start_tree(Supervisor("root", children=[
+def test_temporary_child_is_never_restarted_and_is_removed(start_as, events):
+    app = start_as(Supervisor("root", children=[
         child("tmp", Echo, restart="temporary"), child("keep", Echo)]))
     kill(pids(app)["tmp"])
     events.wait_count("exited", 1, "tmp")
@@ -163,8 +163,8 @@ def test_temporary_child_is_never_restarted_and_is_removed(start_tree, events):
     assert app.count_children() == {"specs": 1, "active": 1, "supervisors": 0, "workers": 1}
 
 
-def test_temporary_bystander_of_one_for_all_is_not_restarted(start_tree, events):
-    app = start_tree(Supervisor("root", strategy="one_for_all", children=[
+def test_temporary_bystander_of_one_for_all_is_not_restarted(start_as, events):
+    app = start_as(Supervisor("root", strategy="one_for_all", children=[
         child("a", Echo), child("tmp", Echo, restart="temporary"), child("c", Echo)]))
     before = pids(app)
     events.clear()
@@ -174,16 +174,16 @@ def test_temporary_bystander_of_one_for_all_is_not_restarted(start_tree, events)
     assert pids(app)["c"] != before["c"]
 
 
-def test_permanent_child_exiting_normally_is_restarted(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("p", Echo)]))
+def test_permanent_child_exiting_normally_is_restarted(start_as, events):
+    app = start_as(Supervisor("root", children=[child("p", Echo)]))
     app.call("p", "exit", "normal")
     events.wait_count("restarted", 1, "p")
 
 
 # --------------------------------------------------------------------- intensity
 def test_exactly_max_restarts_keeps_the_supervisor_up_and_one_more_escalates(
-        start_tree, events):
-    app = start_tree(Supervisor("root", max_restarts=2, max_seconds=60,
+        start_as, events):
+    app = start_as(Supervisor("root", max_restarts=2, max_seconds=60,
                                 children=[child("w", Echo)]))
     for n in (1, 2):
         kill(pids(app)["w"])
@@ -194,8 +194,8 @@ def test_exactly_max_restarts_keeps_the_supervisor_up_and_one_more_escalates(
     assert len(events.named("gave_up")) == 1
 
 
-def test_max_restarts_zero_escalates_on_the_first_failure(start_tree):
-    app = start_tree(Supervisor("root", max_restarts=0, children=[child("w", Echo)]))
+def test_max_restarts_zero_escalates_on_the_first_failure(start_as):
+    app = start_as(Supervisor("root", max_restarts=0, children=[child("w", Echo)]))
     kill(pids(app)["w"])
     assert app.wait(timeout=10) == "reached_max_restart_intensity"
 
@@ -205,12 +205,12 @@ def test_max_restarts_zero_escalates_on_the_first_failure(start_tree):
     ("one_for_all", {"sub", "x"}),
 ])
 def test_escalation_from_a_nested_supervisor_restarts_the_subtree(
-        start_tree, events, strategy, restarted):
+        start_as, events, strategy, restarted):
     tree = Supervisor("root", strategy=strategy, max_restarts=5, max_seconds=60, children=[
         Supervisor("sub", max_restarts=0, children=[child("w", Echo)]),
         child("x", Echo),
     ])
-    app = start_tree(tree)
+    app = start_as(tree)
     top, inner = pids(app), pids(app, "sub")
     kill(inner["w"])
     events.wait_count("restarted", 1, "sub")
@@ -222,12 +222,12 @@ def test_escalation_from_a_nested_supervisor_restarts_the_subtree(
     assert app.wait(timeout=0.1) is None  # the root did not give up
 
 
-def test_transient_child_supervisor_that_gives_up_is_not_restarted(start_tree, events):
+def test_transient_child_supervisor_that_gives_up_is_not_restarted(start_as, events):
     tree = Supervisor("root", children=[
         Supervisor("sub", restart="transient", max_restarts=0, children=[child("w", Echo)]),
         child("x", Echo),
     ])
-    app = start_tree(tree)
+    app = start_as(tree)
     kill(pids(app, "sub")["w"])
     events.wait_count("exited", 1, "sub")
     info = {i.id: i for i in app.which_children()}
@@ -235,25 +235,25 @@ def test_transient_child_supervisor_that_gives_up_is_not_restarted(start_tree, e
 
 
 # --------------------------------------------------------------------- shutdown specs
-def test_shutdown_timeout_falls_back_to_sigkill(start_tree, events):
-    app = start_tree(Supervisor("root", children=[child("s", Stubborn, shutdown=0.4)]))
+def test_shutdown_timeout_falls_back_to_sigkill(start_as, events):
+    app = start_as(Supervisor("root", children=[child("s", Stubborn, shutdown=0.4)]))
     app.terminate_child("", "s")
     exited = events.wait_count("exited", 1, "s")
     assert exited[0]["detail"] == "killed by SIGKILL"
     assert {i.id: i.state for i in app.which_children()} == {"s": "stopped"}
 
 
-def test_brutal_kill_skips_terminate(start_tree, events, tmp_path):
+def test_brutal_kill_skips_terminate(start_as, events, tmp_path):
     notes = tmp_path / "notes"
-    app = start_tree(Supervisor("root", children=[
+    app = start_as(Supervisor("root", children=[
         child("n", Noted, kwargs={"notes": str(notes)}, shutdown="brutal_kill")]))
     app.terminate_child("", "n")
     assert notes.read_text().splitlines() == ["init n"]
 
 
-def test_terminate_child_runs_terminate_and_is_not_restarted(start_tree, events, tmp_path):
+def test_terminate_child_runs_terminate_and_is_not_restarted(start_as, events, tmp_path):
     notes = tmp_path / "notes"
-    app = start_tree(Supervisor("root", children=[
+    app = start_as(Supervisor("root", children=[
         child("n", Noted, kwargs={"notes": str(notes)})]))
     app.terminate_child("", "n")
     assert notes.read_text().splitlines() == ["init n", "terminate n shutdown"]
@@ -289,10 +289,10 @@ def test_stop_leaves_no_zombie_and_no_extra_fds(start_tree):
     assert me.num_fds() <= baseline + 1  # +1: loguru / pytest may lazily open one
 
 
-def test_orphans_of_a_dead_worker_are_killed(start_tree, events):
+def test_orphans_of_a_dead_worker_are_killed(start_as, events):
     from ._workers import Spawner
 
-    app = start_tree(Supervisor("root", children=[child("s", Spawner)]))
+    app = start_as(Supervisor("root", children=[child("s", Spawner)]))
     grandchild = psutil.Process(app.call("s", "spawn"))
     kill(app.call("s", "pid"))
     events.wait_count("restarted", 1, "s")
