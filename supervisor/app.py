@@ -29,11 +29,12 @@ import psutil
 
 from . import telemetry
 from .client.link import DISCONNECTED, RootLink, live_apps
-from .client.router import NotRunning, Router
+from .client.router import Router
 from .errors import (
     CallTimeout,
     ConfigError,
     EncodeError,
+    NotRunning,
     ProtocolError,
     ServerRefused,
     SupervisorError,

@@ -240,8 +240,10 @@ class CircuitOpen(WorkerError, CircuitOpenError):
 
     category = "resource_error"
 
-    def __init__(self, message: str, *, retry_at: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, retry_at: float | None = None,
+                 fallback: str | None = None, **kwargs: Any) -> None:
         self.retry_at = retry_at
+        self.fallback = fallback  # the sibling that serves the child's calls meanwhile
         super().__init__(message, **kwargs)
 
 
@@ -282,6 +284,20 @@ class NoSuchChild(WorkerError, LookupError):
     category = "system_error"
 
 
+class NotRunning(WorkerError):
+    """Internal to the caller's side: the child exists but is not running now (`state`:
+    restarting, stopped). A call that gets it never reached a worker: the client waits for
+    the restart, or sends it to `fallback` (a sibling), and never shows it to the user."""
+
+    category = "connection_error"
+
+    def __init__(self, message: str, *, state: str | None = None, path: str | None = None,
+                 fallback: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.state = state
+        self.fallback = fallback
+
+
 _WIRE_ERRORS: dict[str, type[SupervisorError]] = {
     cls.__name__: cls
     for cls in (
@@ -297,6 +313,7 @@ _WIRE_ERRORS: dict[str, type[SupervisorError]] = {
         SessionLost,
         PoolExhausted,
         NoSuchChild,
+        NotRunning,
     )
 }
 
@@ -315,6 +332,12 @@ def error_from_wire(kind: str, message: str, **fields: Any) -> SupervisorError:
             remote_message=fields.get("remote_message"),
             remote_traceback=fields.get("remote_traceback"),
         )
+    if cls is NotRunning:
+        return NotRunning(message, state=fields.get("state"), path=fields.get("path"),
+                          fallback=fields.get("fallback"))
+    if cls is CircuitOpen:
+        return CircuitOpen(message, retry_at=fields.get("retry_at"), path=fields.get("path"),
+                           fallback=fields.get("fallback"))
     if cls is CommandError:
         return CommandError(
             fields.get("remote_message") or message,

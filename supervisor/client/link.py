@@ -25,8 +25,6 @@ from typing import Any
 
 from .. import telemetry
 from ..errors import (
-    CircuitOpen,
-    NoSuchChild,
     StartError,
     SupervisorError,
     WorkerCrashed,
@@ -35,7 +33,6 @@ from ..errors import (
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some
 from ..wire.trust import peer_pid
-from .router import NotRunning
 
 __all__ = ["RootLink", "live_apps", "DISCONNECTED"]
 
@@ -126,7 +123,7 @@ class RootLink:
             case P.ErrorResponse(id=rid, kind=kind, message=message, fields=fields):
                 fut = self._pending.pop(rid, None)
                 if fut is not None:
-                    fut.set_exception(_wire_error(kind, message, fields))
+                    fut.set_exception(error_from_wire(kind, message, **fields))
             case P.Event(name=name, measurements=measurements, metadata=metadata):
                 if tuple(name) == ("supervisor", "child", "started"):
                     with self._state:
@@ -191,18 +188,3 @@ class RootLink:
 
     def _wait_root_gone(self, timeout: float | None = None) -> bool:
         return self._exited.wait(timeout)
-
-
-def _wire_error(kind: str, message: str, fields: dict[str, Any]) -> BaseException:
-    if kind == "NotRunning":
-        return NotRunning(message, fields.get("state"), fields.get("path"),
-                          fields.get("fallback"))
-    if kind == "CircuitOpen":
-        exc = CircuitOpen(message, retry_at=fields.get("retry_at"), path=fields.get("path"))
-        exc.fallback = fields.get("fallback")
-        return exc
-    if kind == "NoSuchChild":
-        return NoSuchChild(message, path=fields.get("path"))
-    return error_from_wire(kind, message, **fields)
-
-

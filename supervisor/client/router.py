@@ -30,6 +30,7 @@ import msgspec
 from ..errors import (
     CallTimeout,
     CircuitOpen,
+    NotRunning,
     ProtocolError,
     WorkerCrashed,
     WorkerError,
@@ -42,17 +43,7 @@ from .retry import Attempt, with_retries
 if TYPE_CHECKING:
     from ..app import App
 
-__all__ = ["Router", "NotRunning"]
-
-
-class NotRunning(WorkerError):
-    """Internal: the child exists but is not running now (restarting, stopped)."""
-
-    def __init__(self, message: str, state: str | None, path: str | None,
-                 fallback: str | None = None) -> None:
-        super().__init__(message, category="connection_error", path=path)
-        self.state = state
-        self.fallback = fallback
+__all__ = ["Router"]
 
 
 def sibling(path: str, child_id: str) -> str:
@@ -178,9 +169,8 @@ class Router:
                 self.app._await_start(path, generation, deadline)
                 continue
             except CircuitOpen as exc:
-                fallback = getattr(exc, "fallback", None)
-                if retry and via_fallback and fallback:
-                    return self.channel(sibling(path, fallback), deadline, retry, False)
+                if retry and via_fallback and exc.fallback:
+                    return self.channel(sibling(path, exc.fallback), deadline, retry, False)
                 raise
             with self.lock:
                 current = self.channels.get(path)

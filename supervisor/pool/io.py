@@ -23,12 +23,12 @@ from typing import Any
 
 import msgspec
 
-from ..client.router import NotRunning
 from ..errors import (
     CallTimeout,
     CircuitOpen,
     EncodeError,
     NoSuchChild,
+    NotRunning,
     ProtocolError,
     SupervisorError,
     WorkerCrashed,
