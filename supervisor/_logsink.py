@@ -199,8 +199,12 @@ class StderrSink:
             return False
 
     def stop(self) -> None:
-        """Called by loguru when the handler is removed: the bounded last flush."""
+        """Called by loguru when the handler is removed: the bounded last flush, then the
+        sink lets go of its own descriptor (fd 2 itself is not ours to close)."""
         self.detach()
+        if self.out is not None:
+            self.out.close()
+            self.out = None
 
     # ---------------------------------------------------------------- the loop's side
     def attach(self, loop: Loop) -> None:
