@@ -140,9 +140,8 @@ APP_SCRIPT = textwrap.dedent("""
 
     tree = Supervisor("root", children=[child("echo", Echo), child("chatty", Chatty)])
     with supervisor.start(tree) as app:
-        # This process is the user's: its own log (the default reporter) would block on
-        # its stuck stderr like any other write of its own. The tree is what is tested.
-        telemetry.detach(telemetry.DEFAULT_REPORTER)
+        # The default reporter stays on: it logs the events to this process's stuck
+        # stderr from a thread of its own, never from the thread that reads the root.
         telemetry.attach("t", [("supervisor", "child", "started")], on_start)
         print("up", flush=True)
         sys.stdin.readline()  # the test has stopped reading our stderr
