@@ -89,7 +89,10 @@ def test_a_fast_allocator_is_stopped_within_the_grace_not_its_shutdown(
     assert exceeded["limit_mb"] == LIMIT_MB
     assert exited["pid"] == pid
     assert (exited["reason"], exited["category"]) == ("memory_limit", "resource_error")
-    assert LIMIT_MB < peak < LIMIT_MB + SLACK_MB, f"peak RSS {peak:.0f} MB"
+    assert exceeded["rss_mb"] > LIMIT_MB
+    # The sampler may miss the last few MB before the kill; the event's reading may not.
+    peak = max(peak, exceeded["rss_mb"])
+    assert peak < LIMIT_MB + SLACK_MB, f"peak RSS {peak:.0f} MB"
     assert exited["detail"] == f"killed by {signal_name}"
 
 
