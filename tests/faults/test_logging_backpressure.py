@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from loguru import logger
 
 import supervisor
+from supervisor import telemetry
 from supervisor._logsink import StderrSink
 from supervisor._loop import Loop
 
@@ -70,11 +72,14 @@ class Tap:
 
     def read_to_end(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.fd], [], [], deadline - time.monotonic())
-            if ready and not (chunk := os.read(self.fd, 1 << 16)):
+        while (remaining := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
                 return
-            self.data += chunk if ready else b""
+            self.data += chunk
         raise AssertionError("stderr did not reach EOF in time")
 
 
@@ -235,3 +240,35 @@ def test_the_sink_writes_a_regular_file_in_full(tmp_path):
         os.close(fd)
     assert path.read_text().splitlines() == [f"line {n}" for n in range(1000)]
     assert sink.dropped == 0
+
+
+def test_an_apps_default_reporter_never_holds_up_the_reader_thread(monkeypatch):
+    """The reporter's log is blocked (its handler waits on `unblock`): delivering events
+    still returns at once; past the queue's bound they are dropped, then counted."""
+    unblock = threading.Event()
+    logged = []
+
+    def blocked_report(event, measurements, metadata):
+        unblock.wait(30)
+        logged.append(metadata["n"])
+
+    monkeypatch.setattr(telemetry, "_report", blocked_report)
+    monkeypatch.setattr(telemetry._ReportThread, "LIMIT", 100)
+    reporter = telemetry._ReportThread()
+    warnings = []
+    handler = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING",
+                         filter=lambda r: "telemetry log lines" in r["message"])
+    try:
+        reporter(("supervisor", "child", "started"), {}, {"n": 0})
+        with reporter.cond:  # the thread has taken it and is stuck logging it
+            assert reporter.cond.wait_for(lambda: reporter.busy, 10)
+        for n in range(1, 150):  # 100 wait, the rest are dropped
+            reporter(("supervisor", "child", "started"), {}, {"n": n})
+        assert reporter.dropped == 49
+        unblock.set()
+        reporter.flush(10)
+    finally:
+        unblock.set()
+        logger.remove(handler)
+    assert logged == list(range(101))
+    assert warnings == ["dropped 49 telemetry log lines while the log was blocked"]
