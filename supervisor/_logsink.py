@@ -137,7 +137,10 @@ def _open_output(fd: int) -> _Output:
     if stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
         return _Plain(fd)
     if stat.S_ISSOCK(st.st_mode):
-        return _Socket(fd)
+        try:
+            return _Socket(fd)
+        except OSError:  # EMFILE: no descriptor for the dup; poll fd 2 itself
+            return _Polled(fd)
     try:
         private = os.open(f"/proc/self/fd/{fd}",
                           os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
