@@ -221,7 +221,8 @@ def test_the_sink_queues_then_drops_then_reports_once_drained(pipe):
             loop.run_once(max_wait=0.5)  # the writable fd wakes the loop, which writes
             received += drain(r)
     finally:
-        logger.remove(handler)
+        logger.remove(handler)  # the sink's stop(): it closes its own descriptor
+        loop.selector.close()
     lines = received.decode().splitlines()
     assert DROPPED.fullmatch(lines[-1]).group(1) == str(dropped)
     kept = [int(line.split()[1]) for line in lines[:-1]]
