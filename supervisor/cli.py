@@ -78,11 +78,15 @@ def _uid(text: str) -> int:
 def _configure_logging(json_lines: bool) -> None:
     from loguru import logger
 
+    from ._logsink import stderr_sink
+
+    # Not sys.stderr: a write there waits for the reader, and the tree's loop with it.
+    sink = stderr_sink()
     logger.remove()
     if json_lines:
-        logger.add(sys.stderr, serialize=True, level="INFO")
+        logger.add(sink, serialize=True, level="INFO")
     else:
-        logger.add(sys.stderr, level="INFO", colorize=sys.stderr.isatty(),
+        logger.add(sink, level="INFO", colorize=sink.isatty(),
                    format="{time:HH:mm:ss.SSS} | {level: <7} | {message}")
 
 
