@@ -60,7 +60,7 @@ def start(spec: SupervisorSpec, *, timeout: float | None = 60.0) -> App:
     """
     if not isinstance(spec, SupervisorSpec):
         raise TypeError(f"start() expects a Supervisor(...) spec, got {type(spec).__name__}")
-    telemetry.attach_default_reporter()
+    telemetry.attach_default_reporter(thread=True)  # its log must not hold up the tree
     app = App(spec)
     app._boot(timeout)
     return app

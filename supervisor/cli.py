@@ -8,7 +8,7 @@
     call PATH METHOD [JSON-ARGS]
     shutdown
 
-The control commands check the server before sending anything (see `supervisor._trust`):
+The control commands check the server before sending anything (see `supervisor.wire.trust`):
 a socket whose directories, file or listening process belong to another user is refused
 with exit status 2; `--server-uid UID|USER` trusts a tree run by that user.
 
@@ -78,11 +78,15 @@ def _uid(text: str) -> int:
 def _configure_logging(json_lines: bool) -> None:
     from loguru import logger
 
+    from .tree.logsink import stderr_sink
+
+    # Not sys.stderr: a write there waits for the reader, and the tree's loop with it.
+    sink = stderr_sink()
     logger.remove()
     if json_lines:
-        logger.add(sys.stderr, serialize=True, level="INFO")
+        logger.add(sink, serialize=True, level="INFO")
     else:
-        logger.add(sys.stderr, level="INFO", colorize=sys.stderr.isatty(),
+        logger.add(sink, level="INFO", colorize=sink.isatty(),
                    format="{time:HH:mm:ss.SSS} | {level: <7} | {message}")
 
 

@@ -14,6 +14,9 @@ down the thread that delivers replies and events.
 
 from __future__ import annotations
 
+import atexit
+import collections
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -100,16 +103,86 @@ def _report(event: tuple[str, ...], measurements: Mapping[str, Any],
         level, "{} {} {}", name, metadata.get("path", ""), facts)
 
 
-def attach_default_reporter() -> None:
+class _ReportThread:
+    """The default reporter of an App's process: events are logged by a thread of their own.
+
+    The App's reader thread delivers events and replies alike; were it to log an event
+    itself and the log blocked (stderr a pipe nobody reads), it would stop reading the root
+    supervisor, whose next message to the App would then block its loop: the whole tree
+    would wait for whoever reads the App's stderr. So the reader only queues the event
+    (at most `LIMIT`; beyond, events are dropped from the log and counted). Supervisor
+    processes never use this: they must not start threads, and their own log never blocks.
+    """
+
+    LIMIT = 10_000
+    EXIT_WAIT = 2.0  # seconds the exiting interpreter waits for the last lines
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.queue: collections.deque[tuple[Any, Any, Any]] = collections.deque()
+        self.dropped = 0
+        self.busy = False
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+
+    def __call__(self, event: tuple[str, ...], measurements: Mapping[str, Any],
+                 metadata: Mapping[str, Any]) -> None:
+        with self.cond:
+            if len(self.queue) >= self.LIMIT:
+                self.dropped += 1
+                return
+            self.queue.append((event, measurements, metadata))
+            if self.thread is None or self.pid != os.getpid():  # none yet, or forked since
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._run, daemon=True,
+                                               name="supervisor-telemetry-log")
+                self.thread.start()
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        from loguru import logger
+
+        while True:
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.queue)
+                item = self.queue.popleft()
+                dropped = 0 if self.queue else self.dropped
+                self.dropped -= dropped
+                self.busy = True
+            _report(*item)
+            if dropped:
+                logger.warning("dropped {} telemetry log lines while the log was blocked",
+                               dropped)
+
+    def flush(self, timeout: float) -> None:
+        """Wait up to `timeout` for the queued events to be logged."""
+        with self.cond:
+            if self.thread is not None and self.pid == os.getpid():
+                self.cond.wait_for(lambda: not self.queue and not self.busy, timeout)
+
+
+_report_thread = _ReportThread()
+# Registered at import, before `supervisor.app` registers its own exit hook that stops the
+# Apps still running: exit hooks run last-in first-out, so this runs after that, and the
+# lines of those last stops are logged too.
+atexit.register(_report_thread.flush, _ReportThread.EXIT_WAIT)
+
+
+def attach_default_reporter(*, thread: bool = False) -> None:
     """Log every event with loguru, one structured line each (idempotent).
 
     Attached by `supervisor.start()` and the command line; `detach(DEFAULT_REPORTER)`
-    silences it.
+    silences it. `thread=True` (what `start()` uses in the App's process) logs from a
+    thread of its own, so that a log that blocks never holds up the delivery of replies
+    and events (nor, through it, the tree); at most 10,000 events wait, further ones are
+    left out of the log and counted in a warning.
     """
     with _lock:
         if DEFAULT_REPORTER in _handlers:
             return
-        _handlers[DEFAULT_REPORTER] = ((("supervisor",),), _report)
+        _handlers[DEFAULT_REPORTER] = ((("supervisor",),), _report_thread if thread else _report)
 
 
 # ---------------------------------------------------------------------- policy objects

@@ -30,6 +30,19 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def _log_without_blocking() -> None:
+    """loguru's default handler, on the stderr sink that never blocks the loop."""
+    from loguru import logger
+
+    from .logsink import stderr_sink
+
+    try:
+        logger.remove(0)  # the handler loguru adds on import, with its defaults
+    except ValueError:  # LOGURU_AUTOINIT=0: no default handler, nothing to replace
+        return
+    logger.add(stderr_sink())
+
+
 def main() -> int:
     fd, parent = int(sys.argv[-2]), int(sys.argv[-1])
     from .proc import set_parent_death_signal
@@ -39,6 +52,7 @@ def main() -> int:
         return 1
     # Ctrl-C in a terminal reaches the whole process group: the App decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _log_without_blocking()
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     (size,) = struct.unpack(">I", _recv_exact(sock, 4))

@@ -59,6 +59,12 @@ class Loop:
         except (KeyError, ValueError):  # never registered, or its fd is already closed
             pass
 
+    def add_writer(self, fileobj: Any, callback: Callable[[], Any]) -> None:
+        """Call `callback` whenever `fileobj` is writable (an fd is watched one way only)."""
+        self.selector.register(fileobj, selectors.EVENT_WRITE, callback)
+
+    remove_writer = remove_reader
+
     # timers --------------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
         timer = Timer(time.monotonic() + max(0.0, delay), callback)

@@ -45,6 +45,7 @@ from ..runtime.process import serve  # imported here, before forking: children s
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
 from .health import on_pong, start_monitors
+from .logsink import stderr_sink
 from .loop import Loop
 from .output import Capture
 from .proc import fork_child, kill_strays, raise_fd_limit, set_subreaper
@@ -102,6 +103,16 @@ class SupervisorProcess:
     # ----------------------------------------------------------------------- lifecycle
     def main(self) -> int:
         """Start the children, serve until told to stop or giving up; the exit code."""
+        # Our log never waits for whoever reads stderr: a stuck reader would stop the
+        # loop (no reaping, no restarts, no answers). The loop writes what fd 2 did not take.
+        sink = stderr_sink()
+        sink.attach(self.loop)
+        try:
+            return self._serve()
+        finally:
+            sink.detach()
+
+    def _serve(self) -> int:
         set_subreaper()
         raise_fd_limit()  # 1,000 children need ~4,000 fds: ctrl, pidfd, two output pipes
         self.loop.add_signal(signal.SIGCHLD, lambda _: self._reap())

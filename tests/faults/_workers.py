@@ -148,3 +148,18 @@ class Farewell(Worker):
     def terminate(self, reason: str) -> None:
         with open(self.record, "a") as fh:
             fh.write(f"{self.id} {reason}\n")
+
+
+class Chatty(Worker):
+    """Writes log lines on demand: its supervisor logs each one (the log-backpressure tests)."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def say(self, lines: int, width: int = 200) -> int:
+        """Print `lines` lines of `width` characters to stdout; returns the bytes written."""
+        line = "x" * width
+        for i in range(lines):
+            print(f"{i:08d} {line}")
+        sys.stdout.flush()
+        return lines * (width + 10)

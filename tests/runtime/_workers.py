@@ -178,3 +178,28 @@ class Pickling(Worker):
 
     def unpicklable(self, x: int) -> object:
         return (lambda: x) if x < 0 else Point(x, x)
+
+
+class Hog(Worker):
+    """Allocates memory at a set rate (the max_memory_mb tests); returns its peak RSS."""
+
+    def init(self, handle_term: bool = False) -> None:
+        self.hoard: list[bytes] = []
+        if handle_term:  # a worker that winds down slowly: SIGTERM alone does not end it
+            signal.signal(signal.SIGTERM, lambda *_: None)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def grow(self, rate_mb_s: float, cap_mb: float, chunk_mb: int = 10) -> int:
+        """Allocate (and touch) `chunk_mb` MiB at a time, `rate_mb_s` MiB a second, up to
+        `cap_mb` MiB; then hold it. Returns only if nobody stopped it within 60 s."""
+        start = time.monotonic()
+        chunk = chunk_mb * 1024 * 1024
+        while len(self.hoard) * chunk_mb < cap_mb:
+            self.hoard.append(b"\x01" * chunk)  # written, so resident (not lazy zero pages)
+            ahead = len(self.hoard) * chunk_mb / rate_mb_s - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        time.sleep(60)
+        return len(self.hoard) * chunk_mb
