@@ -1,55 +1,48 @@
 """The caller's handle on a running tree: `start(spec) -> App`.
 
-    caller threads ──call──▶ CallChannel ──socketpair──▶ worker   (direct, no supervisor)
-    App._request   ──ctrl──▶ root supervisor ──▶ ... ──▶ target supervisor
-    reader thread  ◀─ctrl─── Responses, Events (to telemetry), the root's Exit
+    caller threads ──call──▶ Router ─ CallChannel ──socketpair──▶ worker   (direct)
+    app.pool(path) ──────────▶ PoolClient ─ links ──socketpair──▶ workers
+    App requests ──ctrl──▶ RootLink ──▶ root supervisor ──▶ ... ──▶ target supervisor
+    RootLink's reader thread ◀─ctrl─── Responses, Events (to telemetry), the root's Exit
 
-The root supervisor is started by fork+exec from the App's own reader thread, which lives
-as long as the App: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
-so starting it from a short-lived caller thread would kill the tree with that thread.
+The App is a facade over three objects it composes: a `RootLink` (the control channel to
+the root, see `client.link`), a `Router` (calls to single workers, `client.router`) and
+one `PoolClient` per pool path (`pool.client`); each of them is handed the link, none of
+them holds the App.
 """
 
 from __future__ import annotations
 
 import atexit
-import itertools
 import os
 import pickle
-import re
-import socket
-import subprocess
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+import weakref
 from typing import Any
 
 import msgspec
 import psutil
 
 from . import telemetry
-from .client.link import DISCONNECTED, RootLink, live_apps
+from .client.link import DISCONNECTED, RootLink
 from .client.router import Router
 from .errors import (
     CallTimeout,
     ConfigError,
-    EncodeError,
-    NotRunning,
-    ProtocolError,
-    ServerRefused,
     SupervisorError,
     WorkerCrashed,
-    WorkerError,
 )
 from .specs import SupervisorSpec
 from .wire import messages as P
-from .wire.framing import send_frame
 
 __all__ = ["App", "start", "connect", "ChildInfo", "WorkerProxy"]
 
 ChildInfo = P.ChildInfo
-# The root imports this very copy of the package, wherever it was imported from here.
 _RESERVED = ("timeout", "retry", "idempotent", "session")
+
+# Apps whose tree this process started and has not stopped: stopped at interpreter exit.
+live_apps: weakref.WeakSet = weakref.WeakSet()
 
 
 def start(spec: SupervisorSpec, *, timeout: float | None = 60.0) -> App:
@@ -100,45 +93,41 @@ def connect(path: str | os.PathLike | None = None, *, timeout: float = 5.0,
         sock.close()
         raise
     app = App(None)
-    app._attach(sock)
-    app._greet(sock_path, timeout)
+    app._link.attach(sock)
+    app._link.greet(sock_path, timeout)
     return app
 
 
-class App(RootLink):
+class App:
     """A running tree. Use `supervisor.start(spec)`; a context manager that stops the tree."""
 
     def __init__(self, spec: SupervisorSpec | None) -> None:
         self.spec = spec
-        self.pid: int | None = None
-        self._sock: socket.socket | None = None
-        self._proc: subprocess.Popen | None = None
-        self._send_lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._pending: dict[int, Future] = {}
-        self._ready: Future = Future()
-        self._exit_reason: str | None = None
-        self._exited = threading.Event()
-        self._state = threading.Condition()
-        self._generation: dict[str, int] = {}
-        self._router = Router(self)
+        self._link = link = RootLink(spec.id if spec is not None else "connection")
+        self._router = Router(link)
         self._pools: dict[str, Any] = {}
-        self._thread: threading.Thread | None = None
-        self._heard = False  # any frame from the root yet (a refusal is silence, then EOF)
+        self._pools_lock = threading.Lock()
+        link.on_gone(self._router.close_all)
+        link.on_gone(self._release_pools)
+        link.on_gone(lambda: live_apps.discard(self))
+
+    @property
+    def pid(self) -> int | None:
+        """The root supervisor's pid (None before it started)."""
+        return self._link.pid
+
+    def _boot(self, timeout: float | None) -> None:
+        self._link.boot(self.spec, timeout)
+        live_apps.add(self)
 
     # ------------------------------------------------------------------ start / stop
     def close(self) -> None:
         """Disconnect from a tree you `connect`ed to; the tree keeps running. For a tree
         this App started, the same as `stop()`."""
-        if self._proc is not None:
+        if self._link.proc is not None:
             self.stop()
             return
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:  # already disconnected
-                pass
-        self._wait_root_gone(5.0)
+        self._link.disconnect()
 
     def stop(self, timeout: float | None = None) -> None:
         """Shut the tree down (children stop in reverse order) and return when no
@@ -151,106 +140,68 @@ class App(RootLink):
         connection ends before the root reports its exit, and CallTimeout when the tree
         has not stopped within `timeout`.
         """
-        if self._exited.is_set() or self.pid is None:
+        link = self._link
+        if link.exited.is_set() or link.pid is None:
             return
-        if self._proc is None:
+        if link.proc is None:
             self._ask_to_stop(timeout)
             return
         try:
-            descendants = psutil.Process(self.pid).children(recursive=True)
+            descendants = psutil.Process(link.pid).children(recursive=True)
         except psutil.Error:
             descendants = []
         try:
-            self._request(P.Shutdown(id=0), timeout=timeout)
+            link.request(P.Shutdown(id=0), timeout=timeout)
         except SupervisorError:
             pass  # the root is already going; waiting for it below is what matters
-        if not self._wait_root_gone(timeout):
-            self._kill_root()
+        if not link.wait_gone(timeout):
+            link.kill_root()
         _, alive = psutil.wait_procs(descendants, timeout=5.0)
         for proc in alive:
             proc.kill()
 
     def _ask_to_stop(self, timeout: float | None) -> None:
+        link = self._link
         try:
-            self._request(P.Shutdown(id=0), timeout=timeout)
+            link.request(P.Shutdown(id=0), timeout=timeout)
         except WorkerCrashed:
             pass  # the connection ended before the answer: the exit report tells why
-        if not self._wait_root_gone(timeout):
+        if not link.wait_gone(timeout):
             raise CallTimeout(f"the tree (root pid {self.pid}) did not stop within "
                               f"{timeout}s")
-        if self._exit_reason == DISCONNECTED:
+        if link.exit_reason == DISCONNECTED:
             raise WorkerCrashed(f"the connection to the tree (root pid {self.pid}) ended "
                                 "before the root reported its exit; it may still run",
                                 path="")
-
-    def _greet(self, path: Any, timeout: float) -> None:
-        """The first request on a new connection. A server whose peer check refuses us
-        closes the connection without a word: silence then EOF is that refusal."""
-        try:
-            self._request(P.CountChildren(id=0, path=""), timeout=timeout)
-        except WorkerCrashed:
-            self.close()
-            if self._heard:
-                raise
-            raise ServerRefused(f"refused by the server at {path} (its peer check: is it "
-                                "another user's tree?)", field="socket") from None
-        except BaseException:
-            self.close()
-            raise
 
     def wait(self, timeout: float | None = None) -> str | None:
         """The root's exit reason once it has exited ("normal", "auto_shutdown",
         "reached_max_restart_intensity"), or None on timeout. For a `connect`ed App,
         "disconnected" once the connection ended without the root's exit report (after
         `close()`, or when the server dropped us): how the tree fared is unknown."""
-        if not self._wait_root_gone(timeout):
+        if not self._link.wait_gone(timeout):
             return None
-        return self._exit_reason
+        return self._link.exit_reason
 
     def __enter__(self) -> App:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         # A tree we started stops with the block; one we connected to keeps running.
-        if self._proc is not None:
+        if self._link.proc is not None:
             self.stop()
         else:
             self.close()
 
     # ------------------------------------------------------------------ requests
-    def _request(self, msg: Any, *, fds: tuple[int, ...] = (),
-                 timeout: float | None = 30.0) -> Any:
-        if self._exited.is_set() or self._sock is None:
-            raise WorkerCrashed("the tree is not running", path="")
-        rid = next(self._ids)
-        frame = P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid))
-        _check_decodes(frame, msg)
-        fut: Future = Future()
-        self._pending[rid] = fut
-        try:
-            with self._send_lock:
-                send_frame(self._sock, frame, fds)
-        except OSError as exc:
-            self._pending.pop(rid, None)
-            raise WorkerCrashed(f"the root supervisor is gone: {exc}", path="") from exc
-        try:
-            return fut.result(timeout)
-        except FutureTimeout:
-            self._pending.pop(rid, None)
-            raise CallTimeout(f"the supervisor did not answer within {timeout}s") from None
-        except NotRunning as exc:
-            if isinstance(msg, P.OpenChannel):
-                raise  # the router waits for the restart
-            raise WorkerError(str(exc), category="connection_error", path=exc.path) from None
-
     def which_children(self, path: str = "") -> list[ChildInfo]:
         """The children of the supervisor at `path`, in start order."""
-        value = self._request(P.WhichChildren(id=0, path=path))
+        value = self._link.request(P.WhichChildren(id=0, path=path))
         return msgspec.convert(value, list[ChildInfo])
 
     def count_children(self, path: str = "") -> dict[str, int]:
         """``{"specs", "active", "supervisors", "workers"}`` of the supervisor at `path`."""
-        return self._request(P.CountChildren(id=0, path=path))
+        return self._link.request(P.CountChildren(id=0, path=path))
 
     def start_child(self, path: str, spec: Any = None, *, args: Any = (),
                     kwargs: dict[str, Any] | None = None) -> str:
@@ -272,24 +223,24 @@ class App(RootLink):
         # Anything but a list or tuple of args (or a dict of kwargs) fails the local
         # decode check in `_request`: an EncodeError (a TypeError) naming the field.
         args = list(args) if isinstance(args, list | tuple) else args
-        return self._request(P.StartChild(id=0, path=path, spec=blob, args=args,
+        return self._link.request(P.StartChild(id=0, path=path, spec=blob, args=args,
                                           kwargs=kwargs), timeout=None)
 
     def terminate_child(self, path: str, child_id: str) -> None:
         """Stop a child (per its shutdown spec); it stays listed unless temporary or
         dynamic (simple_one_for_one), and is not restarted."""
-        self._request(P.TerminateChild(id=0, path=path, child_id=child_id), timeout=None)
+        self._link.request(P.TerminateChild(id=0, path=path, child_id=child_id), timeout=None)
 
     def restart_child(self, path: str, child_id: str) -> int:
         """Start a stopped child again; returns its pid. Raises WorkerError when it is
         running or restarting (OTP's ``{error, running | restarting}``)."""
-        return self._request(P.RestartChild(id=0, path=path, child_id=child_id),
+        return self._link.request(P.RestartChild(id=0, path=path, child_id=child_id),
                              timeout=None)
 
     def delete_child(self, path: str, child_id: str) -> None:
         """Forget a stopped child's spec. Raises WorkerError when it is running or
         restarting."""
-        self._request(P.DeleteChild(id=0, path=path, child_id=child_id))
+        self._link.request(P.DeleteChild(id=0, path=path, child_id=child_id))
 
     def status(self) -> dict[str, Any]:
         """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB),
@@ -298,7 +249,7 @@ class App(RootLink):
         return self._status_of("")
 
     def _status_of(self, path: str) -> dict[str, Any]:
-        raw = self._request(P.GetStatus(id=0, path=path))
+        raw = self._link.request(P.GetStatus(id=0, path=path))
         node = {"id": raw["id"], "path": path, "kind": "supervisor", "state": "running",
                 "pid": raw["pid"], "strategy": raw["strategy"],
                 "recent_restarts": raw["recent_restarts"], "recovery": raw["recovery"],
@@ -342,14 +293,15 @@ class App(RootLink):
         """The dispatching client of the `Pool` at `path` (one per path and App)."""
         from .pool.client import PoolClient
 
-        with self._state:
+        with self._pools_lock:
             client = self._pools.get(path)
             if client is None:
-                client = self._pools[path] = PoolClient(self, path)
+                client = self._pools[path] = PoolClient(self._link, path)
         return client
 
-    def _release_clients(self) -> None:
-        with self._state:
+    def _release_pools(self) -> None:
+        # The root is gone: each pool client fails its calls and closes its channels.
+        with self._pools_lock:
             pools = list(self._pools.values())
         for client in pools:
             client._members.tree_gone()
@@ -357,32 +309,6 @@ class App(RootLink):
     def worker(self, path: str) -> WorkerProxy:
         """A proxy whose attribute calls are `call(path, name, ...)`."""
         return WorkerProxy(self, path, {})
-
-    def _report_timeout(self, path: str) -> None:
-        """Tell the supervisor of the worker at `path` that a call to it timed out: its
-        state is unknown, so it is replaced (handled as a timeout_error)."""
-        parent, _, child_id = path.rpartition("/")
-        try:
-            self._request(P.ReportFailure(id=0, path=parent, child_id=child_id,
-                                          category="timeout_error", reason="timeout"),
-                          timeout=5.0)
-        except SupervisorError:
-            pass  # already gone or restarting: its supervisor handles that on its own
-
-    def _generation_of(self, path: str) -> int:
-        with self._state:
-            return self._generation.get(path, 0)
-
-    def _await_start(self, path: str, generation: int, deadline: float) -> None:
-        with self._state:
-            while self._generation.get(path, 0) == generation:
-                if self._exited.is_set():
-                    raise WorkerCrashed("the tree is not running", path=path)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CallTimeout(f"{path!r} was not running and did not come back "
-                                      "within the call's timeout", path=path)
-                self._state.wait(remaining)
 
 
 def _rss_mb(pid: int | None) -> float | None:
@@ -392,26 +318,6 @@ def _rss_mb(pid: int | None) -> float | None:
         return psutil.Process(pid).memory_info().rss / (1024 * 1024)
     except psutil.Error:  # exited since it was listed
         return None
-
-
-def _check_decodes(frame: bytes, msg: Any = None) -> None:
-    """A request the root could not decode (a path that is not a str, kwargs that are not
-    a dict...) would make it drop the App's channel and end the tree: refuse it here.
-
-    Messages travel as arrays (the tag, then the fields in order): the decoder's ``$[i]``
-    is named back as ``$.field`` of `msg` for the caller."""
-    try:
-        P.CONTROL_CODEC.decode(memoryview(frame)[4:])
-    except ProtocolError as exc:
-        text = str(exc).split(": ", 1)[-1]
-        fields = getattr(msg, "__struct_fields__", ())
-
-        def named(match: re.Match) -> str:
-            index = int(match.group(1)) - 1  # index 0 is the tag
-            return f"`$.{fields[index]}" if 0 <= index < len(fields) else match.group(0)
-
-        raise EncodeError("invalid argument: " + re.sub(r"`\$\[(\d+)\]", named, text)
-                          ) from None
 
 
 class WorkerProxy:

@@ -1,43 +1,59 @@
-"""The App's link to its root supervisor: launching it, attaching to it, reading from it.
+"""The caller's link to its root supervisor: launching or attaching, requests, the tree's end.
 
-    start():   fork+exec `python -c "...supervisor.tree.boot..."` from the App's reader thread,
-               send the boot frame (the pickled spec and the main module's preparation data)
-    connect(): attach to a service's control socket (the root is `python -m supervisor run`)
-    then:      the reader thread dispatches Responses to waiting requests, Events to
-               telemetry, and notices the root's Exit and EOF
+    boot():    fork+exec `python -c "...supervisor.tree.boot..."` from the link's reader
+               thread, send the boot frame (the pickled spec and the main module's
+               preparation data)
+    attach():  a connection to a service's control socket (the root is `python -m
+               supervisor run`)
+    then:      request() sends a control request and waits for its answer; the reader
+               thread files Responses, hands Events to telemetry (counting each child's
+               starts: `generation_of`, `await_start`), and notices the root's Exit and
+               EOF, when it fails what still waits and runs the `on_gone` callbacks
 
 The root is launched from the reader thread because PR_SET_PDEATHSIG fires when the
-*thread* that forked the child exits: this thread lives as long as the App.
+*thread* that forked the child exits: this thread lives as long as the link.
+
+Everything on the caller's side that talks to the tree (the App, the router, the pool
+clients) holds this object; none of them holds the App.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
+import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
-import weakref
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+import msgspec
+
 from .. import telemetry
 from ..errors import (
+    CallTimeout,
+    EncodeError,
+    NotRunning,
+    ProtocolError,
+    ServerRefused,
     StartError,
     SupervisorError,
     WorkerCrashed,
+    WorkerError,
     error_from_wire,
 )
 from ..wire import messages as P
-from ..wire.framing import FrameReader, recv_some
+from ..wire.framing import FrameReader, recv_some, send_frame
 from ..wire.trust import peer_pid
 
-__all__ = ["RootLink", "live_apps", "DISCONNECTED"]
-
-# Apps whose tree this process started and has not stopped: stopped at interpreter exit.
-live_apps: weakref.WeakSet = weakref.WeakSet()
+__all__ = ["RootLink", "DISCONNECTED"]
 
 # The exit reason of a connected App whose connection ended without the root's Exit report.
 DISCONNECTED = "disconnected"
@@ -58,32 +74,160 @@ def _prep_data(blob: bytes) -> dict[str, Any] | None:
     return data
 
 
-
-
 class RootLink:
-    """The part of `App` that talks to the root supervisor process (a mixin)."""
+    """The caller's link to one tree's root supervisor (see the module doc)."""
 
-    def _boot(self, timeout: float | None) -> None:
-        blob = pickle.dumps(self.spec)
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+        self.proc: subprocess.Popen | None = None  # the root, when this link started it
+        self.exited = threading.Event()  # set once the root is gone and all is released
+        self.exit_reason: str | None = None
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Future] = {}
+        self._ready: Future = Future()
+        self._state = threading.Condition()  # guards `_generation`
+        self._generation: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+        self._heard = False  # any frame from the root yet (a refusal is silence, then EOF)
+        self._on_gone: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ the root
+    def boot(self, spec: Any, timeout: float | None) -> None:
+        """Start the root for `spec` and wait until the tree is up. Raises StartError."""
+        blob = pickle.dumps(spec)
         boot = pickle.dumps({"prep": _prep_data(blob), "spec": blob})
         self._thread = threading.Thread(target=self._run_reader, args=(boot,),
-                                        name=f"supervisor-app-{self.spec.id}", daemon=True)
+                                        name=f"supervisor-app-{self.name}", daemon=True)
         self._thread.start()
         try:
             self._ready.result(timeout)
         except FutureTimeout:
-            self._kill_root()
-            raise StartError(f"the tree {self.spec.id!r} did not start within {timeout}s",
+            self.kill_root()
+            raise StartError(f"the tree {self.name!r} did not start within {timeout}s",
                              path="", category="timeout_error") from None
         except StartError:
-            self._wait_root_gone()
+            self.wait_gone()
             raise
-        live_apps.add(self)
 
+    def attach(self, sock: socket.socket) -> None:
+        """Serve a connection to a running service's control socket (see `connect`)."""
+        self.sock = sock
+        self.pid = peer_pid(sock)
+        self._ready.set_result(None)
+        self._thread = threading.Thread(target=self._read_forever, args=(sock,),
+                                        name=f"supervisor-connection-{self.pid}", daemon=True)
+        self._thread.start()
+
+    def greet(self, path: Any, timeout: float) -> None:
+        """The first request on a new connection. A server whose peer check refuses us
+        closes the connection without a word: silence then EOF is that refusal (raised as
+        ServerRefused)."""
+        try:
+            self.request(P.CountChildren(id=0, path=""), timeout=timeout)
+        except WorkerCrashed:
+            self.disconnect()
+            if self._heard:
+                raise
+            raise ServerRefused(f"refused by the server at {path} (its peer check: is it "
+                                "another user's tree?)", field="socket") from None
+        except BaseException:
+            self.disconnect()
+            raise
+
+    def on_gone(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the reader thread once the root is gone, before `exited` is
+        set (so whoever waits for `exited` finds the callers' descriptors released)."""
+        self._on_gone.append(callback)
+
+    def disconnect(self) -> None:
+        """End a connection to a tree this link did not start; waits (5 s at most) for the
+        reader to notice."""
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already disconnected
+                pass
+        self.wait_gone(5.0)
+
+    def kill_root(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self.wait_gone()
+
+    def wait_gone(self, timeout: float | None = None) -> bool:
+        return self.exited.wait(timeout)
+
+    # ------------------------------------------------------------------ requests
+    def request(self, msg: Any, *, fds: tuple[int, ...] = (),
+                timeout: float | None = 30.0) -> Any:
+        """Send a control request (its `id` is filled in) and return the answer's value.
+
+        Raises the error the supervisor answered with (rebuilt by `error_from_wire`;
+        NotRunning only for OpenChannel, a WorkerError otherwise), CallTimeout past
+        `timeout`, WorkerCrashed when the tree is gone, EncodeError (a TypeError) for an
+        argument the root could not decode.
+        """
+        if self.exited.is_set() or self.sock is None:
+            raise WorkerCrashed("the tree is not running", path="")
+        rid = next(self._ids)
+        frame = P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid))
+        _check_decodes(frame, msg)
+        fut: Future = Future()
+        self._pending[rid] = fut
+        try:
+            with self._send_lock:
+                send_frame(self.sock, frame, fds)
+        except OSError as exc:
+            self._pending.pop(rid, None)
+            raise WorkerCrashed(f"the root supervisor is gone: {exc}", path="") from exc
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            self._pending.pop(rid, None)
+            raise CallTimeout(f"the supervisor did not answer within {timeout}s") from None
+        except NotRunning as exc:
+            if isinstance(msg, P.OpenChannel):
+                raise  # the router waits for the restart
+            raise WorkerError(str(exc), category="connection_error", path=exc.path) from None
+
+    def report_timeout(self, path: str) -> None:
+        """Tell the supervisor of the worker at `path` that a call to it timed out: its
+        state is unknown, so it is replaced (handled as a timeout_error)."""
+        parent, _, child_id = path.rpartition("/")
+        try:
+            self.request(P.ReportFailure(id=0, path=parent, child_id=child_id,
+                                         category="timeout_error", reason="timeout"),
+                         timeout=5.0)
+        except SupervisorError:
+            pass  # already gone or restarting: its supervisor handles that on its own
+
+    # ------------------------------------------------------------------ start counts
+    def generation_of(self, path: str) -> int:
+        """How many starts of the child at `path` were reported so far."""
+        with self._state:
+            return self._generation.get(path, 0)
+
+    def await_start(self, path: str, generation: int, deadline: float) -> None:
+        """Wait until a start of `path` newer than `generation` is reported (an event, not
+        a sleep). Raises CallTimeout past `deadline`, WorkerCrashed once the tree is gone."""
+        with self._state:
+            while self._generation.get(path, 0) == generation:
+                if self.exited.is_set():
+                    raise WorkerCrashed("the tree is not running", path=path)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CallTimeout(f"{path!r} was not running and did not come back "
+                                      "within the call's timeout", path=path)
+                self._state.wait(remaining)
+
+    # ------------------------------------------------------------------ the reader
     def _run_reader(self, boot: bytes) -> None:
         mine, theirs = socket.socketpair()
         try:
-            self._proc = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()], close_fds=True,
             )
@@ -92,8 +236,8 @@ class RootLink:
             return
         finally:
             theirs.close()
-        self.pid = self._proc.pid
-        self._sock = mine
+        self.pid = self.proc.pid
+        self.sock = mine
         mine.sendall(struct.pack(">I", len(boot)) + boot)
         self._read_forever(mine)
 
@@ -112,7 +256,7 @@ class RootLink:
                 self._dispatch(msg)
             if eof:
                 break
-        self._on_root_gone()
+        self._gone()
 
     def _dispatch(self, msg: Any) -> None:
         match msg:
@@ -140,27 +284,17 @@ class RootLink:
                     path=msg.path, category=msg.category, remote_type=msg.type,
                     remote_message=msg.message, remote_traceback=msg.traceback))
             case P.Exit(message=detail):
-                self._exit_reason = "normal" if detail in (None, "shutdown") else detail
+                self.exit_reason = "normal" if detail in (None, "shutdown") else detail
             case _:
                 pass
 
-    def _attach(self, sock: socket.socket) -> None:
-        """Serve a connection to a running service's control socket (see `connect`)."""
-
-        self._sock = sock
-        self.pid = peer_pid(sock)
-        self._ready.set_result(None)
-        self._thread = threading.Thread(target=self._read_forever, args=(sock,),
-                                        name=f"supervisor-connection-{self.pid}", daemon=True)
-        self._thread.start()
-
-    def _on_root_gone(self) -> None:
-        proc = self._proc
+    def _gone(self) -> None:
+        proc = self.proc
         code = proc.wait() if proc is not None else None
-        if self._exit_reason is None and proc is None:
-            self._exit_reason = DISCONNECTED  # we cannot know how a tree we attached to ended
-        elif self._exit_reason is None:
-            self._exit_reason = "crashed" if code else "normal"
+        if self.exit_reason is None and proc is None:
+            self.exit_reason = DISCONNECTED  # we cannot know how a tree we attached to ended
+        elif self.exit_reason is None:
+            self.exit_reason = "crashed" if code else "normal"
         if not self._ready.done():
             self._ready.set_exception(StartError(f"the root supervisor exited (code {code}) "
                                                  "before the tree was up"))
@@ -168,23 +302,30 @@ class RootLink:
             if not fut.done():
                 fut.set_exception(WorkerCrashed("the root supervisor exited", path=""))
         self._pending.clear()
-        self._router.close_all()
-        if self._sock is not None:
-            self._sock.close()  # the root is gone: its channel is finished
-        self._release_clients()  # before `_exited`: stop() returns with their fds closed
+        if self.sock is not None:
+            self.sock.close()  # the root is gone: its channel is finished
+        for callback in self._on_gone:
+            callback()  # the callers' channels and pools: closed before `exited`
         with self._state:
             self._state.notify_all()
-        self._exited.set()
-        live_apps.discard(self)
+        self.exited.set()
 
-    def _release_clients(self) -> None:
-        """The root is gone: fail and close what the tree's clients still hold (App: its
-        pool clients)."""
 
-    def _kill_root(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-        self._wait_root_gone()
+def _check_decodes(frame: bytes, msg: Any = None) -> None:
+    """A request the root could not decode (a path that is not a str, kwargs that are not
+    a dict...) would make it drop the App's channel and end the tree: refuse it here.
 
-    def _wait_root_gone(self, timeout: float | None = None) -> bool:
-        return self._exited.wait(timeout)
+    Messages travel as arrays (the tag, then the fields in order): the decoder's ``$[i]``
+    is named back as ``$.field`` of `msg` for the caller."""
+    try:
+        P.CONTROL_CODEC.decode(memoryview(frame)[4:])
+    except ProtocolError as exc:
+        text = str(exc).split(": ", 1)[-1]
+        fields = getattr(msg, "__struct_fields__", ())
+
+        def named(match: re.Match) -> str:
+            index = int(match.group(1)) - 1  # index 0 is the tag
+            return f"`$.{fields[index]}" if 0 <= index < len(fields) else match.group(0)
+
+        raise EncodeError("invalid argument: " + re.sub(r"`\$\[(\d+)\]", named, text)
+                          ) from None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -38,10 +38,8 @@ from ..errors import (
 from ..wire import messages as P
 from ..wire.policy import DEFAULT_CALL_TIMEOUT, decode_policy
 from .channel import CallChannel, NotSent, reply_value
+from .link import RootLink
 from .retry import Attempt, with_retries
-
-if TYPE_CHECKING:
-    from ..app import App
 
 __all__ = ["Router"]
 
@@ -52,8 +50,8 @@ def sibling(path: str, child_id: str) -> str:
 
 
 class Router:
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, link: RootLink) -> None:
+        self.link = link
         self.channels: dict[str, CallChannel] = {}
         self.lock = threading.Lock()
 
@@ -72,7 +70,7 @@ class Router:
             lambda attempt: self._call_once(attempt, path, method, args, kwargs, timeout,
                                             retry, session),
             method=method, path=path, idempotent=idempotent, retry=retry, session=session,
-            pause=self.app._exited.wait)
+            pause=self.link.exited.wait)
 
     def _call_once(self, attempt: Attempt, path: str, method: str, args: tuple,
                    kwargs: dict[str, Any], timeout: float | None, retry: bool,
@@ -117,7 +115,7 @@ class Router:
             # The worker's state is unknown after a call it did not finish: its supervisor
             # replaces it, and this channel is finished with it.
             self.drop(chan)
-            self.app._report_timeout(chan.path)
+            self.link.report_timeout(chan.path)
         return exc
 
     def cast(self, path: str, method: str, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -158,7 +156,7 @@ class Router:
         if chan is not None:
             self.drop(chan)
         while True:
-            generation = self.app._generation_of(path)
+            generation = self.link.generation_of(path)
             try:
                 chan = self._open(path, deadline)
             except NotRunning as exc:
@@ -166,7 +164,7 @@ class Router:
                     return self.channel(sibling(path, exc.fallback), deadline, retry, False)
                 if not retry or exc.state == "stopped":
                     raise WorkerCrashed(str(exc), path=path) from None
-                self.app._await_start(path, generation, deadline)
+                self.link.await_start(path, generation, deadline)
                 continue
             except CircuitOpen as exc:
                 if retry and via_fallback and exc.fallback:
@@ -189,7 +187,7 @@ class Router:
             raise WorkerError(f"cannot open a channel to {path!r}: {exc}",
                               category="resource_error", path=path) from exc
         try:
-            answer = self.app._request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
+            answer = self.link.request(P.OpenChannel(id=0, path=path), fds=(theirs.fileno(),),
                                        timeout=max(0.0, deadline - time.monotonic()))
             policy = decode_policy(answer)
         except msgspec.ValidationError as exc:

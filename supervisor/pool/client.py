@@ -37,9 +37,10 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from itertools import chain, islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..client.channel import reply_value
+from ..client.link import RootLink
 from ..client.retry import Attempt, with_retries
 from ..errors import (
     SessionLost,
@@ -51,9 +52,6 @@ from .link import NOT_SENT, ONE, STAR, Job, Slot
 from .membership import Membership
 from .results import MapResults, PoolFuture, Tracker
 from .state import PoolState
-
-if TYPE_CHECKING:
-    from ..app import App
 
 __all__ = ["PoolClient", "PIPELINE"]
 
@@ -88,7 +86,7 @@ class PoolClient:
     becomes unusable: replacements are used as soon as they are up.
     """
 
-    def __init__(self, app: App, path: str, *, max_in_flight: int = 1,
+    def __init__(self, link: RootLink, path: str, *, max_in_flight: int = 1,
                  pipeline: int = PIPELINE, on_lost: str = "fail",
                  _members: Membership | None = None) -> None:
         if on_lost not in _ON_LOST:
@@ -96,10 +94,10 @@ class PoolClient:
         for name, value in (("max_in_flight", max_in_flight), ("pipeline", pipeline)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        self.app = app
+        self._link = link
         self.path = path
         if _members is None:  # the first view of this pool: its state and I/O
-            _members = Membership(PoolIO(PoolState(path, app._generation_of), app))
+            _members = Membership(PoolIO(PoolState(path, link.generation_of), link))
         self._members = _members
         self._io = _members.io
         self._state = _members.state
@@ -119,7 +117,7 @@ class PoolClient:
         per worker. Raises ValueError for bad values.
         """
         return PoolClient(
-            self.app, self.path, _members=self._members,
+            self._link, self.path, _members=self._members,
             on_lost=self._on_lost if on_lost is None else on_lost,
             max_in_flight=self._max_in_flight if max_in_flight is None else max_in_flight,
             pipeline=self._pipeline if pipeline is None else pipeline)
@@ -196,7 +194,7 @@ class PoolClient:
             lambda attempt: self._call_once(attempt, name, args, kwargs or None, session,
                                             timeout, retry, on_lost),
             method=name, path=self.path, idempotent=idempotent, retry=retry, session=session,
-            pause=self.app._exited.wait)
+            pause=self._link.exited.wait)
 
     def _call_once(self, attempt: Attempt, name: str, args: tuple,
                    kwargs: dict[str, Any] | None,

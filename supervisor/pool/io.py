@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from ..client.link import RootLink
 from ..errors import (
     CallTimeout,
     CircuitOpen,
@@ -46,11 +47,11 @@ OPEN_TIMEOUT = 30.0  # seconds to get a channel from the tree (a control round t
 
 
 class PoolIO:
-    """The I/O side of one pool: `root` is the App (requests to the tree, start counts,
-    the tree's end). `on_grow` and `on_retire_due(slot)` are set by the pool's membership
+    """The I/O side of one pool: `root` is the link to the tree's root (requests, start
+    counts, the tree's end). `on_grow` and `on_retire_due(slot)` are set by the pool's membership
     (starting and retiring overflow workers happens there)."""
 
-    def __init__(self, state: PoolState, root: Any) -> None:
+    def __init__(self, state: PoolState, root: RootLink) -> None:
         self.state = state
         self.root = root
         self.watcher = Watcher(f"pool-watch-{state.path}", state.lock, self.on_ready)
@@ -110,7 +111,7 @@ class PoolIO:
     def _progress_due(self, link: Link) -> None:
         stuck = self.decide(lambda fx: self.state.progress_due(link, fx))
         if stuck and link.policy.restarts_on_timeout:
-            self.root._report_timeout(link.slot.path)
+            self.root.report_timeout(link.slot.path)
 
     def _resend(self, jobs: list[Job]) -> None:
         def requeue(fx: Effects) -> None:
@@ -161,10 +162,10 @@ class PoolIO:
         # Read the start count before asking: if the worker is down, a start reported
         # after this read makes the slot usable again (no lost wake-up, see `usable`).
         state = self.state
-        generation = self.root._generation_of(slot.path)
+        generation = self.root.generation_of(slot.path)
         mine, theirs = socket.socketpair()
         try:
-            policy = decode_policy(self.root._request(P.OpenChannel(id=0, path=slot.path),
+            policy = decode_policy(self.root.request(P.OpenChannel(id=0, path=slot.path),
                                                       fds=(theirs.fileno(),),
                                                       timeout=OPEN_TIMEOUT))
         except msgspec.ValidationError as exc:
@@ -310,7 +311,7 @@ class PoolIO:
                 self.state.refresh(fx)
 
             self.decide(lose)
-            self.root._report_timeout(link.slot.path)
+            self.root.report_timeout(link.slot.path)
         return exc
 
     def presend(self, send: Presend) -> None:

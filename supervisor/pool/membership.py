@@ -3,7 +3,7 @@
     start()        the pool's size, limits and workers, asked from the tree once
     a worker (re)started  ──telemetry──▶ kick: serve whoever waits for capacity
     memory_exceeded       ──telemetry──▶ its link drains: nothing new is sent there
-    every usable slot busy ──grow──▶ a thread: app.start_child(pool) ─▶ a new overflow Slot
+    every usable slot busy ──grow──▶ a thread: start_child(pool) ─▶ a new overflow Slot
     an idle overflow slot  ──retire_due (a timer)──▶ a thread: terminate + delete it
     the root exited        ──tree_gone──▶ every queued and in-flight call fails, the
                                           pool's descriptors are released
@@ -58,7 +58,7 @@ class Membership:
             if self.started:
                 return
             state = self.state
-            raw = self.root._request(P.GetStatus(id=0, path=state.path))
+            raw = self.root.request(P.GetStatus(id=0, path=state.path))
             facts = raw.get("pool")
             if facts is None:
                 raise NoSuchChild(f"{state.path!r} is a supervisor, not a Pool",
@@ -93,7 +93,7 @@ class Membership:
 
         telemetry.attach(handler_id, [("supervisor", "child", "started"),
                                       ("supervisor", "child", "memory_exceeded")], on_event)
-        threading.Thread(target=await_exit, args=(self.root._exited,), daemon=True,
+        threading.Thread(target=await_exit, args=(self.root.exited,), daemon=True,
                          name=f"pool-exit-{self.state.path}").start()
 
     def _on_child_event(self, name: str, metadata: Any) -> None:
@@ -128,7 +128,7 @@ class Membership:
     def _start_overflow(self) -> None:
         state = self.state
         try:
-            child_id = self.root.start_child(state.path)
+            child_id = self.root.request(P.StartChild(id=0, path=state.path), timeout=None)
         except SupervisorError as exc:
             logger.warning("pool {!r}: could not start an overflow worker: {}", state.path,
                            exc)
@@ -146,8 +146,9 @@ class Membership:
     def _retire(self, slot: Slot) -> None:
         state = self.state
         try:
-            self.root.terminate_child(state.path, slot.id)
-            self.root.delete_child(state.path, slot.id)
+            self.root.request(P.TerminateChild(id=0, path=state.path, child_id=slot.id),
+                              timeout=None)
+            self.root.request(P.DeleteChild(id=0, path=state.path, child_id=slot.id))
         except SupervisorError as exc:  # gone already (the tree stops, or it was deleted)
             logger.debug("pool {!r}: retiring {!r}: {}", state.path, slot.id, exc)
         finally:

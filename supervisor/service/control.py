@@ -290,7 +290,7 @@ class ControlServer:
                 if fd is not None:
                     os.close(fd)
                 continue
-            self.sup._request(msg, conn, fd)
+            self.sup.request(msg, conn, fd)
         for fd in fds:
             os.close(fd)
         if eof and conn in self.clients:

@@ -27,17 +27,17 @@ def run_tree(spec: Any, socket_path: str | None = None) -> int:
     child failed to start). Raises ConfigError (TreeRunning) when the socket is live."""
     path = Path(socket_path) if socket_path else default_socket(spec.id)
     sup = SupervisorProcess(spec, "", None, root=True)
-    sup.control = control = ControlServer(sup, path, explicit=socket_path is not None)
+    sup.uplink.control = control = ControlServer(sup, path, explicit=socket_path is not None)
     telemetry.attach_default_reporter()
 
-    def uplink(msg: Any) -> None:
+    def deliver(msg: Any) -> None:
         match msg:
             case P.Event(name=name, measurements=measurements, metadata=metadata):
                 telemetry.execute(name, measurements, metadata)
                 control.broadcast(msg)
             case P.Ready():
                 logger.info("tree {!r} is up: {} children; control socket {}", spec.id,
-                            len(sup.children), path)
+                            len(sup.children.slots), path)
             case P.StartFailed():
                 logger.error("tree {!r} did not start: child {!r} failed ({}): {}: {}",
                              spec.id, msg.path, msg.category, msg.type, msg.message)
@@ -47,7 +47,7 @@ def run_tree(spec: Any, socket_path: str | None = None) -> int:
                 control.broadcast(msg)
                 logger.info("tree {!r} stopped: {}", spec.id, detail)
 
-    sup.uplink = uplink
+    sup.uplink.deliver = deliver
     try:
         return sup.main()
     finally:

@@ -1,4 +1,5 @@
-"""How a supervisor handles a child that exited: DESIGN.md's steps, over `strategies/`.
+"""How a supervisor handles a child that exited: the steps of the error matrix, over
+`strategies/`.
 
     exit ─▶ handle_exit: restart type (OTP's do_restart truth table)
               ├─ not restarted: stopped / removed (temporary); significant -> auto_shutdown
@@ -17,20 +18,22 @@ handled in between. Nothing here sleeps: delays are loop timers.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from loguru import logger
 
+from strategies.intensity import RestartIntensity
 from strategies.matrix import classify
 from strategies.recovery import Action, next_step
 from strategies.restart import plan_restart, should_restart
 
-from .slot import ChildSlot
+from .children import Children
+from .loop import Loop
+from .slot import ChildSlot, ChildState
+from .uplink import Uplink
 
-if TYPE_CHECKING:
-    from .process import SupervisorProcess
-
-__all__ = ["handle_exit", "on_failure", "restart_group", "give_up"]
+__all__ = ["Recovery", "STABLE_AFTER", "CIRCUIT_TIMEOUT"]
 
 # A child supervisor has no `stable_after` / `circuit_timeout` of its own (those are
 # worker fields); it gets the worker defaults.
@@ -42,151 +45,171 @@ def stable_after(spec: object) -> float:
     return getattr(spec, "stable_after", STABLE_AFTER)
 
 
-def give_up(sup: SupervisorProcess, slot: ChildSlot, why: str) -> None:
-    sup.metrics["failed"] += 1
-    sup.emit("gave_up", slot, reason=why)
-    sup.emit("exceeded", slot, group="intensity", reason=why)
-    logger.warning("supervisor {!r} gives up ({}) after a failure of {}",
-                   sup.path or sup.spec.id, why, slot.path)
-    sup.shutdown("reached_max_restart_intensity")
+class Recovery:
+    """What one supervisor does about its children's exits. `shutdown(detail)` stops the
+    supervisor (it gives up, or auto_shutdown ends it); `metrics` are its recovery counts
+    (initiated, succeeded, failed)."""
 
+    def __init__(self, spec: Any, children: Children, uplink: Uplink, loop: Loop,
+                 shutdown: Callable[[str], None], *, root: bool) -> None:
+        self.spec = spec
+        self.children = children
+        self.uplink = uplink
+        self.loop = loop
+        self.shutdown = shutdown
+        self.root = root
+        self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
+        self.metrics = {"initiated": 0, "succeeded": 0, "failed": 0}
 
-def handle_exit(sup: SupervisorProcess, slot: ChildSlot, reason: str, category: str | None,
-                 recycled: bool) -> None:
-    """Step 1: the restart type decides whether the child is restarted at all."""
-    if recycled and slot.spec.restart != "temporary":
-        # max_calls reached: a planned replacement, not a restart (no intensity).
-        restart_group(sup, slot)
-        return
-    if not should_restart(slot.spec.restart, reason):
-        # OTP's del_child: a temporary child, or any child of a simple_one_for_one
-        # supervisor (it has no spec of its own to keep), is forgotten; any other keeps
-        # its spec, stopped, for restart_child / delete_child.
-        if slot.spec.restart == "temporary" or sup.spec.strategy == "simple_one_for_one":
-            sup.children.remove(slot)
-        else:
-            slot.state = "stopped"
-        if slot.spec.significant:
-            check_auto_shutdown(sup)
-        return
-    if classify(reason) is None:
-        # A clean exit of a permanent child: OTP restarts it; not a failure.
-        if sup.intensity.record():
-            give_up(sup, slot, "reached_max_restart_intensity")
+    def give_up(self, slot: ChildSlot, why: str) -> None:
+        self.metrics["failed"] += 1
+        self.uplink.emit("gave_up", slot, reason=why)
+        self.uplink.emit("exceeded", slot, group="intensity", reason=why)
+        logger.warning("supervisor {!r} gives up ({}) after a failure of {}",
+                       self.uplink.path or self.spec.id, why, slot.path)
+        self.shutdown("reached_max_restart_intensity")
+
+    def handle_exit(self, slot: ChildSlot, reason: str, category: str | None,
+                    recycled: bool) -> None:
+        """Step 1: the restart type decides whether the child is restarted at all."""
+        if recycled and slot.spec.restart != "temporary":
+            # max_calls reached: a planned replacement, not a restart (no intensity).
+            self.restart_group(slot)
             return
-        restart_group(sup, slot)
-        return
-    on_failure(sup, slot, category or str(classify(reason)))
-
-def on_failure(sup: SupervisorProcess, slot: ChildSlot, category: str) -> None:
-    """Steps 2 and 3 for a failure of `slot`: count it, then take the matrix's step."""
-    if slot.circuit == "half_open":
-        open_circuit(sup, slot)  # the trial failed before it was stable
-        return
-    if slot.last_run >= stable_after(slot.spec):
-        slot.failures = 0  # it ran long enough to count as healthy: start over
-    slot.failures += 1
-    sup.metrics["initiated"] += 1
-    if sup.intensity.record():
-        give_up(sup, slot, "reached_max_restart_intensity")
-        return
-    all_down = len(sup.children) > 1 and all(s.pid is None for s in sup.children)
-    step = next_step(category, slot.failures, affecting_all=all_down, matrix=slot.matrix)
-    d = step.decision
-    sup.emit("failure", slot, category=category, severity=str(d.severity),
-              recovery=str(d.recovery), attempt=slot.failures, action=str(step.action),
-              delay=step.delay)
-    if step.action is Action.restart:
-        if step.delay <= 0:
-            restart_group(sup, slot)
+        if not should_restart(slot.spec.restart, reason):
+            # OTP's del_child: a temporary child, or any child of a simple_one_for_one
+            # supervisor (it has no spec of its own to keep), is forgotten; any other keeps
+            # its spec, stopped, for restart_child / delete_child.
+            if slot.spec.restart == "temporary" or self.spec.strategy == "simple_one_for_one":
+                self.children.remove(slot)
+            else:
+                slot.become(ChildState.STOPPED)
+            if slot.spec.significant:
+                self.check_auto_shutdown()
             return
-        slot.state = "restarting"
-        sup.emit("restart_scheduled", slot, category=category, delay=step.delay,
-                  attempt=slot.failures)
-        slot.restart_timer = sup.loop.call_later(step.delay,
-                                                  lambda: restart_group(sup, slot))
-    elif step.action is Action.open_circuit:
-        open_circuit(sup, slot)
-    else:  # escalate or abandon: the supervisor gives up at once
-        give_up(sup, slot, str(step.action))
+        if classify(reason) is None:
+            # A clean exit of a permanent child: OTP restarts it; not a failure.
+            if self.intensity.record():
+                self.give_up(slot, "reached_max_restart_intensity")
+                return
+            self.restart_group(slot)
+            return
+        self.on_failure(slot, category or str(classify(reason)))
 
-def restart_group(sup: SupervisorProcess, slot: ChildSlot) -> None:
-    """Restart `slot` with the siblings its strategy names (stop, remove, start)."""
-    slot.restart_timer = None
-    if sup.exit_detail is not None or slot not in sup.children:
-        return
-    plan = plan_restart(
-        sup.spec.strategy, [s.id for s in sup.children], slot.id,
-        temporary=[s.id for s in sup.children if s.spec.restart == "temporary"],
-        running=[s.id for s in sup.children if s.pid is not None],
-    )
-    for child_id in plan.stop:
-        sup.stop_slot(sup.find_slot(child_id), "shutdown")
-    for child_id in plan.remove:
-        removed = sup.find_slot(child_id)
-        if removed is not None and removed.pid is None:
-            sup.children.remove(removed)
-    for child_id in plan.start:
-        target = sup.find_slot(child_id)
-        if target is None or target.pid is not None or target.circuit == "open":
-            continue
-        target.restarts += 1
-        failure = sup.start_slot(target)
+    def on_failure(self, slot: ChildSlot, category: str) -> None:
+        """Steps 2 and 3 for a failure of `slot`: count it, then take the matrix's step."""
+        if slot.trial:
+            self.open_circuit(slot)  # the trial failed before it was stable
+            return
+        if slot.last_run >= stable_after(slot.spec):
+            slot.failures = 0  # it ran long enough to count as healthy: start over
+        slot.failures += 1
+        self.metrics["initiated"] += 1
+        if self.intensity.record():
+            self.give_up(slot, "reached_max_restart_intensity")
+            return
+        slots = self.children.slots
+        all_down = len(slots) > 1 and all(s.pid is None for s in slots)
+        step = next_step(category, slot.failures, affecting_all=all_down, matrix=slot.matrix)
+        d = step.decision
+        self.uplink.emit("failure", slot, category=category, severity=str(d.severity),
+                         recovery=str(d.recovery), attempt=slot.failures,
+                         action=str(step.action), delay=step.delay)
+        if step.action is Action.restart:
+            if step.delay <= 0:
+                self.restart_group(slot)
+                return
+            slot.become(ChildState.RESTARTING)
+            self.uplink.emit("restart_scheduled", slot, category=category, delay=step.delay,
+                             attempt=slot.failures)
+            slot.restart_timer = self.loop.call_later(step.delay,
+                                                      lambda: self.restart_group(slot))
+        elif step.action is Action.open_circuit:
+            self.open_circuit(slot)
+        else:  # escalate or abandon: the supervisor gives up at once
+            self.give_up(slot, str(step.action))
+
+    def restart_group(self, slot: ChildSlot) -> None:
+        """Restart `slot` with the siblings its strategy names (stop, remove, start)."""
+        slot.restart_timer = None
+        children = self.children
+        if children.closing or slot not in children.slots:
+            return
+        slots = children.slots
+        plan = plan_restart(
+            self.spec.strategy, [s.id for s in slots], slot.id,
+            temporary=[s.id for s in slots if s.spec.restart == "temporary"],
+            running=[s.id for s in slots if s.pid is not None],
+        )
+        for child_id in plan.stop:
+            children.stop(children.find(child_id), "shutdown")
+        for child_id in plan.remove:
+            removed = children.find(child_id)
+            if removed is not None and removed.pid is None:
+                children.remove(removed)
+        for child_id in plan.start:
+            target = children.find(child_id)
+            if target is None or target.pid is not None \
+                    or target.state is ChildState.CIRCUIT_OPEN:
+                continue
+            target.restarts += 1
+            failure = children.start(target)
+            if failure is not None:
+                target.become(ChildState.RESTARTING)
+                self.metrics["failed"] += 1
+                logger.warning("restart of {} failed ({}: {})", target.path, failure.type,
+                               failure.message)
+                self.loop.call_soon(lambda t=target, c=failure.category: self.on_failure(t, c))
+                return
+            self.uplink.emit("restarted", target)
+        self.metrics["succeeded"] += 1
+        self.uplink.emit("complete", slot, group="recovery", result="succeeded")
+
+    # ------------------------------------------------------------------ circuits
+    def open_circuit(self, slot: ChildSlot) -> None:
+        timeout = getattr(slot.spec, "circuit_timeout", CIRCUIT_TIMEOUT)
+        slot.become(ChildState.CIRCUIT_OPEN)
+        slot.trial = False
+        slot.retry_at = time.time() + timeout
+        self.metrics["failed"] += 1
+        self.uplink.emit("circuit_opened", slot, retry_at=slot.retry_at,
+                         failures=slot.failures)
+        slot.restart_timer = self.loop.call_later(timeout, lambda: self.trial(slot))
+
+    def trial(self, slot: ChildSlot) -> None:
+        """The half-open trial: one start; closed once it stays up `stable_after`."""
+        slot.restart_timer = None
+        if self.children.closing or slot not in self.children.slots:
+            return
+        if self.intensity.record():
+            self.give_up(slot, "reached_max_restart_intensity")
+            return
+        slot.trial = True
+        slot.retry_at = None
+        self.uplink.emit("circuit_half_open", slot)
+        slot.restarts += 1
+        failure = self.children.start(slot)
         if failure is not None:
-            target.state = "restarting"
-            sup.metrics["failed"] += 1
-            logger.warning("restart of {} failed ({}: {})", target.path, failure.type,
-                           failure.message)
-            sup.loop.call_soon(lambda t=target, c=failure.category: on_failure(sup, t, c))
+            self.open_circuit(slot)
             return
-        sup.emit("restarted", target)
-    sup.metrics["succeeded"] += 1
-    sup.emit("complete", slot, group="recovery", result="succeeded")
+        pid = slot.pid
+        slot.timers.append(self.loop.call_later(stable_after(slot.spec),
+                                                lambda: self.close_circuit(slot, pid)))
 
-# ------------------------------------------------------------------ circuits
-def open_circuit(sup: SupervisorProcess, slot: ChildSlot) -> None:
-    timeout = getattr(slot.spec, "circuit_timeout", CIRCUIT_TIMEOUT)
-    slot.state = "circuit_open"
-    slot.circuit = "open"
-    slot.retry_at = time.time() + timeout
-    sup.metrics["failed"] += 1
-    sup.emit("circuit_opened", slot, retry_at=slot.retry_at, failures=slot.failures)
-    slot.restart_timer = sup.loop.call_later(timeout, lambda: trial(sup, slot))
+    def close_circuit(self, slot: ChildSlot, pid: int | None) -> None:
+        if slot.pid != pid or not slot.trial:
+            return
+        slot.close_circuit()
+        slot.failures = 0
+        self.metrics["succeeded"] += 1
+        self.uplink.emit("circuit_closed", slot)
+        self.uplink.emit("complete", slot, group="recovery", result="succeeded")
 
-def trial(sup: SupervisorProcess, slot: ChildSlot) -> None:
-    """The half-open trial: one start; closed once it stays up `stable_after`."""
-    slot.restart_timer = None
-    if sup.exit_detail is not None or slot not in sup.children:
-        return
-    if sup.intensity.record():
-        give_up(sup, slot, "reached_max_restart_intensity")
-        return
-    slot.circuit = "half_open"
-    slot.retry_at = None
-    sup.emit("circuit_half_open", slot)
-    slot.restarts += 1
-    failure = sup.start_slot(slot)
-    if failure is not None:
-        open_circuit(sup, slot)
-        return
-    pid = slot.pid
-    slot.timers.append(sup.loop.call_later(stable_after(slot.spec),
-                                            lambda: close_circuit(sup, slot, pid)))
-
-def close_circuit(sup: SupervisorProcess, slot: ChildSlot, pid: int | None) -> None:
-    if slot.pid != pid or slot.circuit != "half_open":
-        return
-    slot.circuit = "closed"
-    slot.failures = 0
-    sup.metrics["succeeded"] += 1
-    sup.emit("circuit_closed", slot)
-    sup.emit("complete", slot, group="recovery", result="succeeded")
-
-# ------------------------------------------------------------------ significant
-def check_auto_shutdown(sup: SupervisorProcess) -> None:
-    significant = [s for s in sup.children if s.spec.significant]
-    if sup.spec.auto_shutdown == "any_significant" or (
-        sup.spec.auto_shutdown == "all_significant"
-        and all(s.pid is None for s in significant)
-    ):
-        sup.shutdown("auto_shutdown" if sup.root else "shutdown")
+    # ------------------------------------------------------------------ significant
+    def check_auto_shutdown(self) -> None:
+        significant = [s for s in self.children.slots if s.spec.significant]
+        if self.spec.auto_shutdown == "any_significant" or (
+            self.spec.auto_shutdown == "all_significant"
+            and all(s.pid is None for s in significant)
+        ):
+            self.shutdown("auto_shutdown" if self.root else "shutdown")

@@ -1,34 +1,65 @@
-"""The runtime record of one child, and the mechanics of starting and stopping it.
+"""The runtime record of one child: its state, its process while it has one, its history.
 
 A `ChildSlot` sits beside its frozen spec (OTP keeps the spec and the running child in one
 record; so do we). The fields that exist only while the child runs are None otherwise:
 
     pid, ctrl, reader, pidfd    set from fork until the exit is reaped
-    started_at                  set once the child reported Ready
+    started_at, ran_since       set once the child reported Ready
 
-Starting is synchronous, as in OTP: the supervisor forks, then waits for the child's
-`Ready` (or `StartFailed`, or EOF) before it does anything else. Stopping is synchronous
-too: Stop message, SIGTERM at half the grace, SIGKILL when the grace runs out.
+Its state moves only through `become`, along `TRANSITIONS`:
+
+    stopped ──▶ starting ──▶ running ──▶ stopping ──▶ stopped       (a start, a stop)
+                   │            │
+                   ▼            ▼ exited (reaped, decision pending)
+                stopped     restarting ──▶ starting | stopped | circuit_open
+                               ▲                                  │
+                               └──────────────── starting ◀───────┘ (the half-open trial)
+
+The circuit is not a second state: it is open while the state is `circuit_open`, half
+open while a trial start of that circuit runs (`trial`), closed otherwise.
 """
 
 from __future__ import annotations
 
+import enum
 import os
-import selectors
-import signal
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from ..errors import ProtocolError
 from ..wire import messages as P
-from ..wire.framing import FrameReader, recv_some, send_frame
-from .proc import describe_status, exit_reason, kill_quietly, pidfd_open
+from ..wire.framing import FrameReader
+from .proc import describe_status, exit_reason, pidfd_open
 
-__all__ = ["ChildSlot", "StartFailure", "await_ready", "stop_process", "drain"]
+__all__ = ["ChildSlot", "ChildState", "StartFailure", "reason_of", "TRANSITIONS"]
+
+
+class ChildState(enum.StrEnum):
+    STOPPED = "stopped"  # no process, none planned (not started yet, stopped, exited for good)
+    STARTING = "starting"  # forked, its Ready not in yet
+    RUNNING = "running"  # Ready arrived
+    STOPPING = "stopping"  # asked to stop; waiting for its exit
+    RESTARTING = "restarting"  # exited; a restart is decided or scheduled
+    CIRCUIT_OPEN = "circuit_open"  # down until its circuit's half-open trial
+
+
+S = ChildState
+TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
+    S.STOPPED: frozenset({S.STARTING, S.RESTARTING, S.CIRCUIT_OPEN}),
+    S.STARTING: frozenset({S.RUNNING, S.STOPPED}),
+    S.RUNNING: frozenset({S.STOPPING, S.RESTARTING}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.RESTARTING: frozenset({S.STARTING, S.STOPPED, S.CIRCUIT_OPEN}),
+    S.CIRCUIT_OPEN: frozenset({S.STARTING, S.STOPPED}),
+}
+"""The moves a child's state may make (staying put is always allowed). A stopped child
+becomes `restarting` or `circuit_open` when its restart failed to start."""
+
+
+class InvalidTransition(RuntimeError):
+    """A bug: a child's state was asked to make a move `TRANSITIONS` does not allow."""
 
 
 @attrs.define(eq=False)
@@ -37,10 +68,11 @@ class ChildSlot:
     path: str
     # This child's error matrix: defaults, then its ancestors' overrides, then its own. No
     # default on purpose: a slot built without one (a dynamic child once was) fails at its
-    # first failure, inside the supervisor's loop. `SupervisorProcess.new_slot` builds every
-    # slot, static and dynamic alike.
+    # first failure, inside the supervisor's loop. `Children.new_slot` builds every slot,
+    # static and dynamic alike.
     matrix: Any
-    state: str = "stopped"  # starting | running | stopping | restarting | stopped | circuit_open
+    launcher: Any  # how its process is started and stopped (`launch.launcher_for`)
+    state: ChildState = ChildState.STOPPED
     restarts: int = 0
     pid: int | None = None  # None unless a process exists (running, starting, stopping)
     ctrl: socket.socket | None = None  # None unless pid is set; always None for a program
@@ -52,7 +84,7 @@ class ChildSlot:
     exit_msg: Any = None  # the last Exit report from the running process
     pending: set[int] = attrs.field(factory=set)  # request ids forwarded to it
     failures: int = 0  # consecutive failures; reset after `stable_after` s of running
-    circuit: str = "closed"  # closed | open | half_open
+    trial: bool = False  # a half-open trial of its circuit runs (the circuit is half open)
     retry_at: float | None = None  # wall clock of the next half-open trial, while open
     # A failure the supervisor itself saw or caused (heartbeat missed, memory limit, a
     # caller's timeout): (category, reason). It names the exit when the process is reaped.
@@ -68,6 +100,25 @@ class ChildSlot:
     @property
     def kind(self) -> str:
         return self.spec.kind
+
+    @property
+    def circuit(self) -> str:
+        """"open", "half_open" or "closed", from the state and the trial flag."""
+        if self.state is ChildState.CIRCUIT_OPEN:
+            return "open"
+        return "half_open" if self.trial else "closed"
+
+    def become(self, state: ChildState) -> None:
+        """Move to `state`; raises InvalidTransition (a bug) for a move not allowed."""
+        if state is not self.state and state not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"{self.path}: {self.state} -> {state} is not a "
+                                    "move a child's state makes")
+        self.state = state
+
+    def close_circuit(self) -> None:
+        """The circuit is closed (an operator's stop or start, or a stable trial)."""
+        self.trial = False
+        self.retry_at = None
 
     def attach(self, pid: int, ctrl: socket.socket | None) -> None:
         """A process exists now; `ctrl` is None for an external program."""
@@ -100,8 +151,9 @@ class ChildSlot:
         self.started_at = self.ran_since = None
 
     def info(self) -> P.ChildInfo:
-        return P.ChildInfo(id=self.id, pid=self.pid if self.state == "running" else None,
-                           kind=self.kind, state=self.state, restarts=self.restarts,
+        running = self.state is ChildState.RUNNING
+        return P.ChildInfo(id=self.id, pid=self.pid if running else None,
+                           kind=self.kind, state=str(self.state), restarts=self.restarts,
                            path=self.path, started_at=self.started_at, circuit=self.circuit,
                            retry_at=self.retry_at)
 
@@ -113,141 +165,6 @@ class StartFailure:
     type: str
     message: str
     traceback: str = ""
-
-
-def drain(slot: ChildSlot, on_message: Callable[[ChildSlot, Any], None]) -> bool:
-    """Read what the child has sent so far; returns True at EOF.
-
-    A frame that does not decode closes the channel: the child can no longer be trusted
-    and is killed (its exit is then classified as a communication_error).
-    """
-    if slot.ctrl is None:
-        return True
-    while True:
-        try:
-            msgs, _, eof = recv_some(slot.ctrl, slot.reader)
-        except ProtocolError as exc:
-            slot.exit_msg = P.Exit(reason="protocol_error", category="communication_error",
-                                   type="ProtocolError", message=str(exc))
-            kill_quietly(slot.pid)
-            return True
-        except (ConnectionResetError, OSError):
-            return True
-        for msg in msgs:
-            on_message(slot, msg)
-        if eof:
-            return True
-        if not msgs:
-            return False
-
-
-def _wait(slot: ChildSlot, deadline: float | None,
-          on_message: Callable[[ChildSlot, Any], None]) -> int | None:
-    """Wait until the child exits or the deadline passes; returns its wait status or None.
-
-    While waiting, messages from the child are read and handed on, so a child that is
-    reporting (events, its Exit) never blocks on a full socket buffer.
-    """
-    # PollSelector needs no fd of its own: stopping children must work when we are out
-    # of descriptors (an epoll selector would fail to open with EMFILE right then).
-    sel = selectors.PollSelector()
-    eof = slot.ctrl is None  # a program has no channel whose EOF could wake us
-    try:
-        if slot.pidfd is not None:
-            sel.register(slot.pidfd, selectors.EVENT_READ)
-        if slot.ctrl is not None:
-            slot.ctrl.setblocking(False)
-            sel.register(slot.ctrl, selectors.EVENT_READ)
-        while True:
-            pid, status = os.waitpid(slot.pid, os.WNOHANG)
-            if pid:
-                return status
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            if slot.pidfd is None and eof:
-                # No pidfd on this platform and the channel is at EOF: the process is on
-                # its way out; re-check its status in short steps until it is reapable.
-                remaining = 0.01 if remaining is None else min(remaining, 0.01)
-            for key, _ in sel.select(remaining):
-                if key.fileobj is slot.ctrl and not eof:
-                    eof = drain(slot, on_message)
-                    if eof:
-                        sel.unregister(slot.ctrl)
-    finally:
-        sel.close()
-
-
-def stop_process(slot: ChildSlot, reason: str,
-                 on_message: Callable[[ChildSlot, Any], None]) -> int:
-    """Stop the child per its `shutdown` and reap it; returns the wait status.
-
-    Number: Stop message, SIGTERM after half the grace, SIGKILL when it runs out.
-    ``brutal_kill``: SIGKILL at once. ``infinity``: Stop message, then wait.
-    """
-    if slot.ctrl is None:  # an external program: signals to its process group
-        from .program import graceful
-
-        return graceful(slot, lambda deadline: _wait(slot, deadline, on_message))
-    shutdown = slot.spec.shutdown
-    if shutdown == "brutal_kill":
-        kill_quietly(slot.pid, signal.SIGKILL)
-        return _wait(slot, None, on_message)
-    try:
-        send_frame(slot.ctrl, P.CONTROL_CODEC.encode(P.Stop(reason=reason)))
-    except (BrokenPipeError, ConnectionResetError, BlockingIOError):
-        pass  # the child is already leaving; the wait below reaps it
-    if shutdown == "infinity":
-        return _wait(slot, None, on_message)
-    start = time.monotonic()
-    status = _wait(slot, start + shutdown / 2, on_message)
-    if status is not None:
-        return status
-    kill_quietly(slot.pid, signal.SIGTERM)
-    status = _wait(slot, start + shutdown, on_message)
-    if status is not None:
-        return status
-    kill_quietly(slot.pid, signal.SIGKILL)
-    return _wait(slot, None, on_message)
-
-
-def await_ready(slot: ChildSlot, on_message: Callable[[ChildSlot, Any], None]
-                ) -> StartFailure | None:
-    """Block until the freshly forked child reports Ready; None on success.
-
-    Events the child forwards while it starts (a nested supervisor's children starting)
-    are handed to `on_message`. EOF before Ready means the child died while starting.
-    """
-    assert slot.ctrl is not None and slot.reader is not None
-    slot.ctrl.setblocking(True)
-    failure: StartFailure | None = None
-    while True:
-        try:
-            msgs, _, eof = recv_some(slot.ctrl, slot.reader)
-        except ProtocolError as exc:
-            kill_quietly(slot.pid)
-            os.waitpid(slot.pid, 0)
-            return StartFailure(slot.path, "communication_error", "ProtocolError", str(exc))
-        for index, msg in enumerate(msgs):
-            match msg:
-                case P.Ready():
-                    slot.ctrl.setblocking(False)
-                    # Frames read with the Ready are the running child's: a worker whose
-                    # run() raises at once sends its Exit right behind it.
-                    for later in msgs[index + 1:]:
-                        on_message(slot, later)
-                    return None
-                case P.StartFailed():
-                    failure = StartFailure(msg.path, msg.category, msg.type, msg.message,
-                                           msg.traceback)
-                case _:
-                    on_message(slot, msg)
-        if eof:
-            _, status = os.waitpid(slot.pid, 0)
-            if failure is None:
-                failure = StartFailure(slot.path, "initialization_error", "ChildExited",
-                                       f"exited before it was ready ({describe_status(status)})")
-            return failure
 
 
 def reason_of(slot: ChildSlot, status: int) -> tuple[str, str | None, str]:

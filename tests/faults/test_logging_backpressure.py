@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 from loguru import logger
-from supervisor._loop import Loop
 
 import supervisor
 from supervisor import telemetry
 from supervisor.tree.logsink import StderrSink
+from supervisor.tree.loop import Loop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -109,13 +109,13 @@ def test_a_caller_waiting_for_a_restart_learns_of_the_root_death(start_tree, eve
     assert events.named("failure", "slow")[1]["delay"] == 30.0
     outcome = {}
     parked = threading.Event()
-    await_start = app._await_start
+    await_start = app._link.await_start
 
     def await_start_noted(*args):
         parked.set()  # the call found the child restarting and waits for its start event
         return await_start(*args)
 
-    monkeypatch.setattr(app, "_await_start", await_start_noted)
+    monkeypatch.setattr(app._link, "await_start", await_start_noted)
 
     def waiter() -> None:
         started = time.monotonic()

@@ -113,11 +113,6 @@ def _in(name: str, *rooms: str) -> bool:
     return any(name == room or name.startswith(room + ".") for room in rooms)
 
 
-_CIRCLES_LEFT = pytest.mark.xfail(
-    strict=True, reason="One house: the tree's, client's and pool's circles are being cut")
-
-
-@_CIRCLES_LEFT
 def test_no_import_circle() -> None:
     assert _circles() == []
 

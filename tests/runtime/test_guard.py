@@ -12,7 +12,8 @@ import socket
 import pytest
 from loguru import logger
 
-from supervisor import Supervisor, _requests
+from supervisor import Supervisor
+from supervisor.tree import requests as _requests
 from supervisor.tree.loop import Loop
 from supervisor.tree.process import SupervisorProcess
 from supervisor.wire import messages as P
@@ -55,10 +56,10 @@ def test_a_request_handler_that_raises_is_an_error_answer_and_one_bug_report(
     monkeypatch.setitem(_requests._LOCAL, P.CountChildren, broken)
     mine, theirs = socket.socketpair()
     with mine, theirs:
-        sup._request(P.CountChildren(id=7, path=""), mine, None)
+        sup.request(P.CountChildren(id=7, path=""), mine, None)
         (answer,) = read_answer(theirs)
         # The next request is served as if nothing had happened.
-        sup._request(P.WhichChildren(id=8, path=""), mine, None)
+        sup.request(P.WhichChildren(id=8, path=""), mine, None)
         (after,) = read_answer(theirs)
     assert isinstance(answer, P.ErrorResponse)
     assert (answer.id, answer.kind) == (7, "WorkerError")

@@ -8,14 +8,14 @@ import sys
 import threading
 
 import pytest
+
+from supervisor import Supervisor, child
 from supervisor.tree.health import (
     MEMORY_GRACE,
     MEMORY_INTERVAL,
     MEMORY_MIN_INTERVAL,
     memory_check_delay,
 )
-
-from supervisor import Supervisor, child
 
 from ._workers import Hog
 

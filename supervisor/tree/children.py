@@ -1,0 +1,290 @@
+"""The children of one supervisor: their ordered slots, and their processes' lives.
+
+    new_slot(spec)  the one builder of a child's record, static or dynamic alike
+    start(slot)     fork through the child's launcher, wait for its Ready (synchronous,
+                    as in OTP), then watch its control channel and pidfd
+    stop(slot)      per its `shutdown`, reaped before this returns
+    reap()          every child that exited: released, reported, then handed to
+                    `on_exit` (the supervisor's recovery) once the whole pass is recorded
+    forward(...)    a request for a descendant or a worker, sent down its channel; the
+                    answer comes back through `on_message` and is relayed to the requester
+
+Messages from a child (`on_message`): its Exit report, a heartbeat's Pong (to the
+monitors), an answer to a forwarded request, a telemetry Event (passed up).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from strategies.matrix import override_matrix
+
+from ..wire import messages as P
+from ..wire.framing import send_frame
+from .health import Monitors
+from .launch import ProcessLauncher, ProgramLauncher, drain, launcher_for
+from .loop import Loop
+from .output import Capture
+from .proc import kill_strays
+from .slot import ChildSlot, ChildState, StartFailure, reason_of
+from .uplink import Uplink
+
+__all__ = ["Children", "join", "child_matrix"]
+
+
+def join(path: str, child_id: str) -> str:
+    return f"{path}/{child_id}" if path else child_id
+
+
+def child_matrix(base: Any, spec: Any) -> Any:
+    errors = getattr(spec, "errors", None)
+    return override_matrix(base, errors) if errors else base
+
+
+class Children:
+    """The slots of the supervisor at `path`, in start order. `matrix` is the supervisor's
+    own error matrix (its children's base). `on_exit(slot, reason, category, recycled)` is
+    called for each child that exited while the supervisor is not closing."""
+
+    def __init__(self, path: str, matrix: Any, loop: Loop, uplink: Uplink,
+                 monitors: Monitors, processes: ProcessLauncher) -> None:
+        self.path = path
+        self.matrix = matrix
+        self.loop = loop
+        self.uplink = uplink
+        self.monitors = monitors
+        self.processes = processes
+        self.programs = ProgramLauncher()
+        self.slots: list[ChildSlot] = []
+        self.on_exit: Callable[[ChildSlot, str, str | None, bool], None] = _no_decision
+        self.closing = False  # set once the supervisor stops: exits are no longer decided
+        self.captures: set[Capture] = set()  # children's output pipes, read until EOF
+        self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ the slots
+    def new_slot(self, spec: Any) -> ChildSlot:
+        """The runtime record of a child: the one builder for static and dynamic children
+        alike, so the two cannot differ (its path, its error matrix, its launcher)."""
+        return ChildSlot(spec=spec, path=join(self.path, spec.id),
+                         matrix=child_matrix(self.matrix, spec),
+                         launcher=launcher_for(spec, self.processes, self.programs))
+
+    def add(self, slot: ChildSlot) -> None:
+        self.slots.append(slot)
+
+    def remove(self, slot: ChildSlot) -> None:
+        self.slots.remove(slot)
+
+    def find(self, child_id: str) -> ChildSlot | None:
+        for slot in self.slots:
+            if slot.id == child_id:
+                return slot
+        return None
+
+    def running_pids(self) -> Iterable[int]:
+        return (s.pid for s in self.slots if s.pid is not None)
+
+    # ------------------------------------------------------------------ start and stop
+    def start(self, slot: ChildSlot) -> StartFailure | None:
+        """Fork the child and wait for it to be ready; on failure it is reaped."""
+        slot.become(ChildState.STARTING)
+        try:
+            self._fork(slot)
+        except OSError as exc:
+            # Out of fds or processes (EMFILE, EAGAIN): a resource_error of this child,
+            # never a crash of the supervisor.
+            return self._start_failed(slot, StartFailure(
+                slot.path, "resource_error", type(exc).__name__,
+                f"cannot start the process: {exc}"))
+        failure = slot.launcher.await_start(slot, self.on_message)
+        if failure is not None:
+            return self._start_failed(slot, failure)
+        slot.become(ChildState.RUNNING)
+        slot.started_at = time.time()
+        slot.ran_since = time.monotonic()
+        if slot.ctrl is not None:
+            self.loop.add_reader(slot.ctrl, lambda: self._on_channel(slot))
+        if slot.pidfd is not None:
+            self.loop.add_reader(slot.pidfd, self.reap)
+        self.monitors.start(slot)
+        self.uplink.emit("started", slot)
+        return None
+
+    def _start_failed(self, slot: ChildSlot, failure: StartFailure) -> StartFailure:
+        slot.release()
+        slot.become(ChildState.STOPPED)
+        self.uplink.emit("start_failed", slot, reason=failure.type, category=failure.category,
+                         message=failure.message)
+        return failure
+
+    def _fork(self, slot: ChildSlot) -> None:
+        # Workers' and programs' output is captured; a child supervisor's own log lines
+        # go straight to our stderr (capturing them would wrap every line twice).
+        capture = Capture(slot.path) if slot.kind == "worker" else None
+        self.captures = {c for c in self.captures if c.partial}  # forget finished pipes
+        keep = capture.child_fds() if capture is not None else []
+        try:
+            slot.launcher.fork(slot, keep, capture)
+        except OSError:
+            if capture is not None:
+                capture.discard()
+            raise
+        if capture is not None:
+            capture.in_parent(self.loop)
+            self.captures.add(capture)
+
+    def stop(self, slot: ChildSlot, reason: str, scan: bool = True) -> None:
+        """Stop a child per its shutdown spec (if it runs); it is never restarted for this."""
+        if slot.pid is None:
+            # A child whose circuit is open stays down and keeps its trial timer: a
+            # bystander stop does not touch it. Any other scheduled restart is void now.
+            if slot.state is not ChildState.CIRCUIT_OPEN:
+                if slot.restart_timer is not None:
+                    slot.restart_timer.cancel()
+                    slot.restart_timer = None
+                slot.become(ChildState.STOPPED)
+            return
+        slot.become(ChildState.STOPPING)
+        self._unwatch(slot)
+        status = slot.launcher.stop(slot, reason, self.on_message)
+        why, _, detail = reason_of(slot, status)
+        pid = slot.pid
+        self._forget(slot, scan)
+        slot.become(ChildState.STOPPED)
+        self.uplink.emit("exited", slot, pid=pid, reason=why if slot.exit_msg else "shutdown",
+                         category=None, detail=detail)
+
+    def stop_all(self) -> None:
+        """The supervisor stops: every child in reverse start order, then the orphans."""
+        self.closing = True
+        for slot in reversed(self.slots):
+            slot.cancel_timers()
+            self.stop(slot, "shutdown", scan=False)
+        kill_strays(())  # once, for every orphan the stopped children left
+
+    def close_captures(self) -> None:
+        for capture in list(self.captures):
+            capture.close()  # log the last lines the stopped children wrote
+
+    def _unwatch(self, slot: ChildSlot) -> None:
+        if slot.ctrl is not None:
+            self.loop.remove_reader(slot.ctrl)
+        if slot.pidfd is not None:
+            self.loop.remove_reader(slot.pidfd)
+
+    def _forget(self, slot: ChildSlot, scan: bool = True) -> None:
+        """The child's process is reaped: fail what was forwarded to it, close its fds."""
+        for rid in list(slot.pending):
+            origin, origin_id, _ = self.forwarded.pop(rid, (None, 0, None))
+            if origin is not None:
+                self.uplink.reply_error(origin, origin_id, "NotRunning",
+                                        f"{slot.path} exited before it answered",
+                                        state="restarting")
+        slot.pending.clear()
+        if slot.pid is not None:
+            slot.launcher.reaped(slot)
+        slot.release()
+        if scan:  # orphans the child left (its subprocesses) were reparented to us
+            kill_strays(self.running_pids())
+
+    # ------------------------------------------------------------------ child events
+    def _on_channel(self, slot: ChildSlot) -> None:
+        if drain(slot, self.on_message):
+            self.loop.remove_reader(slot.ctrl)
+            if slot.pidfd is None:
+                self.reap()
+
+    def on_message(self, slot: ChildSlot, msg: Any) -> None:
+        match msg:
+            case P.Exit():
+                slot.exit_msg = msg
+            case P.Pong():
+                self.monitors.on_pong(slot, msg)
+            case P.Response(id=rid) | P.ErrorResponse(id=rid):
+                origin, origin_id, target = self.forwarded.pop(rid, (None, 0, None))
+                if target is not None:
+                    target.pending.discard(rid)
+                if origin is not None:
+                    self.uplink.relay(origin, msgspec.structs.replace(msg, id=origin_id))
+            case P.Event():
+                self.uplink.send(msg)
+            case _:
+                pass
+
+    def reap(self) -> None:
+        """Reap every exited child: ours are decided, adopted orphans only reaped.
+
+        Children in a synchronous start or stop are skipped: that code reaps its own pid.
+        """
+        exited = []
+        for slot in self.slots:
+            if slot.pid is None or slot.state in (ChildState.STOPPING, ChildState.STARTING):
+                continue
+            pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            if pid:
+                exited.append((slot, self._record_exit(slot, status)))
+        # Decide only once every exit of this pass is recorded: a failure that took down
+        # every child at once must see them all down (it is critical, then).
+        for slot, (reason, category, recycled) in exited:
+            if self.closing:
+                slot.become(ChildState.STOPPED)
+            elif slot in self.slots and slot.pid is None:
+                self.on_exit(slot, reason, category, recycled)
+        known = set(self.running_pids())
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # no children at all
+                return
+            # Stop at one of ours: it died after the scan above and its pidfd (or the
+            # next SIGCHLD) brings us back for it.
+            if info is None or info.si_pid == 0 or info.si_pid in known:
+                return
+            os.waitpid(info.si_pid, 0)
+
+    def _record_exit(self, slot: ChildSlot, status: int) -> tuple[str, str | None, bool]:
+        """Reaped: read its last words, release it, report it; (reason, category, recycled)."""
+        self._unwatch(slot)
+        drain(slot, self.on_message)
+        reason, category, detail = reason_of(slot, status)
+        if slot.pending_failure is not None:
+            category, reason = slot.pending_failure
+        recycled = (reason == "normal" and slot.exit_msg is not None
+                    and slot.exit_msg.message == "max_calls")
+        pid = slot.pid
+        self._forget(slot)
+        slot.become(ChildState.RESTARTING)
+        self.uplink.emit("exited", slot, pid=pid, reason=reason, category=category,
+                         detail=detail)
+        return reason, category, recycled
+
+    # ------------------------------------------------------------------ requests
+    def forward(self, slot: ChildSlot, msg: Any, origin: socket.socket, origin_id: int,
+                fd: int | None = None) -> None:
+        """Send a request to a child, remembering whom to answer."""
+        rid = next(self._ids)
+        self.forwarded[rid] = (origin, origin_id, slot)
+        slot.pending.add(rid)
+        data = P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid))
+        try:
+            send_frame(slot.ctrl, data, fds=[fd] if fd is not None else ())
+        except OSError:
+            self.forwarded.pop(rid, None)
+            slot.pending.discard(rid)
+            self.uplink.reply_error(origin, origin_id, "NotRunning",
+                                    f"{slot.path} is not running", state=str(slot.state))
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _no_decision(slot: ChildSlot, reason: str, category: str | None, recycled: bool) -> None:
+    raise RuntimeError(f"{slot.path} exited and no recovery decides for it")
