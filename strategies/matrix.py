@@ -206,7 +206,7 @@ DEFAULT_MATRIX: Mapping[ErrorCategory, Rule] = types.MappingProxyType(
         _C.system_error: _row("critical", "abandon", 0, "none"),
     }
 )
-"""The default table of DESIGN.md, read-only."""
+"""The default table (the README's matrix section), read-only."""
 
 SEVERITY_UPGRADE: Mapping[Severity, Severity] = types.MappingProxyType(
     {

@@ -1,7 +1,7 @@
 """What a supervisor does about one failed child: the matrix turned into a step.
 
-The steps of DESIGN.md "How a failed child is handled", after the restart type said the
-child is restarted at all and intensity counted the restart:
+The steps of "How a failed child is handled" (the README's matrix section), after the
+restart type said the child is restarted at all and intensity counted the restart:
 
     recovery (after the severity rules)  budget left   ->  action
     immediate_retry / backoff_retry      yes               restart after the row's delay

@@ -58,7 +58,9 @@ __all__ = ["RootLink", "DISCONNECTED"]
 # The exit reason of a connected App whose connection ended without the root's Exit report.
 DISCONNECTED = "disconnected"
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory that holds the `supervisor` package this module belongs to: the root
+# imports this very copy of the package, wherever it was imported from here.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
          "from supervisor.tree.boot import main; sys.exit(main())")
 

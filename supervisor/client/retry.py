@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .. import telemetry
 from ..errors import CallTimeout, WorkerCrashed, WorkerError
 from ..wire.policy import CallPolicy
 
-__all__ = ["Attempt", "with_retries"]
+if TYPE_CHECKING:
+    from .link import RootLink
+
+__all__ = ["Attempt", "with_retries", "timed_out"]
 
 T = TypeVar("T")
 
@@ -65,6 +68,20 @@ def with_retries(try_once: Callable[[Attempt], T], *, method: str, path: str,
         except WorkerError as exc:
             _note(exc, tries, method, session, attempt.policy)
             raise
+
+
+def timed_out(method: str, path: str, limit: float, policy: CallPolicy,
+              link: RootLink, let_go: Callable[[], None]) -> CallTimeout:
+    """A call to the worker at `path` got no answer within `limit`: the CallTimeout to
+    raise. With ``on_timeout="restart"`` the worker's state is unknown after a call it did
+    not finish: `let_go()` drops the caller's channel to it, and its supervisor is told to
+    replace it (handled as a timeout_error)."""
+    exc = CallTimeout(f"call {method!r} to {path!r} got no answer within {limit:.3g}s",
+                      path=path)
+    if policy.restarts_on_timeout:
+        let_go()
+        link.report_timeout(path)
+    return exc
 
 
 def _note(exc: WorkerError, tries: int, method: str, session: str | None,

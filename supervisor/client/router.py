@@ -28,7 +28,6 @@ from typing import Any
 import msgspec
 
 from ..errors import (
-    CallTimeout,
     CircuitOpen,
     NotRunning,
     ProtocolError,
@@ -39,7 +38,7 @@ from ..wire import messages as P
 from ..wire.policy import DEFAULT_CALL_TIMEOUT, decode_policy
 from .channel import CallChannel, NotSent, reply_value
 from .link import RootLink
-from .retry import Attempt, with_retries
+from .retry import Attempt, timed_out, with_retries
 
 __all__ = ["Router"]
 
@@ -95,7 +94,8 @@ class Router:
             try:
                 reply = chan.wait(cid, deadline)
             except TimeoutError:
-                raise self._timed_out(chan, method, deadline - started) from None
+                raise timed_out(method, chan.path, deadline - started, chan.policy,
+                                self.link, lambda chan=chan: self.drop(chan)) from None
             except WorkerCrashed:
                 self.drop(chan)
                 raise
@@ -107,16 +107,6 @@ class Router:
                     raise WorkerCrashed(reply.message, path=chan.path)
                 continue
             return reply_value(reply, chan.path, method)
-
-    def _timed_out(self, chan: CallChannel, method: str, limit: float) -> CallTimeout:
-        exc = CallTimeout(f"call {method!r} to {chan.path!r} got no answer within "
-                          f"{limit:.3g}s", path=chan.path)
-        if chan.policy.restarts_on_timeout:
-            # The worker's state is unknown after a call it did not finish: its supervisor
-            # replaces it, and this channel is finished with it.
-            self.drop(chan)
-            self.link.report_timeout(chan.path)
-        return exc
 
     def cast(self, path: str, method: str, args: tuple, kwargs: dict[str, Any]) -> None:
         for name, value in (("path", path), ("method", method)):

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from ..client.link import RootLink
+from ..client.retry import timed_out
 from ..errors import (
     CallTimeout,
     CircuitOpen,
@@ -301,18 +302,14 @@ class PoolIO:
         return entry.reply
 
     def timed_out(self, link: Link, method: str, limit: float) -> CallTimeout:
-        exc = CallTimeout(f"call {method!r} to {link.slot.path!r} got no answer within "
-                          f"{limit:.3g}s", path=link.slot.path)
-        if link.policy.restarts_on_timeout:
-            # Its state is unknown after a call it did not finish: the supervisor replaces
-            # it, and this link is finished with it.
+        def let_go() -> None:
             def lose(fx: Effects) -> None:
                 self.state.lose_link(link, "a call timed out; the worker is replaced", fx)
                 self.state.refresh(fx)
 
             self.decide(lose)
-            self.root.report_timeout(link.slot.path)
-        return exc
+
+        return timed_out(method, link.slot.path, limit, link.policy, self.root, let_go)
 
     def presend(self, send: Presend) -> None:
         """Write a queued caller's frame for it (see `Waiter`)."""

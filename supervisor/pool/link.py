@@ -20,6 +20,7 @@ concurrent send in another thread fail half-way and corrupt the stream.
 
 from __future__ import annotations
 
+import enum
 import select
 import socket
 import threading
@@ -34,16 +35,28 @@ from ..wire.framing import FrameReader, recv_some
 from ..wire.policy import CallPolicy
 from ..wire.wakeup import Wakeup
 
-__all__ = ["Slot", "Link", "Job", "SyncCall", "SENT", "BUFFERED", "NOT_SENT", "ONE", "STAR"]
+__all__ = ["Slot", "Link", "Job", "SyncCall", "Written", "SENT", "BUFFERED", "NOT_SENT",
+           "Batch", "ONE", "STAR"]
 
-SENT = "sent"  # the kernel took every byte
-BUFFERED = "buffered"  # some bytes wait in `outbuf`: the reader must be woken
+
+class Written(enum.Enum):
+    """What `Link.write` did with a frame."""
+
+    SENT = "sent"  # the kernel took every byte
+    BUFFERED = "buffered"  # some bytes wait in `outbuf`: the reader must be woken
+
+
+SENT, BUFFERED = Written.SENT, Written.BUFFERED
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 _READ_SIZE = 262144
 _local = threading.local()  # one read buffer per reading thread, reused
 
 
-NOT_SENT = "not sent"  # a SyncCall's reply when its frame never left (dispatch it again)
+class _NotSent(enum.Enum):
+    NOT_SENT = "not sent"
+
+
+NOT_SENT = _NotSent.NOT_SENT  # a SyncCall's reply when its frame never left (send it again)
 
 
 class SyncCall:
@@ -56,7 +69,15 @@ class SyncCall:
         self.reply: Any = None
 
 
-ONE, STAR = 1, 2  # Job.batch: a map chunk of single arguments / of argument tuples
+class Batch(enum.IntEnum):
+    """`Job.batch`: a single call, or a map chunk of single arguments / argument tuples."""
+
+    NONE = 0
+    ONE = 1
+    STAR = 2
+
+
+ONE, STAR = Batch.ONE, Batch.STAR
 
 
 class Job:
@@ -76,7 +97,7 @@ class Job:
                  "started", "batch")
 
     def __init__(self, method: str, args: Any, kwargs: dict | None, sink: Any,
-                 index: int, owner: Any, cap: int, batch: int = 0) -> None:
+                 index: int, owner: Any, cap: int, batch: Batch = Batch.NONE) -> None:
         self.method = method
         self.args = args
         self.kwargs = kwargs
@@ -166,7 +187,7 @@ class Link:
         self.fds_closed = False
 
     # ------------------------------------------------------------------ writing
-    def write(self, data: bytes) -> str:
+    def write(self, data: bytes) -> Written:
         """Hand `data` (whole frames) to the worker without blocking; SENT or BUFFERED.
 
         Raises OSError when the channel is broken; then no byte of `data` was sent (bytes

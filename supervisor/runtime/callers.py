@@ -1,27 +1,37 @@
-"""Serving callers: the worker side of the call channels (a mixin of WorkerRuntime).
+"""Serving callers: the worker side of the call channels.
 
 Each caller has its own channel and its own outbound buffer. Reads and writes are
 non-blocking from one poll loop; replies to a batch of calls go out in one write; a caller
 that stops reading its replies stops being read (backpressure) instead of growing our
 memory or holding up the others. Leaving without losing a call: a `Closing` notice on every
 channel, then calls that still arrive are answered `NotRun` until each caller has closed
-its side (see `_close_channels`).
+its side (see `close`).
+
+`Callers` belongs to a worker's `WorkerRuntime` and is handed what it needs: the worker,
+its commands, its serializer, and `leaving()`, which says (with the exit reason) when the
+worker must stop taking calls. The control thread hands it new channels with `accept`;
+everything else runs on the serving loop's thread.
 """
 
 from __future__ import annotations
 
+import collections
 import pickle
 import socket
+import threading
+import time
 import traceback
+from collections.abc import Callable, Mapping
 from itertools import starmap
 from typing import Any
 
 from ..errors import EncodeError, ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader
-from .poller import READ, WRITE
+from ..wire.wakeup import Wakeup
+from .poller import READ, WRITE, Poller
 
-__all__ = ["Serving"]
+__all__ = ["Callers", "describe"]
 
 END_SESSION, BATCH = P.END_SESSION, P.BATCH
 
@@ -54,12 +64,59 @@ class _Caller:
         self.events = 0  # the selector events it is registered for (0: not registered)
 
 
+class Callers:
+    """The call channels of one worker process (see the module doc).
 
+    `leaving()` returns the worker's exit reason once it must stop taking calls (a stop
+    request, `self.stop()`, max_calls), else None. `calls` counts the calls run (for
+    max_calls); `failed` is set, with the error, when a caller sent a frame that does not
+    decode (the worker then leaves with reason protocol_error).
+    """
 
-class Serving:
-    """The call-channel half of `WorkerRuntime`."""
+    def __init__(self, worker: Any, commands: Mapping[str, Any], pickled: bool,
+                 leaving: Callable[[], str | None]) -> None:
+        self.worker = worker
+        self.commands = commands
+        self.pickled = pickled
+        self.leaving = leaving
+        self.calls = 0
+        self.failed: tuple[str, str, str] | None = None
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.no_session: dict[str, Any] = {}
+        self.buffer = bytearray(65536)  # every read lands here: no allocation per call
+        self.incoming: collections.deque[socket.socket] = collections.deque()
+        self.closed = False  # set (under `accept_lock`) once no new channel is accepted
+        self.accept_lock = threading.Lock()
+        self.wake = Wakeup()  # new channels and stop requests, from the control thread
+        self.poller = Poller()
+        self.poller.register(self.wake.fileno(), READ, None)
 
-    # call channels (the serving loop) --------------------------------------------------
+    # the control thread ----------------------------------------------------------------
+    def accept(self, sock: socket.socket) -> bool:
+        """A new caller's channel; False (and the socket is closed) once the worker stopped
+        accepting: no channel may be taken that the serving loop will never read."""
+        with self.accept_lock:
+            if not self.closed:
+                self.incoming.append(sock)
+                self.wake.set()
+                return True
+        sock.close()
+        return False
+
+    # the serving loop ------------------------------------------------------------------
+    def serve(self) -> None:
+        """Serve until `leaving()` says so."""
+        while self.leaving() is None:
+            for fd, caller, mask in self.poller.poll():
+                if caller is None:
+                    self._on_wake()
+                elif mask == READ and caller.events == READ and not caller.closed:
+                    self._on_read(caller)  # the hot path: a call arrived, nothing owed
+                elif self.poller.registered(fd, caller):  # not dropped earlier in the batch
+                    self._on_ready(caller, mask)
+                if self.leaving() is not None:
+                    break
+
     def _register(self, caller: _Caller) -> None:
         events = 0 if caller.eof or caller.paused else READ
         if caller.out:
@@ -108,10 +165,9 @@ class Serving:
             msgs = caller.reader.feed(memoryview(self.buffer)[:n])
         except ProtocolError as exc:
             self._drop(caller)
-            self.exit_reason = "protocol_error"
-            self.exit_error = ("ProtocolError", str(exc), "")
+            self.failed = ("ProtocolError", str(exc), "")
             return
-        if len(msgs) == 1 and not caller.out and not self._should_leave():
+        if len(msgs) == 1 and not caller.out and self.leaving() is None:
             # The common case, one call and nothing owed: answer it straight away.
             frame = self._handle(msgs[0])
             if frame is not None:
@@ -119,7 +175,8 @@ class Serving:
             return
         for msg in msgs:
             # Received while leaving: never run; the caller may safely send it again.
-            frame = self._not_run(msg) if self._should_leave() else self._handle(msg)
+            frame = self._handle(msg) if (reason := self.leaving()) is None \
+                else self._not_run(msg, reason)
             if frame is not None:
                 caller.out += frame
         # Backpressure: a caller that does not read its replies stops being read, so it
@@ -247,12 +304,11 @@ class Serving:
                           f"{type(self.worker).__name__} has no command {method!r} "
                           f"(commands: {names})", "")
 
-    def _not_run(self, msg: Any) -> bytes | None:
+    def _not_run(self, msg: Any, reason: str) -> bytes | None:
         if not isinstance(msg, P.Call):
             return None
         return P.CALL_CODEC.encode(P.NotRun(
-            id=msg.id, message=f"the worker is leaving ({self.exit_reason}); the call did "
-                               "not run"))
+            id=msg.id, message=f"the worker is leaving ({reason}); the call did not run"))
 
     def _fail(self, cid: int | None, category: str, kind: str, message: str,
               tb: str) -> bytes | None:
@@ -262,18 +318,15 @@ class Serving:
         return P.CALL_CODEC.encode(P.Fail(id=cid, category=category, type=kind,
                                           message=message, traceback=tb))
 
-    def _close_channels(self, grace: float) -> None:
+    def close(self, reason: str, grace: float) -> None:
         """Leave without losing a call: tell every caller we are closing, then answer
         whatever still arrives with NotRun until each caller has closed its side (or the
         grace runs out). A caller that saw the notice sends nothing more here; a call it
         sent before seeing it comes back NotRun, which is safe to send elsewhere."""
-        import time
-
-        with self.leave_lock:
-            self.leaving = True
+        with self.accept_lock:
+            self.closed = True
         self._on_wake()  # channels accepted before that still get the notice
-        notice = P.CALL_CODEC.encode(P.Closing(reason=f"the worker is leaving "
-                                                      f"({self.exit_reason})"))
+        notice = P.CALL_CODEC.encode(P.Closing(reason=f"the worker is leaving ({reason})"))
         for caller in self._callers():
             caller.paused = False
             caller.out += notice

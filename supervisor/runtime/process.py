@@ -20,7 +20,6 @@ not decode means the channel can no longer be trusted: the worker exits with rea
 
 from __future__ import annotations
 
-import collections
 import os
 import socket
 import sys
@@ -31,10 +30,8 @@ from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
 from ..wire.policy import call_policy
-from ..wire.wakeup import Wakeup
 from ..worker import command_table
-from .callers import Serving, describe
-from .poller import READ, Poller
+from .callers import Callers, describe
 
 __all__ = ["serve"]
 
@@ -67,8 +64,9 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
     return runtime.finish()
 
 
-class WorkerRuntime(Serving):
-    """Serves one worker's control channel and its callers' channels."""
+class WorkerRuntime:
+    """One worker process: its control channel (its own thread) and, through `callers`,
+    its callers' channels."""
 
     def __init__(self, worker: Any, spec: Any, ctrl: socket.socket, matrix: Any) -> None:
         self.worker = worker
@@ -79,29 +77,17 @@ class WorkerRuntime(Serving):
         self.policy = call_policy(spec, self.commands, matrix, os.getpid())
         self.health = getattr(worker, "health", None)
         self.stopping = worker.stopping
-        self.pickled = spec.serializer == "pickle"
-        self.calls = 0
         self.exit_reason: str | None = None
         self.exit_message: str | None = None
         self.exit_error: tuple[str, str, str] | None = None
         self.stop_requested: str | None = None
-        self.incoming: collections.deque[socket.socket] = collections.deque()
-        self.buffer = bytearray(65536)  # every read lands here: no allocation per call
-        self.sessions: dict[str, dict[str, Any]] = {}
-        self.no_session: dict[str, Any] = {}
-        self.leaving = False  # set (under leave_lock) once no new channel may be accepted
-        self.leave_lock = threading.Lock()
-        self.wake = Wakeup()  # new channels and stop requests, from the control thread
-        self.poller = Poller()
-        self.poller.register(self.wake.fileno(), READ, None)
+        self.callers = Callers(worker, self.commands, spec.serializer == "pickle",
+                               self._leaving)
 
     # control channel (its own thread) --------------------------------------------------
     def send_control(self, msg: Any) -> None:
         with self.ctrl_lock:
             send_frame(self.ctrl, P.CONTROL_CODEC.encode(msg))
-
-    def _wake(self) -> None:
-        self.wake.set()
 
     def control_loop(self) -> None:
         reader = FrameReader(P.CONTROL_CODEC)
@@ -131,25 +117,18 @@ class WorkerRuntime(Serving):
                         "channel's socket could not be received",
                         fields={"category": "resource_error"}))
                     return
-                sock = socket.socket(fileno=fds.pop(0))
-                with self.leave_lock:
-                    if not self.leaving:
-                        self.incoming.append(sock)
-                if self.leaving:
-                    # No channel may be accepted that the serving loop will never read:
-                    # the caller waits for our replacement instead.
-                    sock.close()
+                if not self.callers.accept(socket.socket(fileno=fds.pop(0))):
+                    # The worker is leaving: the caller waits for our replacement instead.
                     self.send_control(P.ErrorResponse(
                         id=rid, kind="NotRunning", message="the worker is leaving",
                         fields={"state": "restarting"}))
                     return
-                self._wake()
                 self.send_control(P.Response(id=rid, value=self.policy))
             case P.Stop(reason=reason):
                 self.stop_requested = reason
                 self.exit_reason = "shutdown"
                 self.worker.stopping.set()
-                self._wake()
+                self.callers.wake.set()
             case P.Ping(seq=seq):
                 self.send_control(P.Pong(seq=seq, healthy=self._healthy()))
             case _:
@@ -165,31 +144,24 @@ class WorkerRuntime(Serving):
             return False
 
     # lifecycle -----------------------------------------------------------------------
-    def _should_leave(self) -> bool:
+    def _leaving(self) -> str | None:
+        """The exit reason once the worker must stop taking calls, else None."""
         if self.exit_reason is not None:
-            return True
-        if self.stopping.is_set():
+            return self.exit_reason
+        if self.callers.failed is not None:  # a caller sent a frame that does not decode
+            self.exit_error = self.callers.failed
+            self.exit_reason = "protocol_error"
+        elif self.stopping.is_set():
             self.exit_reason = getattr(self.worker, "_stop_reason", "normal")
-            return True
-        if self.spec.max_calls is not None and self.calls >= self.spec.max_calls:
+        elif self.spec.max_calls is not None and self.callers.calls >= self.spec.max_calls:
             # Recycled like maxtasksperchild: a clean exit the supervisor does not count.
             self.exit_reason = "normal"
             self.exit_message = "max_calls"
-            return True
-        return False
+        return self.exit_reason
 
     def loop(self) -> None:
         """Serve until a stop request, `self.stop()`, max_calls or a protocol error."""
-        while not self._should_leave():
-            for fd, caller, mask in self.poller.poll():
-                if caller is None:
-                    self._on_wake()
-                elif mask == READ and caller.events == READ and not caller.closed:
-                    self._on_read(caller)  # the hot path: a call arrived, nothing owed
-                elif self.poller.registered(fd, caller):  # not dropped earlier in the batch
-                    self._on_ready(caller, mask)
-                if self.exit_reason is not None or self.stopping.is_set():
-                    break
+        self.callers.serve()
 
     def finish(self) -> int:
         """Run `terminate`, report the exit reason, return the exit code."""
@@ -201,7 +173,7 @@ class WorkerRuntime(Serving):
             # grace only bounds a caller that does not react (an idle one), and must
             # outlast a loaded machine's scheduling delays, or a call written just before
             # we exit is lost.
-            self._close_channels(grace=CLOSE_GRACE)
+            self.callers.close(reason, grace=CLOSE_GRACE)
         if reason != "protocol_error":
             hook_reason = self.stop_requested or reason
             try:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import selectors
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
+
+from ..wire.wakeup import Wakeup
 
 __all__ = ["Loop", "Timer"]
 
@@ -47,7 +48,7 @@ class Loop:
         self._seq = itertools.count()
         self._running = False
         self._signal_handlers: dict[int, Callable[[int], Any]] = {}
-        self._wake_r: int | None = None
+        self._signals: Wakeup | None = None  # carries the numbers of signals that arrived
 
     # fds -----------------------------------------------------------------------------
     def add_reader(self, fileobj: Any, callback: Callable[[], Any]) -> None:
@@ -77,24 +78,16 @@ class Loop:
     # signals -------------------------------------------------------------------------
     def add_signal(self, signum: int, callback: Callable[[int], Any]) -> None:
         """Run `callback(signum)` from the loop when `signum` arrives (main thread only)."""
-        if self._wake_r is None:
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            os.set_blocking(w, False)
-            self._wake_r = r
-            self._wake_w = w
-            signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-            self.add_reader(r, self._read_signals)
+        if self._signals is None:
+            self._signals = Wakeup()
+            signal.set_wakeup_fd(self._signals.send_fileno(), warn_on_full_buffer=False)
+            self.add_reader(self._signals.fileno(), self._read_signals)
         self._signal_handlers[signum] = callback
         # The Python-level handler does nothing: the wake-up fd carries the signal number.
         signal.signal(signum, lambda *_: None)
 
     def _read_signals(self) -> None:
-        try:
-            data = os.read(self._wake_r, 512)
-        except BlockingIOError:  # spurious wake-up
-            return
-        for signum in dict.fromkeys(data):
+        for signum in dict.fromkeys(self._signals.drain()):
             handler = self._signal_handlers.get(signum)
             if handler is not None:
                 self._guarded(handler, signum)

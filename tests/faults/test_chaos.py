@@ -64,7 +64,7 @@ P_SUPERVISOR, P_STOP = 0.2, 0.25  # shares of supervisor kills and SIGSTOPs
 
 # Every failure in this tree is one the chaos loop caused on purpose. With the default rows
 # a child killed four times within `stable_after` is upgraded to critical and abandoned, or
-# escalates once its retries are used up (DESIGN's rules, tested in tests/runtime): here
+# escalates once its retries are used up (the matrix's rules, tested in tests/runtime): here
 # the question is survival and accounting, so the rows never give up and never wait.
 # 1,000 retries outlast any run here (workers always fail on attempt 1, see WORKER); not
 # more: every worker expands its retry schedule into its call policy at start (see

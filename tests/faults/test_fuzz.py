@@ -184,7 +184,7 @@ def send_all(sock: socket.socket, data: bytes) -> None:
 # ------------------------------------------------------------------ the worker's channel
 def fuzz_tree():
     # stable_after=0: every protocol error is the first failure after a healthy run, so the
-    # communication_error row restarts at once and never escalates (DESIGN's rules).
+    # communication_error row restarts at once and never escalates (the matrix's rules).
     return Supervisor("root", max_restarts=10_000, max_seconds=1.0, children=[
         child("w", Target, stable_after=0.0), child("other", Target)])
 

@@ -102,7 +102,7 @@ def test_tree_outlives_the_thread_that_started_it(tmp_path):
 
 def test_stop_is_idempotent_and_wait_reports_normal(start_tree):
     from supervisor import Supervisor, child
-    from supervisor.client.link import live_apps
+    from supervisor.app import live_apps
     from workers.echo import Echo
 
     app = start_tree(Supervisor("root", children=[child("a", Echo)]))

@@ -22,7 +22,7 @@ from strategies.matrix import (
     retry_delay,
 )
 
-# DESIGN.md's table, written out again so a change to the code cannot silently change it.
+# The README's table, written out again so a change to the code cannot silently change it.
 TABLE = {
     "initialization_error": ("critical", "circuit_break", 3, "exponential"),
     "connection_error": ("major", "backoff_retry", 5, "exponential"),
@@ -119,7 +119,7 @@ UPGRADE = {"minor": "major", "major": "critical", "critical": "critical", "warni
 
 
 def expected_decision(category, attempt, affecting_all):
-    """The rules of DESIGN.md, spelled out independently of the implementation."""
+    """The matrix's rules (README), spelled out independently of the implementation."""
     severity, recovery, max_retries, backoff = TABLE[category]
     if attempt >= 4:
         severity = UPGRADE[severity]
