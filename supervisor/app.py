@@ -108,7 +108,6 @@ class App:
         self._pools: dict[str, Any] = {}
         self._pools_lock = threading.Lock()
         link.on_gone(self._router.close_all)
-        link.on_gone(self._release_pools)
         link.on_gone(lambda: live_apps.discard(self))
 
     @property
@@ -298,13 +297,6 @@ class App:
             if client is None:
                 client = self._pools[path] = PoolClient(self._link, path)
         return client
-
-    def _release_pools(self) -> None:
-        # The root is gone: each pool client fails its calls and closes its channels.
-        with self._pools_lock:
-            pools = list(self._pools.values())
-        for client in pools:
-            client._members.tree_gone()
 
     def worker(self, path: str) -> WorkerProxy:
         """A proxy whose attribute calls are `call(path, name, ...)`."""

@@ -95,6 +95,8 @@ class RootLink:
         self._thread: threading.Thread | None = None
         self._heard = False  # any frame from the root yet (a refusal is silence, then EOF)
         self._on_gone: list[Callable[[], None]] = []
+        self._gone_lock = threading.Lock()  # `_on_gone` vs. the reader running it
+        self._gone_ran = False
 
     # ------------------------------------------------------------------ the root
     def boot(self, spec: Any, timeout: float | None) -> None:
@@ -141,8 +143,13 @@ class RootLink:
 
     def on_gone(self, callback: Callable[[], None]) -> None:
         """Run `callback` on the reader thread once the root is gone, before `exited` is
-        set (so whoever waits for `exited` finds the callers' descriptors released)."""
-        self._on_gone.append(callback)
+        set (so whoever waits for `exited` finds the callers' descriptors released); at
+        once, on this thread, when that has happened already."""
+        with self._gone_lock:
+            if not self._gone_ran:
+                self._on_gone.append(callback)
+                return
+        callback()
 
     def disconnect(self) -> None:
         """End a connection to a tree this link did not start; waits (5 s at most) for the
@@ -306,7 +313,10 @@ class RootLink:
         self._pending.clear()
         if self.sock is not None:
             self.sock.close()  # the root is gone: its channel is finished
-        for callback in self._on_gone:
+        with self._gone_lock:
+            self._gone_ran = True
+            callbacks = list(self._on_gone)
+        for callback in callbacks:
             callback()  # the callers' channels and pools: closed before `exited`
         with self._state:
             self._state.notify_all()

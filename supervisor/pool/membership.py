@@ -84,8 +84,7 @@ class Membership:
             else:
                 target._on_child_event(event[-1], metadata)
 
-        def await_exit(exited: threading.Event) -> None:
-            exited.wait()
+        def on_gone() -> None:  # on the link's reader thread, before it reports the end
             telemetry.detach(handler_id)
             target = ref()
             if target is not None:
@@ -93,8 +92,7 @@ class Membership:
 
         telemetry.attach(handler_id, [("supervisor", "child", "started"),
                                       ("supervisor", "child", "memory_exceeded")], on_event)
-        threading.Thread(target=await_exit, args=(self.root.exited,), daemon=True,
-                         name=f"pool-exit-{self.state.path}").start()
+        self.root.on_gone(on_gone)
 
     def _on_child_event(self, name: str, metadata: Any) -> None:
         # A worker over its memory limit is stopped by its supervisor, which says so first
