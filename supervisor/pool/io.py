@@ -374,12 +374,16 @@ class PoolIO:
         """Queue calls and send what can go now; fails them if the tree is gone."""
         if not jobs:
             return
-        fx = Effects()
-        with self.state.lock:
-            queued = self.state.enqueue(jobs, force, fx)
-        if not queued:
+        state = self.state
+        with state.lock:
+            plan = state.enqueue(jobs, force)
+            if plan:
+                fx = Effects()
+                state.plan(force, fx)
+        if plan is None:
             return self._fail(jobs)
-        self.run(fx)
+        if plan:
+            self.run(fx)
 
     def _fail(self, jobs: list[Job]) -> None:
         exc = WorkerCrashed("the tree is not running", path=self.state.path)

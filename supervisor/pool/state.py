@@ -262,19 +262,17 @@ class PoolState:
         self.note_idle(slot, fx)
 
     # ------------------------------------------------------------------ async calls
-    def enqueue(self, jobs: list[Job], force: bool, fx: Effects) -> bool:
-        """Queue calls and plan what can go now; False when the tree is gone (the caller
-        fails them)."""
+    def enqueue(self, jobs: list[Job], force: bool) -> bool | None:
+        """Queue calls: None when the tree is gone (the caller fails them), else whether
+        to `plan` now. Calls already queued mean every worker was busy (or down): whoever
+        frees one plans again, so a submit that queues behind them plans nothing (the
+        common case under load costs no more than this)."""
         jobs[0].owner.count += len(jobs)  # one view's calls
         if self.gone:
-            return False
-        # Calls already queued mean every worker was busy (or down): whoever frees one
-        # plans again, so a submit that queues behind them plans nothing.
+            return None
         was_queued = bool(self.pending)
         self.pending.extend(jobs)
-        if force or not was_queued:
-            self.plan(force, fx)
-        return True
+        return force or not was_queued
 
     def plan(self, force: bool, fx: Effects) -> None:
         """Assign queued calls to slots with room, evening out their loads.
