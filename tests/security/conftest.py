@@ -70,3 +70,18 @@ def other_user() -> Iterator[OtherUser]:
         yield OtherUser(PROBE_USER, entry.pw_uid, entry.pw_gid, scratch)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A root-owned directory (0755) in the system temp dir holding `shared`, a sticky
+    world-writable directory like /tmp (mode 1777) that the other user can reach."""
+    base = Path(tempfile.mkdtemp(prefix="otpsup-trust-"))
+    os.chmod(base, 0o755)
+    shared = base / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -137,21 +135,6 @@ class _Planted:
 
 def planted_pickle(marker: Path) -> bytes:
     return pickle.dumps(_Planted(marker))
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A root-owned directory (0755) in the system temp dir holding `shared`, a sticky
-    world-writable directory like /tmp that the other user can reach."""
-    base = Path(tempfile.mkdtemp(prefix="otpsup-trust-"))
-    os.chmod(base, 0o755)
-    shared = base / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,14 +37,9 @@ UID = os.getuid()
 
 
 @pytest.fixture
-def shared_tmp() -> Iterator[Path]:
+def sticky_tmp(shared_tmp: Path) -> Path:
     """A stand-in for /tmp: root's, mode 1777 (world-writable, sticky), reachable by all."""
-    path = Path(tempfile.mkdtemp(prefix="otpsup-shared-"))
-    os.chmod(path, 0o1777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    return shared_tmp / "shared"
 
 
 @pytest.fixture
@@ -80,16 +72,16 @@ def as_other(other_user, code: str) -> None:
 
 
 # ------------------------------------------------------------ the default directory
-def test_a_symlink_in_place_of_the_private_directory_is_refused(other_user, shared_tmp,
+def test_a_symlink_in_place_of_the_private_directory_is_refused(other_user, sticky_tmp,
                                                                 tmp_path, service):
     """The attacker points `<tmp>/supervisor-<uid>` at a root-owned directory: the run is
     refused; the target keeps its mode and gets no socket."""
     target = tmp_path / "precious"
     target.mkdir()
     os.chmod(target, 0o755)
-    link = shared_tmp / f"supervisor-{UID}"
+    link = sticky_tmp / f"supervisor-{UID}"
     as_other(other_user, f"import os; os.symlink({str(target)!r}, {str(link)!r})")
-    svc = service(TREE, socket=None, env=default_env(shared_tmp))
+    svc = service(TREE, socket=None, env=default_env(sticky_tmp))
     assert refused(svc) == (
         f"error: socket: refusing {link}: it is a symbolic link (owned by uid "
         f"{other_user.uid} ({other_user.name})), not a directory of ours; remove it or pick "
@@ -99,26 +91,26 @@ def test_a_symlink_in_place_of_the_private_directory_is_refused(other_user, shar
     assert os.readlink(link) == str(target)
 
 
-def test_a_symlink_of_our_own_is_not_followed_either(shared_tmp, tmp_path, service):
+def test_a_symlink_of_our_own_is_not_followed_either(sticky_tmp, tmp_path, service):
     """The same without a second user (runs unprivileged too): the check is "not a
     symlink", whoever made it."""
     target = tmp_path / "mine"
     target.mkdir()
     os.chmod(target, 0o755)
-    link = shared_tmp / f"supervisor-{UID}"
+    link = sticky_tmp / f"supervisor-{UID}"
     link.symlink_to(target)
-    svc = service(TREE, socket=None, env=default_env(shared_tmp))
+    svc = service(TREE, socket=None, env=default_env(sticky_tmp))
     assert refused(svc).startswith(f"error: socket: refusing {link}: it is a symbolic link")
     assert mode(target) == 0o755
     assert os.listdir(target) == []
 
 
-def test_a_private_directory_made_by_another_user_is_refused(other_user, shared_tmp,
+def test_a_private_directory_made_by_another_user_is_refused(other_user, sticky_tmp,
                                                              service):
-    directory = shared_tmp / f"supervisor-{UID}"
+    directory = sticky_tmp / f"supervisor-{UID}"
     as_other(other_user, f"import os; os.mkdir({str(directory)!r}); "
                          f"os.chmod({str(directory)!r}, 0o777)")
-    svc = service(TREE, socket=None, env=default_env(shared_tmp))
+    svc = service(TREE, socket=None, env=default_env(sticky_tmp))
     assert refused(svc) == (
         f"error: socket: refusing {directory}: it is owned by uid {other_user.uid} "
         f"({other_user.name}), not by us; remove it or pick another --socket")
@@ -138,24 +130,24 @@ def test_a_temporary_directory_of_another_user_is_refused(other_user, service):
     assert os.listdir(theirs) == []
 
 
-def test_our_own_private_directory_left_open_is_refused_not_chmodded(shared_tmp, service):
-    directory = shared_tmp / f"supervisor-{UID}"
+def test_our_own_private_directory_left_open_is_refused_not_chmodded(sticky_tmp, service):
+    directory = sticky_tmp / f"supervisor-{UID}"
     directory.mkdir()
     os.chmod(directory, 0o755)
-    svc = service(TREE, socket=None, env=default_env(shared_tmp))
+    svc = service(TREE, socket=None, env=default_env(sticky_tmp))
     assert refused(svc) == (
         f"error: socket: refusing {directory}: mode 0755 gives group or others access; "
         f"make it private (chmod 700 {directory}) or remove it")
     assert mode(directory) == 0o755
 
 
-def test_a_stopping_run_removes_only_the_socket_it_created(shared_tmp, service):
+def test_a_stopping_run_removes_only_the_socket_it_created(sticky_tmp, service):
     """Run A's socket file is deleted by hand and run B starts on the same path: when A
     stops, B's socket stays (A once removed whatever was at its path)."""
-    env = default_env(shared_tmp)
+    env = default_env(sticky_tmp)
     first = service(TREE, socket=None, env=env)
     first.wait_line("is up")
-    directory = shared_tmp / f"supervisor-{UID}"
+    directory = sticky_tmp / f"supervisor-{UID}"
     path = directory / "paths.sock"
     assert mode(directory) == 0o700
     assert (stat.S_ISSOCK(os.lstat(path).st_mode), mode(path)) == (True, 0o600)
@@ -168,23 +160,23 @@ def test_a_stopping_run_removes_only_the_socket_it_created(shared_tmp, service):
     assert done.returncode == 0, done.stderr
     assert second.stop() == 0
     assert os.listdir(directory) == []
-    assert mode(shared_tmp) == 0o1777
+    assert mode(sticky_tmp) == 0o1777
 
 
 # ------------------------------------------------------------ --socket PATH
-def test_a_socket_in_a_shared_directory_leaves_the_directory_alone(shared_tmp, service):
+def test_a_socket_in_a_shared_directory_leaves_the_directory_alone(sticky_tmp, service):
     """`--socket /tmp/x.sock` once chmodded /tmp to 0700, dropping its sticky bit."""
-    path = shared_tmp / "x.sock"
+    path = sticky_tmp / "x.sock"
     svc = service(TREE, socket=str(path))
     svc.wait_line("is up")
-    assert mode(shared_tmp) == 0o1777
+    assert mode(sticky_tmp) == 0o1777
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     assert mode(path) == 0o600
     done = svc.cmd("call", "echo", "echo", '["hi"]')
     assert (done.returncode, done.stdout) == (0, '"hi"\n'), done.stderr
     assert svc.stop() == 0
     assert not path.exists()
-    assert mode(shared_tmp) == 0o1777
+    assert mode(sticky_tmp) == 0o1777
 
 
 def test_a_socket_in_a_home_like_directory_leaves_its_mode_alone(tmp_path, service):
@@ -212,9 +204,9 @@ def test_a_file_at_the_socket_path_is_not_replaced(tmp_path, service):
     assert path.read_text() == "keep me"
 
 
-def test_another_user_s_socket_at_the_path_is_not_replaced(other_user, shared_tmp,
+def test_another_user_s_socket_at_the_path_is_not_replaced(other_user, sticky_tmp,
                                                            service):
-    path = shared_tmp / "x.sock"
+    path = sticky_tmp / "x.sock"
     as_other(other_user, "import socket; s = socket.socket(socket.AF_UNIX); "
                          f"s.bind({str(path)!r})")
     svc = service(TREE, socket=str(path))
