@@ -34,13 +34,20 @@ from ..errors import ConfigError, ProtocolError
 from ..tree.loop import Timer
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
-from ..wire.trust import default_socket, describe_kind, describe_uid, is_live, peer_uid
+from ..wire.trust import (
+    Trust,
+    check_place,
+    default_socket,
+    describe_kind,
+    describe_uid,
+    is_live,
+    peer_uid,
+)
 
 if TYPE_CHECKING:
     from ..tree.process import SupervisorProcess
 
-__all__ = ["ControlServer", "default_socket", "TreeRunning", "verify_directory_chain",
-           "PARTIAL_BUDGET"]
+__all__ = ["ControlServer", "default_socket", "TreeRunning", "PARTIAL_BUDGET"]
 
 _MIB = 1024 * 1024
 
@@ -58,41 +65,13 @@ class TreeRunning(ConfigError):
 # can swap: owned by us or root, not writable by group or others unless sticky (like /tmp).
 
 
-def verify_directory_chain(path: Path) -> None:
-    """Raise ConfigError unless no other user can replace `path` (an existing directory)
-    or any directory above it.
-
-    Each directory must be owned by us or root and not writable by group or others unless
-    it is sticky. The chain is checked as written (a symlink on the way must be owned by us
-    or root; its mode means nothing) and again with every symlink resolved.
-    """
-    literal = Path(os.path.abspath(path))
-    for chain in (literal, Path(os.path.realpath(literal))):
-        for directory in (chain, *chain.parents):
-            info = _lstat(directory)
-            if info.st_uid not in (os.getuid(), 0):
-                raise ConfigError(f"refusing {directory}: it is owned by "
-                                  f"{describe_uid(info.st_uid)}, not by us or root, who could swap "
-                                  "what is below it", field="socket")
-            if stat.S_ISLNK(info.st_mode):
-                continue
-            if not stat.S_ISDIR(info.st_mode):
-                raise ConfigError(f"refusing {directory}: it is not a directory",
-                                  field="socket")
-            mode = stat.S_IMODE(info.st_mode)
-            if mode & 0o022 and not mode & stat.S_ISVTX:
-                raise ConfigError(f"refusing {directory}: mode {mode:04o} lets group or "
-                                  "others replace what is below it (and it is not sticky)",
-                                  field="socket")
-
-
 def _private_dir(directory: Path) -> None:
     """Make `directory` our private directory for control sockets, or raise ConfigError.
 
     Missing directories are created 0700 (they are then ours). An existing `directory`
     must be a real directory (not a symlink) owned by us with no access for group or
     others: it is refused otherwise, never chmodded. The directories above it must pass
-    `verify_directory_chain`.
+    `wire.trust.check_place`.
     """
     directory = Path(os.path.abspath(directory))
     missing = []
@@ -100,14 +79,14 @@ def _private_dir(directory: Path) -> None:
     while not os.path.lexists(top):  # lexists: a dangling symlink is there, not missing
         missing.append(top)
         top = top.parent
-    verify_directory_chain(top if missing else directory.parent)
+    check_place(top if missing else directory.parent, Trust.of())
     created = False
     for made in reversed(missing):
         try:
             os.mkdir(made, 0o700)
         except FileExistsError:  # made by someone else meanwhile: checked like any other
             if made != directory:
-                verify_directory_chain(made)
+                check_place(made, Trust.of())
             continue
         if made == directory:
             created = True
@@ -193,7 +172,7 @@ class ControlServer:
         self._resume: Timer | None = None
         directory = path.parent
         if explicit and os.path.lexists(directory):
-            verify_directory_chain(directory)  # shared or not, its mode stays as it is
+            check_place(directory, Trust.of())  # shared or not, its mode stays as it is
         else:
             _private_dir(directory)
         self._claim(path)

@@ -50,7 +50,8 @@ import attrs
 
 from ..errors import UntrustedServer
 
-__all__ = ["Trust", "check_socket", "check_directory", "check_peer", "describe_uid",
+__all__ = ["Trust", "check_socket", "check_directory", "check_place", "check_peer",
+           "describe_uid",
            "describe_kind", "default_dir", "default_socket", "is_live", "peer_uid", "peer_pid"]
 
 _MAX_LINKS = 40  # symlinks followed in one walk before it is a loop (the kernel's ELOOP)
@@ -123,6 +124,22 @@ def check_directory(path: str | os.PathLike, trust: Trust) -> None:
         raise fault
 
 
+def check_place(directory: str | os.PathLike, trust: Trust) -> None:
+    """Raise UntrustedServer unless a socket put in `directory` can be replaced by nobody
+    but a trusted uid: the directory and every one above it are owned by a trusted uid
+    and none is writable by group or others unless sticky (in a sticky directory, like
+    /tmp, only an entry's owner can remove or rename it). The server's check of where it
+    binds; FileNotFoundError when `directory` does not exist."""
+    where = os.fspath(directory)
+    info = _walk(where, trust)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), where)
+    if not trust.trusts(info.st_uid):
+        raise _foreign(where, info.st_uid, trust)
+    if stat.S_IMODE(info.st_mode) & _SHARED and not info.st_mode & stat.S_ISVTX:
+        raise _open_to_others(where, info)
+
+
 def check_peer(uid: int, path: str | os.PathLike, trust: Trust) -> None:
     """Raise UntrustedServer unless `uid`, the peer uid (SO_PEERCRED) of our connection to
     `path`, is the server uid."""
@@ -184,9 +201,7 @@ def _dir_fault(directory: str, info: os.stat_result, entry: str | None,
                entry_info: os.stat_result | None, trust: Trust) -> UntrustedServer | None:
     """Why looking up `entry` in `directory` is not safe, or None when it is."""
     if not trust.trusts(info.st_uid):
-        return UntrustedServer(f"refusing {directory}: it belongs to "
-                               f"{describe_uid(info.st_uid)}, not to {trust.whom()}; "
-                               "another user may have planted it", field="socket")
+        return _foreign(directory, info.st_uid, trust)
     mode = stat.S_IMODE(info.st_mode)
     if not mode & _SHARED:
         return None
@@ -197,6 +212,16 @@ def _dir_fault(directory: str, info: os.stat_result, entry: str | None,
                                f"{describe_uid(entry_info.st_uid)}, not to {trust.whom()}, in "
                                f"the shared directory {directory}; another user may have "
                                "planted it", field="socket")
+    return _open_to_others(directory, info)
+
+
+def _foreign(directory: str, uid: int, trust: Trust) -> UntrustedServer:
+    return UntrustedServer(f"refusing {directory}: it belongs to {describe_uid(uid)}, not to "
+                           f"{trust.whom()}; another user may have planted it", field="socket")
+
+
+def _open_to_others(directory: str, info: os.stat_result) -> UntrustedServer:
+    mode = stat.S_IMODE(info.st_mode)
     return UntrustedServer(f"refusing {directory} (owner {describe_uid(info.st_uid)}): it is "
                            f"writable by others (mode {mode:04o}), who could swap what is in "
                            "it", field="socket")

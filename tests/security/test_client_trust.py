@@ -217,7 +217,9 @@ def test_an_ancestor_another_user_owns_is_refused_before_and_after_a_swap(
 
     served = cli("run", str(tree), "--socket", str(sock))
     assert served.returncode == 2, served.stderr
-    assert f"refusing {theirs}: it is owned by {owner_words(other_user)}" in served.stderr
+    assert served.stderr == (f"error: socket: refusing {theirs}: it belongs to "
+                             f"{owner_words(other_user)}, not to root; another user may have "
+                             "planted it\n")
     assert not sock.exists()
 
     swap = other_user.run([SYSTEM_PYTHON, "-c",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import ConfigError
-from supervisor.service.control import verify_directory_chain
+from supervisor.wire.trust import Trust, check_place
 
 from .._service import Service, running
 from .conftest import SYSTEM_PYTHON
@@ -124,9 +124,10 @@ def test_a_temporary_directory_of_another_user_is_refused(other_user, service):
     theirs = other_user.scratch / "tmp"
     as_other(other_user, f"import os; os.mkdir({str(theirs)!r}, 0o755)")
     svc = service(TREE, socket=None, env=default_env(theirs))
+    # The first directory another user could swap things in is theirs: their home.
     assert refused(svc) == (
-        f"error: socket: refusing {theirs}: it is owned by uid {other_user.uid} "
-        f"({other_user.name}), not by us or root, who could swap what is below it")
+        f"error: socket: refusing {other_user.scratch}: it belongs to uid {other_user.uid} "
+        f"({other_user.name}), not to root; another user may have planted it")
     assert os.listdir(theirs) == []
 
 
@@ -222,12 +223,12 @@ def test_the_chain_refuses_a_directory_others_can_write_unless_sticky(tmp_path):
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     os.chmod(open_dir, 0o777)
-    with pytest.raises(ConfigError, match=rf"^socket: refusing {open_dir}: mode 0777 lets "
-                                          r"group or others replace what is below it \(and "
-                                          r"it is not sticky\)$"):
-        verify_directory_chain(open_dir)
+    with pytest.raises(ConfigError, match=rf"^socket: refusing {open_dir} \(owner uid {UID} "
+                                          r"\(\w+\)\): it is writable by others \(mode "
+                                          r"0777\), who could swap what is in it$"):
+        check_place(open_dir, Trust.of())
     os.chmod(open_dir, 0o1777)
-    verify_directory_chain(open_dir)
+    check_place(open_dir, Trust.of())
 
 
 def test_the_chain_is_checked_through_symlinks(other_user, tmp_path):
@@ -236,5 +237,7 @@ def test_the_chain_is_checked_through_symlinks(other_user, tmp_path):
     as_other(other_user, f"import os; os.mkdir({str(target)!r}, 0o755)")
     link = tmp_path / "link"
     link.symlink_to(target)
-    with pytest.raises(ConfigError, match=rf"^socket: refusing {target}: it is owned by "):
-        verify_directory_chain(link)
+    # The walk stops at the first directory someone else could swap: their own home.
+    with pytest.raises(ConfigError, match=rf"^socket: refusing {other_user.scratch}: it "
+                                          "belongs to "):
+        check_place(link, Trust.of())
