@@ -14,6 +14,7 @@ import pickle
 import socket
 import traceback
 from itertools import starmap
+from time import perf_counter
 from typing import Any
 
 from ..errors import EncodeError, ProtocolError
@@ -159,16 +160,24 @@ class Serving:
             if msg.method == END_SESSION:
                 existed = self.sessions.pop(msg.session, None) is not None
                 return P.CALL_CODEC.encode(P.Reply(id=msg.id, value=existed))
+            started = perf_counter()
             if msg.method == BATCH:
-                return self._run_batch(msg.id, msg.args)
+                calls_before = self.calls
+                frame = self._run_batch(msg.id, msg.args)
+                self.meter.observe(perf_counter() - started, self.calls - calls_before)
+                return frame
             self.calls += 1
             if msg.session is not None or self.worker.session is not self.no_session:
                 self._enter_session(msg.session)
-            return self._run_command(msg.id, msg.method, msg.args, msg.kwargs, msg.pickled)
+            frame = self._run_command(msg.id, msg.method, msg.args, msg.kwargs, msg.pickled)
+            self.meter.observe(perf_counter() - started)  # the command and its reply's encoding
+            return frame
         if kind is P.Cast:
+            started = perf_counter()
             self.calls += 1
             self._enter_session(msg.session)
             self._run_command(None, msg.method, msg.args, msg.kwargs, msg.pickled)
+            self.meter.observe(perf_counter() - started)
         return None  # replies and other kinds have no business on a worker's channel
 
     def _enter_session(self, session: str | None) -> None:
@@ -256,6 +265,7 @@ class Serving:
 
     def _fail(self, cid: int | None, category: str, kind: str, message: str,
               tb: str) -> bytes | None:
+        self.meter.error(category)
         if cid is None:
             self.worker.log.warning("cast failed: {}: {}", kind, message)
             return None

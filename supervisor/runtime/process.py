@@ -1,6 +1,6 @@
 """The child side of a worker: init, then serve commands until stopped.
 
-    supervisor ──control──▶ worker        Stop, OpenChannel(+fd), Ping
+    supervisor ──control──▶ worker        Stop, OpenChannel(+fd), Ping, GetMetrics
     supervisor ◀──control── worker        Ready | StartFailed, Response, Pong, Exit
     caller     ──call────▶ worker         Call, Cast      (one socketpair per caller)
     caller     ◀──call──── worker         Reply, Fail
@@ -34,6 +34,7 @@ from ..wire.policy import call_policy
 from ..wire.wakeup import Wakeup
 from ..worker import command_table
 from .callers import Serving, describe
+from .meter import CallMeter
 from .poller import READ, Poller
 
 __all__ = ["serve"]
@@ -81,6 +82,7 @@ class WorkerRuntime(Serving):
         self.stopping = worker.stopping
         self.pickled = spec.serializer == "pickle"
         self.calls = 0
+        self.meter = CallMeter()  # written by the serving loop, read by the control thread
         self.exit_reason: str | None = None
         self.exit_message: str | None = None
         self.exit_error: tuple[str, str, str] | None = None
@@ -152,6 +154,8 @@ class WorkerRuntime(Serving):
                 self._wake()
             case P.Ping(seq=seq):
                 self.send_control(P.Pong(seq=seq, healthy=self._healthy()))
+            case P.GetMetrics(id=rid):
+                self.send_control(P.Response(id=rid, value=self.meter.snapshot()))
             case _:
                 pass
 

@@ -45,7 +45,7 @@ def handle_request(sup: SupervisorProcess, msg: Any, origin: socket.socket,
         case P.Shutdown(id=rid):
             sup._relay(origin, P.Response(id=rid, value=None))
             sup.shutdown("normal")
-        case P.OpenChannel():
+        case P.OpenChannel() | P.GetMetrics():
             _route(sup, msg, origin, fd, to_worker=True)
         case P.WhichChildren() | P.CountChildren() | P.GetStatus() | P.StartChild() | \
                 P.TerminateChild() | P.RestartChild() | P.DeleteChild() | P.ReportFailure():
