@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from .. import telemetry
 from ..wire import messages as P
 
-__all__ = ["stream", "format_event"]
+__all__ = ["stream", "format_event", "event_key"]
 
 _HANDLER = "supervisor-events-command"
 
@@ -38,7 +38,8 @@ def format_event(record: Mapping[str, Any], as_json: bool) -> str:
     return f"{clock} {record['name']} {record['path'] or '/'} {facts}".rstrip()
 
 
-def _key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+def event_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What tells one event from another (an event may arrive both live and kept)."""
     return (record["name"], record["time"], record["path"], record["metadata"].get("pid"))
 
 
@@ -56,7 +57,7 @@ def stream(app: Any, *, follow: bool, as_json: bool, out: TextIO = sys.stdout) -
         telemetry.attach(_HANDLER, [("supervisor",)], on_event)
     try:
         kept = app._request(P.RecentEvents(id=0))
-        seen = {_key(record) for record in kept}
+        seen = {event_key(record) for record in kept}
         for record in kept:
             print(format_event(record, as_json), file=out, flush=True)
         while follow:
@@ -66,8 +67,8 @@ def stream(app: Any, *, follow: bool, as_json: bool, out: TextIO = sys.stdout) -
                 if app.wait(0) is not None:  # the tree stopped, or the connection ended
                     return 0
                 continue
-            if _key(record) in seen:  # delivered live and also among the kept ones
-                seen.discard(_key(record))
+            if event_key(record) in seen:  # delivered live and also among the kept ones
+                seen.discard(event_key(record))
                 continue
             print(format_event(record, as_json), file=out, flush=True)
     finally:

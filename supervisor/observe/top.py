@@ -28,7 +28,8 @@ from textual.widgets import DataTable, Footer, Log, Static
 
 from .. import telemetry
 from ..errors import SupervisorError
-from .events import format_event
+from ..wire import messages as P
+from .events import event_key, format_event
 from .status import circuit_text, collect, duration, intensity, walk
 
 __all__ = ["Top"]
@@ -55,12 +56,13 @@ class Top(TextualApp):
 
     def __init__(self, tree: Any, interval: float = 1.0) -> None:
         super().__init__()
-        self.tree = tree
+        self.supervised = tree
         self.interval = interval
         self.paths: list[str] = []
         self.procs: dict[int, psutil.Process] = {}
         self.failures: dict[str, str] = {}
         self.inbox: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self.kept: set[tuple] | None = None  # the history's event keys, once it is shown
 
     def compose(self) -> ComposeResult:
         yield Static("connecting...", id="info")
@@ -73,6 +75,7 @@ class Top(TextualApp):
         telemetry.attach(_HANDLER, [("supervisor",)], self._on_event)
         self.set_interval(0.25, self._drain)
         self.set_interval(self.interval, self.refresh_tree)
+        self.load_history()
         self.refresh_tree()
 
     def on_unmount(self) -> None:
@@ -86,19 +89,42 @@ class Top(TextualApp):
                            "path": metadata.get("path", ""),
                            "measurements": dict(measurements), "metadata": dict(metadata)})
 
+    @work(thread=True, group="history")
+    def load_history(self) -> None:
+        """The events the service root kept (failures before `top` started included)."""
+        try:
+            kept = self.supervised._request(P.RecentEvents(id=0), timeout=10.0)
+        except (SupervisorError, OSError) as exc:
+            kept = []
+            self.call_from_thread(self._show_info, f"no event history: {exc}")
+        self.call_from_thread(self._show_history, kept)
+
+    def _show_history(self, kept: list[dict[str, Any]]) -> None:
+        for record in kept:
+            self._write(record)
+        self.kept = {event_key(record) for record in kept}
+        self._drain()
+
     def _drain(self) -> None:
-        log = self.query_one(Log)
+        if self.kept is None:
+            return  # the history first: live events wait until it is shown
         while self.inbox:
             record = self.inbox.popleft()
-            if record["name"] == "child.failure":
-                meta = record["metadata"]
-                self.failures[record["path"]] = f"{meta.get('category')} -> {meta.get('action')}"
-            log.write_line(format_event(record, as_json=False))
+            if event_key(record) in self.kept:  # delivered live and kept both
+                self.kept.discard(event_key(record))
+                continue
+            self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if record["name"] == "child.failure":
+            meta = record["metadata"]
+            self.failures[record["path"]] = f"{meta.get('category')} -> {meta.get('action')}"
+        self.query_one(Log).write_line(format_event(record, as_json=False))
 
     @work(thread=True, exclusive=True, group="refresh")
     def refresh_tree(self) -> None:
         try:
-            doc, raws = collect(self.tree._request)
+            doc, raws = collect(self.supervised._request)
         except (SupervisorError, OSError) as exc:
             self.call_from_thread(self._show_info, f"cannot read the tree: {exc}")
             return
@@ -158,9 +184,9 @@ class Top(TextualApp):
         parent, _, child_id = path.rpartition("/")
         try:
             if action in ("stop", "restart"):
-                self.tree.terminate_child(parent, child_id)
+                self.supervised.terminate_child(parent, child_id)
             if action != "stop":
-                self.tree.restart_child(parent, child_id)
+                self.supervised.restart_child(parent, child_id)
             text = f"{path}: {action} done"
         except SupervisorError as exc:
             text = f"{path}: {action} refused: {str(exc).splitlines()[0]}"
