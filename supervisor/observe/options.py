@@ -3,7 +3,8 @@
 From ``run --metrics ADDR [--metrics-token-file PATH]`` or a tree file's table:
 
     [metrics]
-    address = "127.0.0.1:9464"            # HOST:PORT; [::1]:9464 for IPv6; port 0 picks one
+    address = "127.0.0.1:9464"            # HOST:PORT; [::1]:9464 for IPv6; 9464 alone is
+                                          # 127.0.0.1:9464; port 0 picks a free one
     token_file = "/run/user/1000/tree.token"   # optional: enables start/stop/restart
 
 The rules: without a token the server is read-only, and it refuses a non-loopback address
@@ -22,7 +23,10 @@ __all__ = ["MetricsOptions", "parse_address", "is_loopback"]
 
 
 def parse_address(text: str, field: str = "metrics.address") -> tuple[str, int]:
-    """``HOST:PORT`` (``[V6]:PORT``) -> (host, port). Raises ConfigError naming `field`."""
+    """``HOST:PORT`` (``[V6]:PORT``) -> (host, port); a bare ``PORT`` is on 127.0.0.1.
+    Raises ConfigError naming `field`."""
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"  # loopback unless an address is given
     host, sep, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

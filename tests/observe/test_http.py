@@ -164,9 +164,29 @@ def test_a_non_loopback_address_needs_a_token(service):
 
 
 def test_the_metrics_table_of_the_tree_file(service, tmp_path):
-    svc = service(TREE + '\n[metrics]\naddress = "127.0.0.1:0"\n')
+    svc = service(TREE + '\n[metrics]\naddress = "0"\n')  # a bare port: on loopback
     url = served(svc)
+    assert url.startswith("http://127.0.0.1:")
     assert get_json(url + "api/status")["id"] == "svc"
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('address = "localhost"', "metrics.address: expected HOST:PORT such as 127.0.0.1:9464, "
+                              "got 'localhost'"),
+    ('address = 9464', "metrics.address: expected a string, got integer 9464"),
+    ('address = "127.0.0.1:1"\nport = 2', "metrics.port: unknown key 'port'; expected one of "
+                                         "address, token_file"),
+    ('token_file = "x"', "metrics.address: required key 'address' is missing"),
+])
+def test_a_bad_metrics_table_is_one_line_and_exit_2(tmp_path, table, message):
+    import subprocess
+    import sys
+
+    tree = tmp_path / "tree.toml"
+    tree.write_text(TREE + "\n[metrics]\n" + table + "\n")
+    done = subprocess.run([sys.executable, "-m", "supervisor", "check", str(tree)],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, f"error: {tree}: {message}\n")
 
 
 def test_a_foreign_host_header_is_refused(service):
