@@ -41,19 +41,30 @@ def _color(contender: str) -> str:
 
 def _bars(ax: Any, rows: list[tuple[str, float, float]], unit: str) -> None:
     """Horizontal p50 (solid) and p99 (pale) bars, one pair per contender."""
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     rows = sorted(rows, key=lambda row: row[1])
     labels = [row[0] for row in rows]
     for i, (name, p50, p99) in enumerate(rows):
         color = _color(name)
-        ax.barh(i + 0.2, p99, height=0.4, color=color, alpha=0.35,
-                label="p99" if i == 0 else None)
-        ax.barh(i - 0.2, p50, height=0.4, color=color, label="p50" if i == 0 else None)
+        ax.barh(i + 0.2, p99, height=0.4, color=color, alpha=0.35)
+        ax.barh(i - 0.2, p50, height=0.4, color=color)
         ax.text(p50 * 1.08, i - 0.2, f"{p50:.3g} {unit}", va="center", fontsize=8)
         ax.text(p99 * 1.08, i + 0.2, f"{p99:.3g}", va="center", fontsize=7, color="#555")
     ax.set_yticks(range(len(labels)), labels, fontsize=9)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"{unit} (log scale; lower is better)")
     ax.grid(axis="x", which="both", alpha=0.25)
+    ax.legend(handles=[Patch(color="#555", label="p50"), Patch(color="#555", alpha=0.35,
+                                                                label="p99"),
+                       Patch(color=OURS_COLOR, label="ours"),
+                       Patch(color=FLOOR_COLOR, label="raw floor"),
+                       Patch(color=PEER_COLOR, label="peers")],
+              loc="upper center", bbox_to_anchor=(0.5, -0.32), fontsize=7, ncol=5,
+              frameon=False)
 
 
 def plot(out_dir: str | Path, results_dir: Path = RESULTS_DIR) -> list[Path]:
@@ -79,7 +90,6 @@ def plot(out_dir: str | Path, results_dir: Path = RESULTS_DIR) -> list[Path]:
                     for name, r in data["results"][placement].items() if r.get("p50_us")]
             _bars(ax, rows, "us")
             ax.set_title(f"tiny call round trip, placement '{placement}'", fontsize=10)
-        axes[0, 0].legend(loc="lower right", fontsize=8)
         fig.suptitle(_title("Call latency", data, quick), fontsize=11)
         fig.tight_layout()
         written.append(_save(fig, out / "call_latency.png"))
@@ -93,7 +103,6 @@ def plot(out_dir: str | Path, results_dir: Path = RESULTS_DIR) -> list[Path]:
                 for name, r in data["results"].items() if r["serving"].get("p50_us")]
         fig, ax = plt.subplots(figsize=(9, 3.2))
         _bars(ax, rows, "ms")
-        ax.legend(loc="lower right", fontsize=8)
         ax.set_title(_title("SIGKILL of an idle worker -> its replacement serving", data,
                             quick), fontsize=11)
         fig.tight_layout()
@@ -110,7 +119,7 @@ def _title(what: str, data: dict[str, Any], quick: bool) -> str:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"wrote {path}")
     return path
 

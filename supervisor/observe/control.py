@@ -54,10 +54,12 @@ class RootClient:
         self.ids = itertools.count(1)
         self.backlog: list[Any] = []
 
-    def request(self, msg: Any) -> Any:
+    def request(self, msg: Any, timeout: float | None = None) -> Any:
+        """The answer to `msg` within `timeout` seconds (default: the client's)."""
         rid = next(self.ids)
         send_frame(self.sock, P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid)))
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while True:
             while self.backlog:
                 answer = self.backlog.pop(0)
@@ -69,8 +71,10 @@ class RootClient:
                         raise error_from_wire(kind, text, **fields)
                     case _:
                         pass  # an event, or the answer to an earlier request
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no answer from the root within {self.timeout:g}s")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer from the root within {timeout:g}s")
+            self.sock.settimeout(remaining)
             msgs, _, eof = recv_some(self.sock, self.reader, bufsize=65536)
             self.backlog.extend(msgs)
             if eof and not self.backlog:

@@ -42,6 +42,7 @@ from .status import walk
 __all__ = ["render", "available", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+WORKER_WAIT = 2.0  # seconds a scrape waits for one worker's counters
 
 
 def available() -> bool:
@@ -58,7 +59,7 @@ def available() -> bool:
 
 
 def render(doc: dict[str, Any], raws: dict[str, dict[str, Any]], hub: Hub,
-           request: Callable[[Any], Any]) -> bytes:
+           request: Callable[..., Any]) -> bytes:
     """The exposition text for one scrape (`request` asks the tree for worker counters)."""
     from prometheus_client.core import CollectorRegistry
     from prometheus_client.exposition import generate_latest
@@ -70,7 +71,7 @@ def render(doc: dict[str, Any], raws: dict[str, dict[str, Any]], hub: Hub,
 
 class _Scrape:
     def __init__(self, doc: dict[str, Any], raws: dict[str, dict[str, Any]], hub: Hub,
-                 request: Callable[[Any], Any]) -> None:
+                 request: Callable[..., Any]) -> None:
         self.doc, self.raws, self.hub, self.request = doc, raws, hub, request
 
     def collect(self) -> Iterator[Any]:
@@ -163,8 +164,11 @@ class _Scrape:
 
     def _worker(self, path: str, calls: Any, errors: Any, latency: Any) -> None:
         try:
-            meter = self.request(P.GetMetrics(id=0, path=path))
-        except SupervisorError:  # an external program (no calls), or it left meanwhile
+            # The worker's control thread answers even while a command runs; one that
+            # does not answer soon is wedged (its heartbeat, if any, will say so): the
+            # scrape goes on without it rather than waiting out Prometheus' timeout.
+            meter = self.request(P.GetMetrics(id=0, path=path), timeout=WORKER_WAIT)
+        except (SupervisorError, TimeoutError):  # a program (no calls), gone, or wedged
             return
         calls.add_metric([path], meter["calls"])
         for category, count in sorted(meter["errors"].items()):

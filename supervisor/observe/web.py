@@ -170,6 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "otp-supervisor"
+    timeout = 30  # seconds a client may take to send its request: no thread waits forever
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         pass  # no output from these threads (see the module docstring)

@@ -204,3 +204,19 @@ def test_the_page_loads_nothing_from_elsewhere(service):
     page = body.decode()
     assert status == 200 and "<table>" in page
     assert "http://" not in page and "https://" not in page and "src=" not in page
+
+
+def test_a_wedged_worker_does_not_hold_up_the_scrape(service):
+    svc = service(TREE, "--metrics", "127.0.0.1:0")
+    url = served(svc)
+    pid = pid_of(svc, "jobs/calc")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        samples = _samples(url)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ("supervisor_worker_calls_total", (("path", "talker"),)) in samples
+    assert ("supervisor_worker_calls_total", (("path", "jobs/calc"),)) not in samples
+    assert _value(samples, "supervisor_child_up", path="jobs/calc", kind="worker") == 1.0
+    # Its late answer was left on a connection that is gone: the next scrape has it.
+    assert ("supervisor_worker_calls_total", (("path", "jobs/calc"),)) in _samples(url)
