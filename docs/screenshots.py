@@ -64,7 +64,7 @@ def main() -> int:
         ansi = term._tmux("capture-pane", "-e", "-p")
         _terminal_png(ansi, ROOT / "docs" / "top.png", width=132)
 
-        with Browser(find_browser(), width=1100, height=560) as browser:
+        with Browser(find_browser(), width=1320, height=800) as browser:
             tab = browser.open(url)
             tab.wait(f"sessionStorage.setItem('supervisor-token', "
                      f"{json.dumps(token.read_text().strip())})")

@@ -220,3 +220,52 @@ def test_a_wedged_worker_does_not_hold_up_the_scrape(service):
     assert _value(samples, "supervisor_child_up", path="jobs/calc", kind="worker") == 1.0
     # Its late answer was left on a connection that is gone: the next scrape has it.
     assert ("supervisor_worker_calls_total", (("path", "jobs/calc"),)) in _samples(url)
+
+
+_CHURN = """
+[tree]
+id = "churn"
+max_restarts = 100
+max_seconds = 10
+
+[[tree.children]]
+id = "calc"
+worker = "tests.runtime._workers:Calc"
+kwargs = { base = 40 }
+stable_after = 0.1
+"""
+
+
+def test_restarts_go_on_while_the_server_is_busy(service):
+    """The root forks replacements while server threads are mid-request (the fork-after-
+    thread hazard: a child inheriting a lock held by a server thread would hang before
+    it is ready, and the restart would never complete)."""
+    import threading
+
+    # Every kill is a first failure after a healthy run (stable_after): restarted at once.
+    svc = service(_CHURN, "--metrics", "127.0.0.1:0")
+    url = served(svc)
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def hammer(path: str) -> None:
+        while not stop.is_set():
+            answers.append(http(url + path)[0])
+
+    threads = [threading.Thread(target=hammer, args=(path,), daemon=True)
+               for path in ("metrics", "api/tree", "api/events?after=0")]
+    for thread in threads:
+        thread.start()
+    try:
+        start = 0
+        for _ in range(8):
+            pid = pid_of(svc, "calc")
+            os.kill(pid, signal.SIGKILL)
+            start = svc.wait_line("child.restarted calc ", start=start) + 1
+            assert wait_gone([pid], 10) == []
+            assert svc.cmd("call", "calc", "add", "[1, 1]").stdout.strip() == "42"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert answers and set(answers) <= {200, 503}, sorted(set(answers))
