@@ -5,22 +5,27 @@
     ├ the latest events, as they arrive                                                     ┤
     └ keys: r restart, s stop, t start, q quit                                              ┘
 
-The table comes from the tree's status (one `GetStatus` per supervisor, asked from a
-worker thread so the screen never waits on the tree); CPU % from psutil between two
-refreshes; the last failure's category and decision from the `child.failure` events seen
-since `top` started. Events reach us on the connection's reader thread and are queued;
-the screen drains the queue on its own timer (a handler must not block that thread).
+Threads: the screen (textual's loop) never waits on the tree, and nothing waits on the
+screen. A daemon thread reads the tree's status every `interval` (one `GetStatus` per
+supervisor, CPU % from psutil between two reads) and leaves the rows in `latest`; the
+connection's reader thread queues events (a telemetry handler must not block it); a key
+starts a daemon thread for its request, which leaves its outcome in `notice`. The screen
+picks all three up on its own 0.25 s timer. Daemon threads, because a request to a tree
+that stopped answering may wait up to its timeout, and quitting must not wait for it.
+
+The last failure's category and decision come from the `child.failure` events: those the
+service root kept (its last 500, read once at start) and every one since.
 """
 
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import psutil
-from textual import work
 from textual.app import App as TextualApp
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -59,10 +64,16 @@ class Top(TextualApp):
         self.supervised = tree
         self.interval = interval
         self.paths: list[str] = []
-        self.procs: dict[int, psutil.Process] = {}
+        self.procs: dict[int, psutil.Process] = {}  # the reader thread's alone
         self.failures: dict[str, str] = {}
         self.inbox: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        # Left by the threads, taken by the screen's timer (one reference swap each).
+        self.history: list[dict[str, Any]] | None = None
+        self.latest: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.notice: str | None = None
         self.kept: set[tuple] | None = None  # the history's event keys, once it is shown
+        self.wake = threading.Event()  # read the tree now (after a key's request)
+        self.done = threading.Event()
 
     def compose(self) -> ComposeResult:
         yield Static("connecting...", id="info")
@@ -73,15 +84,15 @@ class Top(TextualApp):
     def on_mount(self) -> None:
         self.query_one(DataTable).add_columns(*COLUMNS)
         telemetry.attach(_HANDLER, [("supervisor",)], self._on_event)
-        self.set_interval(0.25, self._drain)
-        self.set_interval(self.interval, self.refresh_tree)
-        self.load_history()
-        self.refresh_tree()
+        threading.Thread(target=self._read_tree, name="top-reader", daemon=True).start()
+        self.set_interval(0.25, self._update)
 
     def on_unmount(self) -> None:
+        self.done.set()
+        self.wake.set()
         telemetry.detach(_HANDLER)
 
-    # the tree ----------------------------------------------------------------------
+    # threads -----------------------------------------------------------------------
     def _on_event(self, name: tuple[str, ...], measurements: Mapping[str, Any],
                   metadata: Mapping[str, Any]) -> None:
         # The connection's reader thread: queue only (see the module docstring).
@@ -89,57 +100,22 @@ class Top(TextualApp):
                            "path": metadata.get("path", ""),
                            "measurements": dict(measurements), "metadata": dict(metadata)})
 
-    @work(thread=True, group="history")
-    def load_history(self) -> None:
-        """The events the service root kept (failures before `top` started included)."""
+    def _read_tree(self) -> None:
         try:
-            kept = self.supervised._request(P.RecentEvents(id=0), timeout=10.0)
+            self.history = self.supervised._request(P.RecentEvents(id=0), timeout=10.0)
         except (SupervisorError, OSError) as exc:
-            kept = []
-            self.call_from_thread(self._show_info, f"no event history: {exc}")
-        self.call_from_thread(self._show_history, kept)
-
-    def _show_history(self, kept: list[dict[str, Any]]) -> None:
-        for record in kept:
-            self._write(record)
-        self.kept = {event_key(record) for record in kept}
-        self._drain()
-
-    def _drain(self) -> None:
-        if self.kept is None:
-            return  # the history first: live events wait until it is shown
-        while self.inbox:
-            record = self.inbox.popleft()
-            if event_key(record) in self.kept:  # delivered live and kept both
-                self.kept.discard(event_key(record))
-                continue
-            self._write(record)
-
-    def _write(self, record: dict[str, Any]) -> None:
-        if record["name"] == "child.failure":
-            meta = record["metadata"]
-            self.failures[record["path"]] = f"{meta.get('category')} -> {meta.get('action')}"
-        self.query_one(Log).write_line(format_event(record, as_json=False))
-
-    @work(thread=True, exclusive=True, group="refresh")
-    def refresh_tree(self) -> None:
-        try:
-            doc, raws = collect(self.supervised._request)
-        except (SupervisorError, OSError) as exc:
-            self.call_from_thread(self._show_info, f"cannot read the tree: {exc}")
-            return
-        rows = [self._row(node, depth, raws) for node, depth in walk(doc)]
-        self.call_from_thread(self._show, doc, rows)
-
-    def _row(self, node: dict[str, Any], depth: int, raws: dict[str, Any]) -> tuple:
-        path = node["path"]
-        raw = raws.get(path) if node["kind"] == "supervisor" else None
-        return (path, ("  " * depth) + (path or "/"), node["kind"], node["state"],
-                str(node["pid"] or "-"), duration(node.get("uptime")),
-                str(node.get("restarts", 0)), self._cpu(node["pid"]),
-                "-" if node.get("memory_mb") is None else f"{node['memory_mb']:.1f}M",
-                circuit_text(node), intensity(raw) if raw else "",
-                self.failures.get(path, ""))
+            self.history = []
+            self.notice = f"no event history: {exc}"
+        while not self.done.is_set():
+            try:
+                doc, raws = collect(self.supervised._request)
+            except (SupervisorError, OSError) as exc:
+                self.notice = f"cannot read the tree: {exc}"
+            else:
+                self.latest = (doc, {node["path"]: self._cpu(node["pid"])
+                                     for node, _ in walk(doc)}), raws
+            self.wake.wait(self.interval)
+            self.wake.clear()
 
     def _cpu(self, pid: int | None) -> str:
         if pid is None:
@@ -155,31 +131,6 @@ class Top(TextualApp):
             self.procs.pop(pid, None)
             return "-"
 
-    def _show(self, doc: dict[str, Any], rows: list[tuple]) -> None:
-        table = self.query_one(DataTable)
-        selected = self.paths[table.cursor_row] if 0 <= table.cursor_row < len(self.paths) \
-            else None
-        table.clear()
-        self.paths = [row[0] for row in rows]
-        for row in rows:
-            table.add_row(*row[1:], key=row[0] or "/")
-        if selected in self.paths:
-            table.move_cursor(row=self.paths.index(selected))
-        self._show_info(f"tree {doc['id']!r}  root pid {doc['pid']}  "
-                        f"{time.strftime('%H:%M:%S')}  {len(rows)} nodes")
-
-    def _show_info(self, text: str) -> None:
-        self.query_one("#info", Static).update(text)
-
-    # keys --------------------------------------------------------------------------
-    def action_child(self, action: str) -> None:
-        table = self.query_one(DataTable)
-        if not 0 <= table.cursor_row < len(self.paths) or not self.paths[table.cursor_row]:
-            self._show_info("select a child (not the root) first")
-            return
-        self._control(action, self.paths[table.cursor_row])
-
-    @work(thread=True, group="control")
     def _control(self, action: str, path: str) -> None:
         parent, _, child_id = path.rpartition("/")
         try:
@@ -187,9 +138,67 @@ class Top(TextualApp):
                 self.supervised.terminate_child(parent, child_id)
             if action != "stop":
                 self.supervised.restart_child(parent, child_id)
-            text = f"{path}: {action} done"
-        except SupervisorError as exc:
-            text = f"{path}: {action} refused: {str(exc).splitlines()[0]}"
-        self.call_from_thread(self._show_info, text)
-        self.call_from_thread(self.refresh_tree)
+            self.notice = f"{path}: {action} done"
+        except (SupervisorError, OSError) as exc:
+            self.notice = f"{path}: {action} refused: {str(exc).splitlines()[0]}"
+        self.wake.set()
 
+    # the screen --------------------------------------------------------------------
+    def _update(self) -> None:
+        if self.kept is None and self.history is not None:
+            for record in self.history:
+                self._write(record)
+            self.kept = {event_key(record) for record in self.history}
+        if self.kept is not None:  # the history first: live events wait until it is shown
+            while self.inbox:
+                record = self.inbox.popleft()
+                if event_key(record) in self.kept:  # delivered live and kept both
+                    self.kept.discard(event_key(record))
+                    continue
+                self._write(record)
+        latest, self.latest = self.latest, None
+        if latest is not None:
+            self._show(*latest)
+        notice, self.notice = self.notice, None
+        if notice is not None:
+            self.query_one("#info", Static).update(notice)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if record["name"] == "child.failure":
+            meta = record["metadata"]
+            self.failures[record["path"]] = f"{meta.get('category')} -> {meta.get('action')}"
+        self.query_one(Log).write_line(format_event(record, as_json=False))
+
+    def _show(self, read: tuple[dict[str, Any], dict[str, str]],
+              raws: dict[str, Any]) -> None:
+        doc, cpu = read
+        table = self.query_one(DataTable)
+        selected = self.paths[table.cursor_row] if 0 <= table.cursor_row < len(self.paths) \
+            else None
+        table.clear()
+        self.paths = []
+        for node, depth in walk(doc):
+            path = node["path"]
+            raw = raws.get(path) if node["kind"] == "supervisor" else None
+            self.paths.append(path)
+            table.add_row(
+                ("  " * depth) + (path or "/"), node["kind"], node["state"],
+                str(node["pid"] or "-"), duration(node.get("uptime")),
+                str(node.get("restarts", 0)), cpu.get(path, "-"),
+                "-" if node.get("memory_mb") is None else f"{node['memory_mb']:.1f}M",
+                circuit_text(node), intensity(raw) if raw else "",
+                self.failures.get(path, ""), key=path or "/")
+        if selected in self.paths:
+            table.move_cursor(row=self.paths.index(selected))
+        self.query_one("#info", Static).update(
+            f"tree {doc['id']!r}  root pid {doc['pid']}  {time.strftime('%H:%M:%S')}  "
+            f"{len(self.paths)} nodes")
+
+    # keys --------------------------------------------------------------------------
+    def action_child(self, action: str) -> None:
+        table = self.query_one(DataTable)
+        if not 0 <= table.cursor_row < len(self.paths) or not self.paths[table.cursor_row]:
+            self.query_one("#info", Static).update("select a child (not the root) first")
+            return
+        threading.Thread(target=self._control, args=(action, self.paths[table.cursor_row]),
+                         name="top-control", daemon=True).start()

@@ -49,9 +49,6 @@ class Tmux:
                 raise AssertionError(f"timed out waiting for {what}; the screen:\n{screen}")
             time.sleep(0.1)
 
-    def dead_status(self) -> str:
-        return self._tmux("display-message", "-p", "#{pane_dead}:#{pane_dead_status}").strip()
-
     def close(self) -> None:
         subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True,
                        timeout=30)
