@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from .errors import ConfigError, SupervisorError
@@ -56,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--graph", action="store_true",
                        help="print the tree as Graphviz DOT text instead")
     check.add_argument("--svg", default=None, metavar="FILE",
-                       help="with --graph: write SVG to FILE (needs Graphviz's dot)")
+                       help="write the graph as SVG to FILE (needs Graphviz's dot)")
     status = sub.add_parser("status", help="show the running tree")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     for name, text in (("start", "start a stopped child"), ("stop", "stop a child"),
@@ -149,7 +148,7 @@ def _check(args: argparse.Namespace) -> int:
     from .config import format_tree, load_service
 
     spec, _ = load_service(args.tree)
-    if not args.graph:
+    if not args.graph and args.svg is None:  # --svg FILE implies --graph
         print(format_tree(spec))
         return EXIT_OK
     from .observe.graph import to_dot, to_svg

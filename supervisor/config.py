@@ -27,11 +27,11 @@ from strategies.matrix import DEFAULT_MATRIX, MatrixError, override_matrix
 
 from ._config_schema import (
     CHILD_TYPES,
+    METRICS,
     POOL,
     PROGRAM,
     ROOT,
     SUPERVISOR,
-    METRICS,
     TEMPLATE,
     TOP_LEVEL_KEYS,
     WORKER,

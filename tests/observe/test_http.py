@@ -269,3 +269,16 @@ def test_restarts_go_on_while_the_server_is_busy(service):
         for thread in threads:
             thread.join(30)
     assert answers and set(answers) <= {200, 503}, sorted(set(answers))
+
+
+def test_an_address_in_use_is_one_line_and_exit_2(service):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        svc = service(TREE, "--metrics", f"127.0.0.1:{port}")
+        assert svc.finish(30) == 2
+    assert svc.lines[-1] == "error: [Errno 98] Address already in use"
+    assert not any("child.started" in line for line in svc.lines)  # nothing was started
