@@ -70,6 +70,9 @@ def test_metrics_move_after_calls_and_after_a_kill(service):
                   path="jobs/calc") == 4.0
     assert _value(after_calls, "supervisor_worker_call_duration_seconds_bucket",
                   path="jobs/calc", le="+Inf") == 4.0
+    # An external program serves no calls: no call counters for it.
+    assert not any(name.startswith("supervisor_worker_") and ("path", "jobs/sleeper") in labels
+                   for name, labels in after_calls)
 
     pid = pid_of(svc, "jobs/calc")
     os.kill(pid, signal.SIGKILL)
