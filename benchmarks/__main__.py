@@ -1,4 +1,5 @@
-"""``python -m benchmarks [name ...] [--quick]``: run all benchmarks, or the named ones.
+"""``python -m benchmarks [name ...] [--quick] [--plot DIR]``: run all benchmarks, or the
+named ones; with ``--plot DIR``, then draw the charts of the results (`benchmarks.plot`).
 
 Each one runs as ``python -m benchmarks.bench_<name>`` in a fresh process; the exit
 status is non-zero when any of them failed.
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="name",
                         help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--plot", metavar="DIR", default=None,
+                        help="then write PNG charts of the results to DIR (needs matplotlib)")
     args = parser.parse_args(argv)
     names = [n.removeprefix("bench_") for n in args.names] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
+    if args.plot is not None:
+        from benchmarks.plot import plot
+
+        plot(args.plot)
     return 1 if failed else 0
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "POOL",
     "ROOT",
     "TEMPLATE",
+    "METRICS",
     "CHILD_TYPES",
     "TOP_LEVEL_KEYS",
     "check_table",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 CHILD_TYPES = ("worker", "supervisor", "pool")
-TOP_LEVEL_KEYS = ("tree", "errors")
+TOP_LEVEL_KEYS = ("tree", "errors", "metrics")
 
 # TOML's own names for the Python values tomllib returns; bool before int (bool is an int).
 _TOML_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
@@ -172,6 +173,9 @@ ROOT = Kind("supervisor", dict(_SUPERVISOR_KEYS), required=("id",))
 # A simple_one_for_one template is a worker child; programs are not templates (ChildSpec only).
 TEMPLATE = Kind("worker", {k: v for k, v in WORKER.keys.items() if k != "type"},
                 required=WORKER.required)
+
+# [metrics]: the service root's HTTP server (`run --metrics` / `--metrics-token-file`).
+METRICS = Kind("metrics", {"address": STRING, "token_file": STRING}, required=("address",))
 
 
 def check_table(table: Mapping[str, Any], kind: Kind, path: str) -> None:

@@ -17,7 +17,6 @@ import atexit
 import os
 import pickle
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -245,27 +244,9 @@ class App:
         """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB),
         circuit state and next trial; for supervisors, their recovery metrics
         (initiated, succeeded, failed) and their children."""
-        return self._status_of("")
+        from .observe.status import collect
 
-    def _status_of(self, path: str) -> dict[str, Any]:
-        raw = self._link.request(P.GetStatus(id=0, path=path))
-        node = {"id": raw["id"], "path": path, "kind": "supervisor", "state": "running",
-                "pid": raw["pid"], "strategy": raw["strategy"],
-                "recent_restarts": raw["recent_restarts"], "recovery": raw["recovery"],
-                "memory_mb": _rss_mb(raw["pid"]), "children": []}
-        for info in msgspec.convert(raw["children"], list[ChildInfo]):
-            if info.kind == "supervisor" and info.state == "running":
-                sub = self._status_of(info.path)
-                sub["restarts"] = info.restarts
-                node["children"].append(sub)
-                continue
-            node["children"].append({
-                "id": info.id, "path": info.path, "kind": info.kind, "state": info.state,
-                "pid": info.pid, "restarts": info.restarts, "memory_mb": _rss_mb(info.pid),
-                "uptime": (time.time() - info.started_at) if info.started_at else None,
-                "circuit": info.circuit, "retry_at": info.retry_at,
-            })
-        return node
+        return collect(self._link.request)[0]
 
     # ------------------------------------------------------------------ calls
     def call(self, path: str, method: str, *args: Any, timeout: float | None = None,
@@ -301,15 +282,6 @@ class App:
     def worker(self, path: str) -> WorkerProxy:
         """A proxy whose attribute calls are `call(path, name, ...)`."""
         return WorkerProxy(self, path, {})
-
-
-def _rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        return psutil.Process(pid).memory_info().rss / (1024 * 1024)
-    except psutil.Error:  # exited since it was listed
-        return None
 
 
 class WorkerProxy:

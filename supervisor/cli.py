@@ -7,6 +7,12 @@
     start|stop|restart PATH
     call PATH METHOD [JSON-ARGS]
     shutdown
+    top                  a live view of the running tree (needs the ui extra)
+    events [-f] [--json] the tree's telemetry events (-f: keep following)
+
+`run --metrics HOST:PORT` (or a `[metrics]` table) serves Prometheus metrics, the status
+as JSON and a web page of the tree from a thread of the service root (see observe.web);
+`check --graph` prints the tree as Graphviz DOT text.
 
 The control commands check the server before sending anything (see `supervisor.wire.trust`):
 a socket whose directories, file or listening process belong to another user is refused
@@ -22,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from .errors import ConfigError, SupervisorError
@@ -40,8 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a tree in the foreground")
     run.add_argument("tree", help="the tree's TOML file")
     run.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    run.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                     help="serve /metrics, /api/status and a web page of the tree there")
+    run.add_argument("--metrics-token-file", default=None, metavar="PATH",
+                     help="enable the web page's start/stop/restart buttons with the token "
+                          "in PATH (made, random and 0600, when missing)")
     check = sub.add_parser("check", help="validate a tree file and print the tree")
     check.add_argument("tree")
+    check.add_argument("--graph", action="store_true",
+                       help="print the tree as Graphviz DOT text instead")
+    check.add_argument("--svg", default=None, metavar="FILE",
+                       help="write the graph as SVG to FILE (needs Graphviz's dot)")
     status = sub.add_parser("status", help="show the running tree")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     for name, text in (("start", "start a stopped child"), ("stop", "stop a child"),
@@ -54,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("args", nargs="?", default="[]", help="a JSON array of arguments")
     call.add_argument("--timeout", type=float, default=None)
     sub.add_parser("shutdown", help="stop the running tree")
+    top = sub.add_parser("top", help="a live view of the running tree (the ui extra)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    events = sub.add_parser("events", help="print the tree's telemetry events")
+    events.add_argument("-f", "--follow", action="store_true",
+                        help="keep printing new events until the tree stops")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
     for cmd in sub.choices.values():
         if cmd.prog.split()[-1] != "check":
             cmd.add_argument("--socket", default=None, help="the tree's control socket")
@@ -107,18 +127,44 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import load
+    from .config import load_service
+    from .observe.options import MetricsOptions
     from .service.root import run_tree
 
-    spec = load(args.tree)
+    spec, metrics = load_service(args.tree)
+    if args.metrics is not None:  # the command line wins over the file's [metrics]
+        token_file = args.metrics_token_file or (metrics.token_file if metrics else None)
+        metrics = MetricsOptions(address=args.metrics, token_file=token_file)
+    elif args.metrics_token_file is not None:
+        if metrics is None:
+            raise ConfigError("--metrics-token-file needs --metrics ADDR or a [metrics] "
+                              "table", field="metrics")
+        metrics = MetricsOptions(address=metrics.address, token_file=args.metrics_token_file)
     _configure_logging(args.log_json)
-    return run_tree(spec, args.socket)
+    return run_tree(spec, args.socket, metrics)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .config import format_tree, load
+    from .config import format_tree, load_service
 
-    print(format_tree(load(args.tree)))
+    spec, _ = load_service(args.tree)
+    if not args.graph and args.svg is None:  # --svg FILE implies --graph
+        print(format_tree(spec))
+        return EXIT_OK
+    from .observe.graph import to_dot, to_svg
+
+    dot = to_dot(spec)
+    if args.svg is None:
+        sys.stdout.write(dot)
+        return EXIT_OK
+    svg = to_svg(dot)
+    if svg is None:
+        print("error: --svg needs Graphviz's dot program (e.g. apt-get install graphviz)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    with open(args.svg, "wb") as out:
+        out.write(svg)
+    print(f"wrote {args.svg}")
     return EXIT_OK
 
 
@@ -188,47 +234,46 @@ def _status(args: argparse.Namespace) -> int:
 
 def format_status(tree: dict[str, Any]) -> str:
     """The status tree as a table: one row per node."""
+    from .observe.status import circuit_text, duration, walk
+
     header = ("PATH", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "CIRCUIT")
     rows = [header]
-    for node, depth in _walk(tree, 0):
+    for node, depth in walk(tree, 0):
+        memory = node.get("memory_mb")
         rows.append((
             ("  " * depth) + (node["path"] or "/"), node["kind"], node["state"],
-            str(node["pid"] or "-"), _duration(node.get("uptime")),
-            str(node.get("restarts", 0)), _mib(node.get("memory_mb")),
-            _circuit(node),
+            str(node["pid"] or "-"), duration(node.get("uptime")),
+            str(node.get("restarts", 0)), "-" if memory is None else f"{memory:.1f}M",
+            circuit_text(node),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                      .rstrip() for row in rows)
 
 
-def _walk(node: dict[str, Any], depth: int):
-    yield node, depth
-    for child_node in node.get("children", ()):
-        yield from _walk(child_node, depth + 1)
+# ---------------------------------------------------------------------- observing
+def _top(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("textual") is None:
+        print("error: top needs the ui extra: pip install 'otp-supervisor[ui]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from .observe.top import Top
+
+    with _connect(args) as app:
+        Top(app, interval=args.interval).run()
+    return EXIT_OK
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+def _events(args: argparse.Namespace) -> int:
+    from .observe.events import stream
 
-
-def _mib(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}M"
-
-
-def _circuit(node: dict[str, Any]) -> str:
-    circuit = node.get("circuit")
-    if circuit in (None, "closed"):
-        return "-" if node["kind"] == "supervisor" else "closed"
-    retry_at = node.get("retry_at")
-    if circuit == "open" and retry_at:
-        return f"open (trial in {max(0.0, retry_at - time.time()):.0f}s)"
-    return circuit
+    with _connect(args) as app:
+        try:
+            return stream(app, follow=args.follow, as_json=args.json)
+        except KeyboardInterrupt:
+            return EXIT_OK
 
 
 _COMMANDS = {
@@ -240,4 +285,6 @@ _COMMANDS = {
     "restart": _child_command,
     "call": _call,
     "shutdown": _shutdown,
+    "top": _top,
+    "events": _events,
 }

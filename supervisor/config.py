@@ -27,6 +27,7 @@ from strategies.matrix import DEFAULT_MATRIX, MatrixError, override_matrix
 
 from ._config_schema import (
     CHILD_TYPES,
+    METRICS,
     POOL,
     PROGRAM,
     ROOT,
@@ -39,6 +40,7 @@ from ._config_schema import (
     describe,
 )
 from .errors import ConfigError
+from .observe.options import MetricsOptions
 from .specs import (
     ChildSpec,
     Pool,
@@ -51,7 +53,7 @@ from .specs import (
     resolve_worker,
 )
 
-__all__ = ["load", "loads", "format_tree"]
+__all__ = ["load", "load_service", "loads", "format_tree"]
 
 # tomllib ends its messages with the position: " (at line 3, column 12)" or, when the
 # parser ran off the end, " (at end of document)".
@@ -68,6 +70,31 @@ def load(path: str | os.PathLike) -> SupervisorSpec:
     everything `loads` raises.
     """
     file = os.fsdecode(path)
+    return loads(_read(file), file=file)
+
+
+def load_service(path: str | os.PathLike) -> tuple[SupervisorSpec, MetricsOptions | None]:
+    """`load`, plus the file's ``[metrics]`` table (None when it has none).
+
+    Raises what `load` raises, and ConfigError for a bad ``[metrics]`` table (an unknown
+    key, a malformed address, a non-loopback address without ``token_file``).
+    """
+    file = os.fsdecode(path)
+    text = _read(file)
+    spec = loads(text, file=file)
+    table = _parse(text, file).get("metrics")
+    if table is None:
+        return spec, None
+    try:
+        if not isinstance(table, dict):
+            raise ConfigError(f"expected a table, got {describe(table)}", field="metrics")
+        check_table(table, METRICS, "metrics")
+        return spec, MetricsOptions(**table)
+    except ConfigError as exc:
+        raise ConfigError(_message(exc), field=exc.field, value=exc.value, file=file) from exc
+
+
+def _read(file: str) -> str:
     try:
         with open(file, "rb") as stream:
             data = stream.read()
@@ -77,7 +104,7 @@ def load(path: str | os.PathLike) -> SupervisorSpec:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text (byte {exc.start}): {exc.reason}", file=file) from exc
-    return loads(text, file=file)
+    return text
 
 
 def loads(text: str, *, file: str = "<string>") -> SupervisorSpec:

@@ -23,12 +23,14 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from itertools import starmap
+from time import perf_counter
 from typing import Any
 
 from ..errors import EncodeError, ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader
 from ..wire.wakeup import Wakeup
+from .meter import CallMeter
 from .poller import READ, WRITE, Poller
 
 __all__ = ["Callers", "describe"]
@@ -74,8 +76,9 @@ class Callers:
     """
 
     def __init__(self, worker: Any, commands: Mapping[str, Any], pickled: bool,
-                 leaving: Callable[[], str | None]) -> None:
+                 leaving: Callable[[], str | None], meter: CallMeter) -> None:
         self.worker = worker
+        self.meter = meter  # call counts and latencies, read by the control thread
         self.commands = commands
         self.pickled = pickled
         self.leaving = leaving
@@ -216,16 +219,24 @@ class Callers:
             if msg.method == END_SESSION:
                 existed = self.sessions.pop(msg.session, None) is not None
                 return P.CALL_CODEC.encode(P.Reply(id=msg.id, value=existed))
+            started = perf_counter()
             if msg.method == BATCH:
-                return self._run_batch(msg.id, msg.args)
+                calls_before = self.calls
+                frame = self._run_batch(msg.id, msg.args)
+                self.meter.observe(perf_counter() - started, self.calls - calls_before)
+                return frame
             self.calls += 1
             if msg.session is not None or self.worker.session is not self.no_session:
                 self._enter_session(msg.session)
-            return self._run_command(msg.id, msg.method, msg.args, msg.kwargs, msg.pickled)
+            frame = self._run_command(msg.id, msg.method, msg.args, msg.kwargs, msg.pickled)
+            self.meter.observe(perf_counter() - started)  # the command and its reply's encoding
+            return frame
         if kind is P.Cast:
+            started = perf_counter()
             self.calls += 1
             self._enter_session(msg.session)
             self._run_command(None, msg.method, msg.args, msg.kwargs, msg.pickled)
+            self.meter.observe(perf_counter() - started)
         return None  # replies and other kinds have no business on a worker's channel
 
     def _enter_session(self, session: str | None) -> None:
@@ -312,6 +323,7 @@ class Callers:
 
     def _fail(self, cid: int | None, category: str, kind: str, message: str,
               tb: str) -> bytes | None:
+        self.meter.error(category)
         if cid is None:
             self.worker.log.warning("cast failed: {}: {}", kind, message)
             return None

@@ -1,6 +1,6 @@
 """The child side of a worker: init, then serve commands until stopped.
 
-    supervisor ──control──▶ worker        Stop, OpenChannel(+fd), Ping
+    supervisor ──control──▶ worker        Stop, OpenChannel(+fd), Ping, GetMetrics
     supervisor ◀──control── worker        Ready | StartFailed, Response, Pong, Exit
     caller     ──call────▶ worker         Call, Cast      (one socketpair per caller)
     caller     ◀──call──── worker         Reply, Fail
@@ -32,6 +32,7 @@ from ..wire.framing import FrameReader, recv_some, send_frame
 from ..wire.policy import call_policy
 from ..worker import command_table
 from .callers import Callers, describe
+from .meter import CallMeter
 
 __all__ = ["serve"]
 
@@ -77,12 +78,13 @@ class WorkerRuntime:
         self.policy = call_policy(spec, self.commands, matrix, os.getpid())
         self.health = getattr(worker, "health", None)
         self.stopping = worker.stopping
+        self.meter = CallMeter()  # written by the serving loop, read by the control thread
         self.exit_reason: str | None = None
         self.exit_message: str | None = None
         self.exit_error: tuple[str, str, str] | None = None
         self.stop_requested: str | None = None
         self.callers = Callers(worker, self.commands, spec.serializer == "pickle",
-                               self._leaving)
+                               self._leaving, self.meter)
 
     # control channel (its own thread) --------------------------------------------------
     def send_control(self, msg: Any) -> None:
@@ -131,6 +133,8 @@ class WorkerRuntime:
                 self.callers.wake.set()
             case P.Ping(seq=seq):
                 self.send_control(P.Pong(seq=seq, healthy=self._healthy()))
+            case P.GetMetrics(id=rid):
+                self.send_control(P.Response(id=rid, value=self.meter.snapshot()))
             case _:
                 pass
 

@@ -170,6 +170,7 @@ class ControlServer:
         self._pauses = 0  # accept() pauses in the current shortage (0: none)
         self._paused_since = 0.0
         self._resume: Timer | None = None
+        self.hub: Any = None  # the root's observe.hub.Hub: answers RecentEvents
         directory = path.parent
         if explicit and os.path.lexists(directory):
             check_place(directory, Trust.of())  # shared or not, its mode stays as it is
@@ -268,6 +269,10 @@ class ControlServer:
             if conn not in self.clients:  # dropped while answering an earlier request
                 if fd is not None:
                     os.close(fd)
+                continue
+            if isinstance(msg, P.RecentEvents):  # the service root's own record, not a tree's
+                kept = self.hub.since(msg.after) if self.hub is not None else []
+                self.send(conn, P.Response(id=msg.id, value=kept))
                 continue
             self.sup.request(msg, conn, fd)
         for fd in fds:

@@ -14,6 +14,7 @@ from typing import Any
 from loguru import logger
 
 from .. import telemetry
+from ..observe.hub import Hub
 from ..tree.process import SupervisorProcess
 from ..wire import messages as P
 from ..wire.trust import default_socket
@@ -22,22 +23,44 @@ from .control import ControlServer
 __all__ = ["run_tree"]
 
 
-def run_tree(spec: Any, socket_path: str | None = None) -> int:
+def run_tree(spec: Any, socket_path: str | None = None, metrics: Any = None) -> int:
     """Run `spec` until it stops; the exit status (0 clean stop, 1 the root gave up or a
-    child failed to start). Raises ConfigError (TreeRunning) when the socket is live."""
+    child failed to start). `metrics` (an `observe.options.MetricsOptions`) starts the HTTP
+    server (metrics, status, web page) in a thread of this process. Raises ConfigError
+    (TreeRunning) when the socket is live or the token file is refused, OSError when the
+    metrics address cannot be bound."""
     path = Path(socket_path) if socket_path else default_socket(spec.id)
     sup = SupervisorProcess(spec, "", None, root=True)
     sup.uplink.control = control = ControlServer(sup, path, explicit=socket_path is not None)
+    control.hub = hub = Hub()  # fed on this (the loop's) thread, read by the HTTP server's
     telemetry.attach_default_reporter()
+    server = None
+    if metrics is not None:
+        from ..observe.web import ObserveServer
+
+        try:
+            server = ObserveServer(metrics, path, hub)
+        except BaseException:
+            control.close()
+            raise
 
     def deliver(msg: Any) -> None:
         match msg:
             case P.Event(name=name, measurements=measurements, metadata=metadata):
+                hub.publish(name, measurements, metadata)
                 telemetry.execute(name, measurements, metadata)
                 control.broadcast(msg)
             case P.Ready():
                 logger.info("tree {!r} is up: {} children; control socket {}", spec.id,
                             len(sup.children.slots), path)
+                if server is not None:
+                    # Started once the tree is up, from the loop thread: every fork of the
+                    # start happened before this thread existed. Later forks (restarts)
+                    # happen on this thread too; see observe.web on what its threads hold.
+                    server.start()
+                    logger.info("serving {} (metrics at {}metrics; {})", server.url,
+                                server.url, "control with the token in " +
+                                str(metrics.token_file) if server.token else "read-only")
             case P.StartFailed():
                 logger.error("tree {!r} did not start: child {!r} failed ({}): {}: {}",
                              spec.id, msg.path, msg.category, msg.type, msg.message)
@@ -51,4 +74,6 @@ def run_tree(spec: Any, socket_path: str | None = None) -> int:
     try:
         return sup.main()
     finally:
+        if server is not None:
+            server.close()
         control.close()

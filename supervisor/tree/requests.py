@@ -62,7 +62,7 @@ class Requests:
             case P.Shutdown(id=rid):
                 self.uplink.relay(origin, P.Response(id=rid, value=None))
                 self.shutdown("normal")
-            case P.OpenChannel():
+            case P.OpenChannel() | P.GetMetrics():
                 self._route(msg, origin, fd, to_worker=True)
             case P.WhichChildren() | P.CountChildren() | P.GetStatus() | P.StartChild() | \
                     P.TerminateChild() | P.RestartChild() | P.DeleteChild() | P.ReportFailure():

@@ -72,6 +72,8 @@ __all__ = [
     "Ping",
     "Pong",
     "OpenChannel",
+    "GetMetrics",
+    "RecentEvents",
     "WhichChildren",
     "CountChildren",
     "GetStatus",
@@ -239,6 +241,23 @@ class OpenChannel(_Message, tag="o"):
     path: str
 
 
+class GetMetrics(_Message, tag="m"):
+    """The call counters of the WORKER at `path` (routed like `OpenChannel`); answered by
+    the worker's control thread with `supervisor.runtime.meter.CallMeter.snapshot()`."""
+
+    id: int
+    path: str
+
+
+class RecentEvents(_Message, tag="v"):
+    """The telemetry events a service root kept (its last 500), those after sequence number
+    `after`; answered by the service root's control server with a list of records
+    (`seq`, `name`, `time`, `path`, `measurements`, `metadata`)."""
+
+    id: int
+    after: int = 0
+
+
 class WhichChildren(_Message, tag="w"):
     """List the children of supervisor `path`; answered with a list of `ChildInfo` maps."""
 
@@ -345,6 +364,8 @@ ControlMessage = (
     | Ping
     | Pong
     | OpenChannel
+    | GetMetrics
+    | RecentEvents
     | WhichChildren
     | CountChildren
     | GetStatus

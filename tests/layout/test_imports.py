@@ -8,6 +8,7 @@ Rooms and who may enter them:
     tree/      supervisor processes (they fork workers, so they may import runtime/)
     runtime/   worker processes
     client/, pool/, app   the caller's process: never tree/, runtime/ or service/
+    observe/   top, events, the HTTP server: talks to a tree as a client does (same rule)
     service/   the control socket and the service root (a supervisor process)
     strategies/  pure policy: imports nothing of supervisor/
 """
@@ -118,7 +119,8 @@ def test_no_import_circle() -> None:
 
 
 CALLER_SIDE = [name for name in MODULES
-               if _in(name, "supervisor.app", "supervisor.client", "supervisor.pool")]
+               if _in(name, "supervisor.app", "supervisor.client", "supervisor.pool",
+                      "supervisor.observe")]
 OTHER_PROCESSES = ("supervisor.tree", "supervisor.runtime", "supervisor.service")
 
 

@@ -58,6 +58,8 @@ CONTROL_SAMPLES = [
     p.Ping(_int()),
     p.Pong(_int()),
     p.OpenChannel(_int(), _path()),
+    p.GetMetrics(_int(), _path()),
+    p.RecentEvents(_int(), _int()),
     p.WhichChildren(_int(), ""),
     p.CountChildren(_int(), _path()),
     p.GetStatus(_int(), _path()),
