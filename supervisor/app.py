@@ -110,6 +110,12 @@ class App:
         link.on_gone(lambda: live_apps.discard(self))
 
     @property
+    def link(self) -> RootLink:
+        """The control channel to the root (`client.link.RootLink`), for the package's own
+        tools (`top`, `events`); not part of the public API."""
+        return self._link
+
+    @property
     def pid(self) -> int | None:
         """The root supervisor's pid (None before it started)."""
         return self._link.pid

@@ -56,7 +56,7 @@ def stream(app: Any, *, follow: bool, as_json: bool, out: TextIO = sys.stdout) -
     if follow:  # before asking: no event falls between the kept ones and the live ones
         telemetry.attach(_HANDLER, [("supervisor",)], on_event)
     try:
-        kept = app._request(P.RecentEvents(id=0))
+        kept = app.link.request(P.RecentEvents(id=0))
         seen = {event_key(record) for record in kept}
         for record in kept:
             print(format_event(record, as_json), file=out, flush=True)

@@ -102,13 +102,13 @@ class Top(TextualApp):
 
     def _read_tree(self) -> None:
         try:
-            self.history = self.supervised._request(P.RecentEvents(id=0), timeout=10.0)
+            self.history = self.supervised.link.request(P.RecentEvents(id=0), timeout=10.0)
         except (SupervisorError, OSError) as exc:
             self.history = []
             self.notice = f"no event history: {exc}"
         while not self.done.is_set():
             try:
-                doc, raws = collect(self.supervised._request)
+                doc, raws = collect(self.supervised.link.request)
             except (SupervisorError, OSError) as exc:
                 self.notice = f"cannot read the tree: {exc}"
             else:
