@@ -1,11 +1,12 @@
-"""The command line: ``python -m supervisor COMMAND``.
+"""The command line: ``python -m supervisor COMMAND`` (or ``otp-supervisor COMMAND``).
 
     run TREE.toml        the tree in the foreground (SIGTERM / Ctrl-C / SIGHUP stop it
                          gracefully; SIGHUP until configuration reload exists)
     check TREE.toml      validate the file and print the tree, starting nothing
-    status               the running tree: path, kind, state, pid, uptime, restarts, RSS, circuit
+    status [PATH]        the running tree (or one subtree): path, kind, state, pid, uptime,
+                         restarts, RSS, circuit
     start|stop|restart PATH
-    call PATH METHOD [JSON-ARGS]
+    call PATH METHOD [JSON-ARGS]   (an array of arguments, or an object of keyword ones)
     shutdown
     top                  a live view of the running tree (needs the ui extra)
     events [-f] [--json] the tree's telemetry events (-f: keep following)
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, SupervisorError
@@ -37,12 +39,44 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _parser() -> argparse.ArgumentParser:
+# Each command: its one-line help, and an example for its --help.
+_HELP = {
+    "run": ("run a tree in the foreground",
+            "python -m supervisor run examples/demo.toml --metrics 9464"),
+    "check": ("validate a tree file and print the tree, starting nothing",
+              "python -m supervisor check examples/demo.toml --graph | dot -Tsvg > tree.svg"),
+    "status": ("show the running tree, or one subtree",
+               "python -m supervisor status jobs --json"),
+    "start": ("start a stopped child (OTP's restart_child)",
+              "python -m supervisor start jobs/ticker"),
+    "stop": ("stop a child; it stays listed, stopped (OTP's terminate_child)",
+             "python -m supervisor stop jobs/ticker"),
+    "restart": ("stop a child, then start it again", "python -m supervisor restart echo"),
+    "call": ("call a worker's command; prints the result as JSON",
+             "python -m supervisor call counter incr '[5]'\n"
+             "  python -m supervisor call echo echo '{\"value\": \"hi\"}' --timeout 2"),
+    "shutdown": ("stop the running tree (children in reverse order)",
+                 "python -m supervisor shutdown"),
+    "top": ("a live view of the running tree (needs the ui extra)", "python -m supervisor top"),
+    "events": ("print the tree's telemetry events", "python -m supervisor events -f --json"),
+}
+
+
+def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m supervisor",
+        prog=prog,
         description="Erlang/OTP-style supervision trees for Python workers and programs.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s (otp-supervisor {_version()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run a tree in the foreground")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        text, example = _HELP[name]
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                              epilog=f"example:\n  {example.replace('python -m supervisor', prog)}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    run = command("run")
     run.add_argument("tree", help="the tree's TOML file")
     run.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     run.add_argument("--metrics", default=None, metavar="HOST:PORT",
@@ -50,27 +84,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-token-file", default=None, metavar="PATH",
                      help="enable the web page's start/stop/restart buttons with the token "
                           "in PATH (made, random and 0600, when missing)")
-    check = sub.add_parser("check", help="validate a tree file and print the tree")
-    check.add_argument("tree")
+    check = command("check")
+    check.add_argument("tree", help="the tree's TOML file")
     check.add_argument("--graph", action="store_true",
                        help="print the tree as Graphviz DOT text instead")
     check.add_argument("--svg", default=None, metavar="FILE",
                        help="write the graph as SVG to FILE (needs Graphviz's dot)")
-    status = sub.add_parser("status", help="show the running tree")
+    status = command("status")
+    status.add_argument("path", nargs="?", default="",
+                        help="a supervisor's path, e.g. jobs (default: the whole tree)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    for name, text in (("start", "start a stopped child"), ("stop", "stop a child"),
-                       ("restart", "stop and start a child")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("path", help="the child's path, e.g. jobs/sleeper")
-    call = sub.add_parser("call", help="call a worker; prints the result as JSON")
-    call.add_argument("path")
-    call.add_argument("method")
-    call.add_argument("args", nargs="?", default="[]", help="a JSON array of arguments")
-    call.add_argument("--timeout", type=float, default=None)
-    sub.add_parser("shutdown", help="stop the running tree")
-    top = sub.add_parser("top", help="a live view of the running tree (the ui extra)")
+    for name in ("start", "stop", "restart"):
+        command(name).add_argument("path", help="the child's path, e.g. jobs/sleeper")
+    call = command("call")
+    call.add_argument("path", help="the worker's path, e.g. jobs/job-1")
+    call.add_argument("method", help="the command to run")
+    call.add_argument("args", nargs="?", default="[]", metavar="JSON-ARGS",
+                      help="a JSON array of arguments, or a JSON object of keyword arguments "
+                           "(default: [])")
+    call.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                      help="give up after SECONDS (default: the worker's call_timeout). A "
+                           "call that times out is CallTimeout, and with the default "
+                           "on_timeout='restart' its worker is replaced: its state is "
+                           "unknown after a call it did not finish")
+    command("shutdown")
+    top = command("top")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    events = sub.add_parser("events", help="print the tree's telemetry events")
+    events = command("events")
     events.add_argument("-f", "--follow", action="store_true",
                         help="keep printing new events until the tree stops")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -81,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--server-uid", type=_uid, default=None, metavar="UID|USER",
                              help="trust a tree run by this user (default: only your own)")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otp-supervisor")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "not installed"
 
 
 def _uid(text: str) -> int:
@@ -112,7 +161,10 @@ def _configure_logging(json_lines: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (see the module docstring)."""
-    args = _parser().parse_args(argv)
+    # `otp-supervisor ...` (the console script) and `python -m supervisor ...` are the same.
+    prog = "otp-supervisor" if Path(sys.argv[0]).name == "otp-supervisor" else \
+        "python -m supervisor"
+    args = _parser(prog).parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
@@ -198,16 +250,26 @@ def _child_command(args: argparse.Namespace) -> int:
 
 
 def _call(args: argparse.Namespace) -> int:
+    expected = "a JSON array of arguments or a JSON object of keyword arguments"
     try:
         call_args = json.loads(args.args)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"expected a JSON array, got {args.args!r}: {exc}",
+        raise ConfigError(f"expected {expected}, got {args.args!r}: {exc}",
                           field="JSON-ARGS") from None
-    if not isinstance(call_args, list):
-        raise ConfigError(f"expected a JSON array, got {args.args!r}", field="JSON-ARGS")
+    if isinstance(call_args, list):
+        positional, keywords = call_args, {}
+    elif isinstance(call_args, dict):
+        positional, keywords = [], call_args
+    else:
+        raise ConfigError(f"expected {expected}, got {args.args!r}", field="JSON-ARGS")
+    reserved = sorted(set(keywords) & {"timeout", "retry", "idempotent", "session"})
+    if reserved:
+        raise ConfigError(f"{', '.join(reserved)}: reserved by the call itself (use "
+                          "--timeout); pass such an argument by position", field="JSON-ARGS")
     app = _connect(args)
     with app:
-        result = app.call(args.path, args.method, *call_args, timeout=args.timeout)
+        result = app.call(args.path, args.method, *positional, timeout=args.timeout,
+                          **keywords)
     print(json.dumps(result, default=repr))
     return EXIT_OK
 
@@ -222,9 +284,11 @@ def _shutdown(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from .observe.status import collect
+
     app = _connect(args)
     with app:
-        tree = app.status()
+        tree = collect(app.link.request, args.path.strip("/"))[0]
     if args.json:
         print(json.dumps(tree, indent=2))
         return EXIT_OK

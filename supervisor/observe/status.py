@@ -22,11 +22,12 @@ __all__ = ["collect", "intensity", "walk", "duration", "circuit_text", "rss_mb"]
 Request = Callable[[Any], Any]
 
 
-def collect(request: Request) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(the status document, the raw `GetStatus` answer of every running supervisor by
-    path). Raises what `request` raises (NoSuchChild when a supervisor left meanwhile...)."""
+def collect(request: Request, path: str = "") -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the status document of the supervisor at `path`, "" for the whole tree; the raw
+    `GetStatus` answer of every running supervisor below by path). Raises what `request`
+    raises (NoSuchChild for a path that is not a supervisor, or one that left meanwhile)."""
     raws: dict[str, dict[str, Any]] = {}
-    return _node(request, "", raws), raws
+    return _node(request, path, raws), raws
 
 
 def _node(request: Request, path: str, raws: dict[str, dict[str, Any]]) -> dict[str, Any]:

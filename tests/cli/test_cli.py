@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -104,10 +105,53 @@ def test_call_start_stop_restart(service):
     assert restart.returncode == 0 and restart.stdout.startswith("talker: restarted (pid ")
 
 
+def test_call_takes_keyword_arguments_and_status_one_subtree(service):
+    svc = service()
+    svc.wait_line("is up")
+    call = svc.cmd("call", "jobs/calc", "add", '{"a": 1, "b": 2}')
+    assert (call.returncode, call.stdout) == (0, "43\n")
+    status = svc.cmd("status", "jobs")
+    assert status.returncode == 0, status.stderr
+    assert [row.split()[0] for row in status.stdout.splitlines()[1:]] == [
+        "jobs", "jobs/sleeper", "jobs/calc"]
+    sub = json.loads(svc.cmd("status", "jobs", "--json").stdout)
+    assert (sub["path"], [c["id"] for c in sub["children"]]) == ("jobs", ["sleeper", "calc"])
+    worker = svc.cmd("status", "talker")
+    assert worker.returncode == 1
+    assert worker.stderr.startswith("error: NoSuchChild: 'talker' is a worker, not a supervisor")
+
+
+def test_version_and_every_command_has_a_help_with_an_example():
+    version = subprocess.run([sys.executable, "-m", "supervisor", "--version"],
+                             capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0
+    assert re.fullmatch(r"python -m supervisor \(otp-supervisor \S+\)\n", version.stdout)
+    for command in cli._HELP:
+        page = subprocess.run([sys.executable, "-m", "supervisor", command, "--help"],
+                              capture_output=True, text=True, timeout=30)
+        assert page.returncode == 0, page.stderr
+        assert "\nexample:\n  python -m supervisor " + command in page.stdout, command
+
+
+def test_the_console_script_is_the_same_command():
+    script = Path(sys.executable).with_name("otp-supervisor")
+    if not script.exists():
+        pytest.skip(f"{script} is not installed (an editable install made before the "
+                    "script existed); `pip install .` installs it")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.startswith("otp-supervisor (otp-supervisor ")
+
+
 @pytest.mark.parametrize("args, code, message", [
     (("call", "nope", "x"), 1, "error: NoSuchChild: no child 'nope'\n"),
-    (("call", "jobs/calc", "add", "{}"), 2,
-     "error: JSON-ARGS: expected a JSON array, got '{}'\n"),
+    (("call", "jobs/calc", "add", '"x"'), 2,
+     "error: JSON-ARGS: expected a JSON array of arguments or a JSON object of keyword "
+     "arguments, got '\"x\"'\n"),
+    (("call", "jobs/calc", "add", '{"a": 1, "timeout": 3}'), 2,
+     "error: JSON-ARGS: timeout: reserved by the call itself (use --timeout); pass such an "
+     "argument by position\n"),
     (("call", "jobs/calc", "add", "[1"), 2, None),
     (("call", "jobs/calc", "missing"), 1,
      "error: CommandError: UnknownCommand: Calc has no command 'missing' (commands: add, "
