@@ -29,7 +29,7 @@ from ..wire import messages as P
 from ..wire.framing import recv_some, send_frame
 from . import program
 from .output import Capture
-from .proc import describe_status, fork_child, kill_quietly
+from .proc import describe_status, fork_child, kill_quietly, set_title
 from .slot import ChildSlot, StartFailure
 
 __all__ = ["ProcessLauncher", "ProgramLauncher", "launcher_for", "drain"]
@@ -55,6 +55,7 @@ class ProcessLauncher:
                 return self.run_supervisor(spec, path, theirs, matrix)
         else:
             def run() -> int:
+                set_title(f"worker: {path}")
                 capture.in_child()
                 sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
                 return serve(spec, path, restarts, theirs, matrix)

@@ -68,6 +68,13 @@ def pidfd_open(pid: int) -> int | None:
         return None
 
 
+def set_title(title: str) -> None:
+    """Show `title` for this process in `ps` and `top` (e.g. ``worker: jobs/job-1``)."""
+    from setproctitle import setproctitle  # here: only processes of the tree need it
+
+    setproctitle(title)
+
+
 def fork_child(run: Callable[[], int], keep: Iterable[int] = ()) -> int:
     """Fork; in the child set the death signal, close every inherited fd but 0-2 and
     `keep`, call `run`, exit with the code it returns.

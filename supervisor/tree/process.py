@@ -55,7 +55,7 @@ from .health import Monitors
 from .launch import ProcessLauncher
 from .logsink import stderr_sink
 from .loop import Loop
-from .proc import raise_fd_limit, set_subreaper
+from .proc import raise_fd_limit, set_subreaper, set_title
 from .recovery import Recovery
 from .requests import Requests
 from .slot import ChildSlot, StartFailure
@@ -103,6 +103,7 @@ class SupervisorProcess:
     # ----------------------------------------------------------------------- lifecycle
     def main(self) -> int:
         """Start the children, serve until told to stop or giving up; the exit code."""
+        set_title(f"supervisor: {self.path or self.spec.id}")
         # Our log never waits for whoever reads stderr: a stuck reader would stop the
         # loop (no reaping, no restarts, no answers). The loop writes what fd 2 did not take.
         sink = stderr_sink()
