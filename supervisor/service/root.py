@@ -19,6 +19,7 @@ from ..tree.process import SupervisorProcess
 from ..wire import messages as P
 from ..wire.trust import default_socket
 from .control import ControlServer
+from .notify import Notifier
 
 __all__ = ["run_tree"]
 
@@ -34,6 +35,7 @@ def run_tree(spec: Any, socket_path: str | None = None, metrics: Any = None) -> 
     sup.uplink.control = control = ControlServer(sup, path, explicit=socket_path is not None)
     control.hub = hub = Hub()  # fed on this (the loop's) thread, read by the HTTP server's
     telemetry.attach_default_reporter()
+    notifier = Notifier()  # systemd's Type=notify, when NOTIFY_SOCKET is set
     server = None
     if metrics is not None:
         from ..observe.web import ObserveServer
@@ -53,6 +55,10 @@ def run_tree(spec: Any, socket_path: str | None = None, metrics: Any = None) -> 
             case P.Ready():
                 logger.info("tree {!r} is up: {} children; control socket {}", spec.id,
                             len(sup.children.slots), path)
+                notifier.send(READY=1, STATUS=f"tree {spec.id!r} is up: "
+                                                f"{len(sup.children.slots)} children")
+                if notifier.watchdog is not None:
+                    watchdog()
                 if server is not None:
                     # Started once the tree is up, from the loop thread: every fork of the
                     # start happened before this thread existed. Later forks (restarts)
@@ -62,6 +68,7 @@ def run_tree(spec: Any, socket_path: str | None = None, metrics: Any = None) -> 
                                 server.url, "control with the token in " +
                                 str(metrics.token_file) if server.token else "read-only")
             case P.StartFailed():
+                notifier.send(STATUS=f"child {msg.path!r} failed to start ({msg.category})")
                 logger.error("tree {!r} did not start: child {!r} failed ({}): {}: {}",
                              spec.id, msg.path, msg.category, msg.type, msg.message)
                 if msg.traceback:
@@ -70,10 +77,17 @@ def run_tree(spec: Any, socket_path: str | None = None, metrics: Any = None) -> 
                 control.broadcast(msg)
                 logger.info("tree {!r} stopped: {}", spec.id, detail)
 
+    def watchdog() -> None:  # from the loop: a stalled loop stops the pings
+        notifier.send(WATCHDOG=1)
+        sup.loop.call_later(notifier.watchdog, watchdog)
+
     sup.uplink.deliver = deliver
+    sup.on_stopping.append(lambda detail: notifier.send(STOPPING=1,
+                                                        STATUS=f"stopping ({detail})"))
     try:
         return sup.main()
     finally:
         if server is not None:
             server.close()
         control.close()
+        notifier.close()

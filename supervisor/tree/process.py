@@ -41,6 +41,7 @@ import gc
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -86,6 +87,9 @@ class SupervisorProcess:
         self.parent_reader = FrameReader(P.CONTROL_CODEC)
         self.root = root
         self.exit_detail: str | None = None
+        # Called with the exit detail when the supervisor starts stopping (the service
+        # root tells systemd); before any child is stopped.
+        self.on_stopping: list[Callable[[str], None]] = []
         self.loop = Loop(on_error=self._handler_failed)
         self.uplink = Uplink(path, parent)
         self.monitors = Monitors(self.loop, self.uplink)
@@ -164,6 +168,8 @@ class SupervisorProcess:
         if self.exit_detail is not None:
             return
         self.exit_detail = detail
+        for hook in self.on_stopping:
+            hook(detail)
         self.children.stop_all()
         self.loop.stop()
 
