@@ -36,6 +36,9 @@ Handler = Callable[[tuple[str, ...], Mapping[str, Any], Mapping[str, Any]], Any]
 
 _lock = threading.Lock()
 _handlers: dict[str, tuple[tuple[tuple[str, ...], ...], Handler]] = {}
+# Set once the default reporter is detached: `start()` and the command line then leave it
+# off (a user who silenced it before starting a tree keeps it silent).
+_default_silenced = False
 
 
 def attach(handler_id: str, prefixes: Iterable[Iterable[str]], fn: Handler) -> None:
@@ -46,15 +49,22 @@ def attach(handler_id: str, prefixes: Iterable[Iterable[str]], fn: Handler) -> N
     normalized = tuple(tuple(p) for p in prefixes)
     if not normalized or any(not p for p in normalized):
         raise ValueError(f"expected non-empty event prefixes, got {normalized!r}")
+    global _default_silenced
     with _lock:
         if handler_id in _handlers:
             raise ValueError(f"telemetry handler {handler_id!r} is already attached")
         _handlers[handler_id] = (normalized, fn)
+        if handler_id == DEFAULT_REPORTER:
+            _default_silenced = False
 
 
 def detach(handler_id: str) -> bool:
-    """Remove a handler; returns False when it was not attached."""
+    """Remove a handler; returns False when it was not attached. Detaching
+    `DEFAULT_REPORTER` sticks: starting a tree later does not attach it again."""
+    global _default_silenced
     with _lock:
+        if handler_id == DEFAULT_REPORTER:
+            _default_silenced = True
         return _handlers.pop(handler_id, None) is not None
 
 
@@ -170,18 +180,20 @@ _report_thread = _ReportThread()
 atexit.register(_report_thread.flush, _ReportThread.EXIT_WAIT)
 
 
-def attach_default_reporter(*, thread: bool = False) -> None:
+def attach_default_reporter(*, thread: bool = False, force: bool = False) -> None:
     """Log every event with loguru, one structured line each (idempotent).
 
-    Attached by `supervisor.start()` and the command line; `detach(DEFAULT_REPORTER)`
-    silences it. `thread=True` (what `start()` uses in the App's process) logs from a
+    Attached by `supervisor.start()` and the command line unless `detach(DEFAULT_REPORTER)`
+    silenced it first (that sticks; `attach_default_reporter(force=True)` undoes it). `thread=True` (what `start()` uses in the App's process) logs from a
     thread of its own, so that a log that blocks never holds up the delivery of replies
     and events (nor, through it, the tree); at most 10,000 events wait, further ones are
     left out of the log and counted in a warning.
     """
+    global _default_silenced
     with _lock:
-        if DEFAULT_REPORTER in _handlers:
+        if DEFAULT_REPORTER in _handlers or (_default_silenced and not force):
             return
+        _default_silenced = False
         _handlers[DEFAULT_REPORTER] = ((("supervisor",),), _report_thread if thread else _report)
 
 

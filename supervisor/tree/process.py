@@ -130,6 +130,8 @@ class SupervisorProcess:
         gc.freeze()  # forked children share our heap without copy-on-write faults at GC
         failure = self._start_all()
         if failure is not None:
+            # The last lines the failed child wrote are what its user needs most.
+            self.children.close_captures()
             self.uplink.send(P.StartFailed(path=failure.path, category=failure.category,
                                            type=failure.type, message=failure.message,
                                            traceback=failure.traceback))

@@ -25,3 +25,12 @@ class Talker(Worker):
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class Doomed(Worker):
+    """Says why on stdout and stderr, then fails its init."""
+
+    def init(self) -> None:
+        print("loading the model")
+        print("model file is corrupt", file=sys.stderr)
+        raise RuntimeError("cannot load the model")

@@ -212,6 +212,21 @@ def test_a_child_failing_to_start_exits_1_with_its_traceback(service):
     svc.wait_line("remote traceback:")
 
 
+def test_the_output_of_a_child_that_failed_to_start_is_logged(service):
+    # The last lines before an init failure are what a user needs most.
+    svc = service("""
+        [tree]
+        id = "broken"
+
+        [[tree.children]]
+        id = "w"
+        worker = "tests.cli._workers:Doomed"
+    """)
+    assert svc.finish() == 1
+    svc.wait_line("[w] loading the model")
+    svc.wait_line("[w] model file is corrupt")
+
+
 def test_worker_output_and_the_last_lines_of_a_crash_are_logged(service):
     svc = service()
     svc.wait_line("[talker] talker talker up")
