@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProtocolError
+from ..runtime.log import to_supervisor as log_to_supervisor
 from ..runtime.process import serve  # imported here, before forking: children share it
 from ..wire import messages as P
 from ..wire.framing import recv_some, send_frame
@@ -57,6 +58,7 @@ class ProcessLauncher:
             def run() -> int:
                 set_title(f"worker: {path}")
                 capture.in_child()
+                log_to_supervisor()  # self.log records go up whole: one stamp, one level
                 sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
                 return serve(spec, path, restarts, theirs, matrix)
         try:

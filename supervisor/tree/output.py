@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from ..runtime.log import parse
+
 if TYPE_CHECKING:
     from .loop import Loop
 
 __all__ = ["Capture", "MAX_LINE"]
 
 MAX_LINE = 64 * 1024
+_LEVELS = {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}
 
 
 class Capture:
@@ -101,7 +104,19 @@ class Capture:
 
     def _log(self, fd: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
-        logger.bind(child=self.path, stream=self.streams[fd]).info("[{}] {}", self.path, text)
+        stream = self.streams[fd]
+        record = parse(text) if stream == "stderr" else None
+        if record is None:  # plain output: logged as it is, at INFO
+            logger.bind(child=self.path, stream=stream).info("[{}] {}", self.path, text)
+            return
+        # A record of the worker's own logger (`runtime.log`): its level and fields.
+        message = record["message"]
+        if record.get("exception"):
+            message = f"{message}\n{record['exception'].rstrip()}"
+        extra = record.get("extra") if isinstance(record.get("extra"), dict) else {}
+        level = record.get("level") if record.get("level") in _LEVELS else "INFO"
+        logger.bind(**{**extra, "child": self.path, "stream": "log"}).log(
+            level, "[{}] {}", self.path, message)
 
     def close(self) -> None:
         """The supervisor is leaving: log what can be read now, then drop both pipes."""

@@ -26,6 +26,9 @@ class Talker(Worker):
     def pid(self) -> int:
         return os.getpid()
 
+    def warn(self, percent: int) -> None:
+        self.log.bind(disk="sda").warning("disk {} full", percent)
+
 
 class Doomed(Worker):
     """Says why on stdout and stderr, then fails its init."""

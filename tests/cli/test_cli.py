@@ -237,6 +237,33 @@ def test_worker_output_and_the_last_lines_of_a_crash_are_logged(service):
     svc.wait_line("[talker] last words")
 
 
+def test_a_workers_log_line_is_stamped_once_with_its_own_level(service):
+    svc = service()
+    svc.wait_line("is up")
+    assert svc.cmd("call", "talker", "warn", "[90]").returncode == 0
+    at = svc.wait_line("[talker] disk 90 full")
+    line = svc.lines[at]
+    # One timestamp and one level (the worker's), then the child's tag and the message.
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \| WARNING \| \[talker\] disk 90 full", line)
+
+
+def test_log_json_carries_a_workers_record_fields_as_fields(service):
+    svc = service(TREE, "--log-json")
+    svc.wait_line("is up")
+    assert svc.cmd("call", "talker", "warn", "[90]").returncode == 0
+    assert svc.cmd("call", "talker", "say", '["plain words"]').returncode == 0
+    svc.wait_line("plain words")
+    assert svc.cmd("shutdown").returncode == 0
+    svc.finish()
+    records = [json.loads(line)["record"] for line in svc.lines if line.startswith("{")]
+    (warned,) = [r for r in records if r["message"] == "[talker] disk 90 full"]
+    assert (warned["level"]["name"], warned["extra"]) == (
+        "WARNING", {"child": "talker", "stream": "log", "disk": "sda"})
+    (said,) = [r for r in records if r["message"] == "[talker] plain words"]
+    assert (said["level"]["name"], said["extra"]) == (
+        "INFO", {"child": "talker", "stream": "stdout"})
+
+
 def test_log_json_prints_one_object_per_line(service):
     svc = service(TREE, "--log-json")
     svc.wait_line("is up")
