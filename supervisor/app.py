@@ -193,14 +193,16 @@ class App:
             self.close()
 
     # ------------------------------------------------------------------ requests
-    def which_children(self, path: str = "") -> list[ChildInfo]:
-        """The children of the supervisor at `path`, in start order."""
-        value = self._link.request(P.WhichChildren(id=0, path=path))
+    def which_children(self, path: str = "", *, timeout: float = 30.0) -> list[ChildInfo]:
+        """The children of the supervisor at `path`, in start order. While that supervisor
+        (or one above it) is restarting, waits for it within `timeout` (CallTimeout)."""
+        value = self._link.request_when_up(P.WhichChildren(id=0, path=path), timeout)
         return msgspec.convert(value, list[ChildInfo])
 
-    def count_children(self, path: str = "") -> dict[str, int]:
-        """``{"specs", "active", "supervisors", "workers"}`` of the supervisor at `path`."""
-        return self._link.request(P.CountChildren(id=0, path=path))
+    def count_children(self, path: str = "", *, timeout: float = 30.0) -> dict[str, int]:
+        """``{"specs", "active", "supervisors", "workers"}`` of the supervisor at `path`;
+        waits for a restarting supervisor within `timeout` as `which_children` does."""
+        return self._link.request_when_up(P.CountChildren(id=0, path=path), timeout)
 
     def start_child(self, path: str, spec: Any = None, *, args: Any = (),
                     kwargs: dict[str, Any] | None = None) -> str:
@@ -243,7 +245,8 @@ class App:
 
     def status(self) -> dict[str, Any]:
         """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB),
-        circuit state and next trial; for supervisors, their recovery metrics
+        circuit state and next trial, `reason` (why an abandoned child was abandoned,
+        else None); for supervisors, their recovery metrics
         (initiated, succeeded, failed) and their children."""
         return self._status_of("")
 
@@ -263,7 +266,7 @@ class App:
                 "id": info.id, "path": info.path, "kind": info.kind, "state": info.state,
                 "pid": info.pid, "restarts": info.restarts, "memory_mb": _rss_mb(info.pid),
                 "uptime": (time.time() - info.started_at) if info.started_at else None,
-                "circuit": info.circuit, "retry_at": info.retry_at,
+                "circuit": info.circuit, "retry_at": info.retry_at, "reason": info.reason,
             })
         return node
 

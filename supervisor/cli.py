@@ -4,6 +4,7 @@
                          gracefully; SIGHUP until configuration reload exists)
     check TREE.toml      validate the file and print the tree, starting nothing
     status               the running tree: path, kind, state, pid, uptime, restarts, RSS, circuit
+                         (and why, for an abandoned child)
     start|stop|restart PATH
     call PATH METHOD [JSON-ARGS]
     shutdown
@@ -187,16 +188,22 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def format_status(tree: dict[str, Any]) -> str:
-    """The status tree as a table: one row per node."""
+    """The status tree as a table: one row per node (and a REASON column, when a child
+    was abandoned, saying why)."""
     header = ("PATH", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "CIRCUIT")
+    nodes = list(_walk(tree, 0))
+    reasons = any(node.get("reason") for node, _ in nodes)
+    if reasons:
+        header += ("REASON",)
     rows = [header]
-    for node, depth in _walk(tree, 0):
-        rows.append((
+    for node, depth in nodes:
+        row = (
             ("  " * depth) + (node["path"] or "/"), node["kind"], node["state"],
             str(node["pid"] or "-"), _duration(node.get("uptime")),
             str(node.get("restarts", 0)), _mib(node.get("memory_mb")),
             _circuit(node),
-        ))
+        )
+        rows.append(row + (node.get("reason") or "-",) if reasons else row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                      .rstrip() for row in rows)

@@ -50,8 +50,9 @@ def child_matrix(base: Any, spec: Any) -> Any:
 
 class Children:
     """The slots of the supervisor at `path`, in start order. `matrix` is the supervisor's
-    own error matrix (its children's base). `on_exit(slot, reason, category, recycled)` is
-    called for each child that exited while the supervisor is not closing."""
+    own error matrix (its children's base). `on_exit(slot, reason, category, recycled,
+    detail)` is called for each child that exited while the supervisor is not closing
+    (`detail` says how, for people: ``killed by SIGKILL``, ``RuntimeError: ...``)."""
 
     def __init__(self, path: str, matrix: Any, loop: Loop, uplink: Uplink,
                  monitors: Monitors, processes: ProcessLauncher) -> None:
@@ -63,7 +64,7 @@ class Children:
         self.processes = processes
         self.programs = ProgramLauncher()
         self.slots: list[ChildSlot] = []
-        self.on_exit: Callable[[ChildSlot, str, str | None, bool], None] = _no_decision
+        self.on_exit: Callable[[ChildSlot, str, str | None, bool, str], None] = _no_decision
         self.closing = False  # set once the supervisor stops: exits are no longer decided
         self.captures: set[Capture] = set()  # children's output pipes, read until EOF
         self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
@@ -144,9 +145,10 @@ class Children:
     def stop(self, slot: ChildSlot, reason: str, scan: bool = True) -> None:
         """Stop a child per its shutdown spec (if it runs); it is never restarted for this."""
         if slot.pid is None:
-            # A child whose circuit is open stays down and keeps its trial timer: a
-            # bystander stop does not touch it. Any other scheduled restart is void now.
-            if slot.state is not ChildState.CIRCUIT_OPEN:
+            # A child whose circuit is open stays down and keeps its trial timer, and an
+            # abandoned one stays abandoned: a bystander stop does not touch them. Any
+            # other scheduled restart is void now.
+            if slot.state not in (ChildState.CIRCUIT_OPEN, ChildState.ABANDONED):
                 if slot.restart_timer is not None:
                     slot.restart_timer.cancel()
                     slot.restart_timer = None
@@ -233,11 +235,11 @@ class Children:
                 exited.append((slot, self._record_exit(slot, status)))
         # Decide only once every exit of this pass is recorded: a failure that took down
         # every child at once must see them all down (it is critical, then).
-        for slot, (reason, category, recycled) in exited:
+        for slot, (reason, category, recycled, detail) in exited:
             if self.closing:
                 slot.become(ChildState.STOPPED)
             elif slot in self.slots and slot.pid is None:
-                self.on_exit(slot, reason, category, recycled)
+                self.on_exit(slot, reason, category, recycled, detail)
         known = set(self.running_pids())
         while True:
             try:
@@ -250,8 +252,9 @@ class Children:
                 return
             os.waitpid(info.si_pid, 0)
 
-    def _record_exit(self, slot: ChildSlot, status: int) -> tuple[str, str | None, bool]:
-        """Reaped: read its last words, release it, report it; (reason, category, recycled)."""
+    def _record_exit(self, slot: ChildSlot, status: int) -> tuple[str, str | None, bool, str]:
+        """Reaped: read its last words, release it, report it; (reason, category, recycled,
+        detail)."""
         self._unwatch(slot)
         drain(slot, self.on_message)
         reason, category, detail = reason_of(slot, status)
@@ -264,7 +267,7 @@ class Children:
         slot.become(ChildState.RESTARTING)
         self.uplink.emit("exited", slot, pid=pid, reason=reason, category=category,
                          detail=detail)
-        return reason, category, recycled
+        return reason, category, recycled, detail
 
     # ------------------------------------------------------------------ requests
     def forward(self, slot: ChildSlot, msg: Any, origin: socket.socket, origin_id: int,
@@ -286,5 +289,6 @@ class Children:
                 os.close(fd)
 
 
-def _no_decision(slot: ChildSlot, reason: str, category: str | None, recycled: bool) -> None:
+def _no_decision(slot: ChildSlot, reason: str, category: str | None, recycled: bool,
+                 detail: str) -> None:
     raise RuntimeError(f"{slot.path} exited and no recovery decides for it")

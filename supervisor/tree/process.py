@@ -64,9 +64,10 @@ from .uplink import Uplink
 __all__ = ["SupervisorProcess"]
 
 # How the supervisor ended -> its exit code. Its parent always sees reason "shutdown" (as in
-# OTP) with this detail in Exit.message; the root's App reports the detail from wait().
-EXIT_CODES = {"normal": 0, "shutdown": 0, "auto_shutdown": 0,
-              "reached_max_restart_intensity": 1}
+# OTP) with this detail in Exit.message; the root's App reports the detail from wait(). A
+# supervisor that gave up ("reached_max_restart_intensity", "children_abandoned",
+# "escalated:<category>") exits 1.
+EXIT_CODES = {"normal": 0, "shutdown": 0, "auto_shutdown": 0}
 
 
 def _run_child_supervisor(spec: Any, path: str, sock: socket.socket, matrix: Any) -> int:
@@ -137,7 +138,7 @@ class SupervisorProcess:
         detail = self.exit_detail or "normal"
         self.children.close_captures()
         self.uplink.send(P.Exit(reason="shutdown", message=detail))
-        return EXIT_CODES.get(detail, 0)
+        return EXIT_CODES.get(detail, 1)
 
     def _start_all(self) -> StartFailure | None:
         started: list[ChildSlot] = []
