@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from supervisor import ChildAbandoned, Supervisor, WorkerError, child, program
+from supervisor import CallTimeout, ChildAbandoned, Supervisor, WorkerError, child, program
 from workers.echo import Echo
 
 from ._workers import Flaky, HangsOnRestart
@@ -276,3 +276,22 @@ def test_intensity_escalates_exactly_at_the_otp_boundary_through_two_levels(star
     reasons = [(g["supervisor"], g["reason"]) for g in events.named("gave_up")]
     assert reasons == [("mid", "reached_max_restart_intensity"),
                        ("", "reached_max_restart_intensity")]
+
+
+# ------------------------------------------------------------------ requests while restarting
+def test_which_and_count_children_wait_for_a_restarting_supervisor(start_tree, events):
+    app = start_tree(Supervisor("root", max_restarts=10, max_seconds=60, children=[
+        Supervisor("mid", errors={"connection_error": {"backoff": [3.0]}},
+                   children=[child("w", Echo)]),
+        child("s", Echo)]))
+    os.kill(pid_of(app, "mid"), signal.SIGKILL)
+    events.wait_count("restarted", 1, "mid")
+    os.kill(pid_of(app, "mid"), signal.SIGKILL)  # attempt 2: back after 3 s
+    events.wait_count("restart_scheduled", 1, "mid")
+    with pytest.raises(CallTimeout, match="did not come back"):
+        app.which_children("mid", timeout=0.5)
+    assert [i.id for i in app.which_children("mid", timeout=20)] == ["w"]
+    os.kill(pid_of(app, "mid"), signal.SIGKILL)  # attempt 3: back after 3 s again
+    events.wait_count("restart_scheduled", 2, "mid")
+    assert app.count_children("mid", timeout=20) == {
+        "specs": 1, "active": 1, "supervisors": 0, "workers": 1}
