@@ -27,7 +27,9 @@ by step:
      stops its children and exits with reason ``shutdown`` and its parent decides;
   3. for a failure (not a clean exit), the error matrix gives the step for the child's
      consecutive-failure count: restart after the row's delay (a loop timer, never a
-     sleep), escalate, open the child's circuit, or abandon.
+     sleep), open the child's circuit, or abandon the child (it stays down; its siblings
+     run on; with every child abandoned the supervisor exits ``children_abandoned``), or,
+     for a row with ``on_exhausted="escalate"``, give up (``escalated:<category>``).
 
 A restart that fails to start is itself a failure of that child and goes through the same
 steps from the loop (OTP's try_again), so requests and other children's events are handled

@@ -68,6 +68,10 @@ class Recovery:
         self.root = root
         self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
         self.metrics = {"initiated": 0, "succeeded": 0, "failed": 0}
+        # Restarted programs not up yet (within their start_seconds): target -> (its pid,
+        # the child whose recovery completes once every such target of it is up).
+        self.awaiting: dict[ChildSlot, tuple[int | None, ChildSlot]] = {}
+        children.on_up = self.on_up
 
     def give_up(self, slot: ChildSlot, why: str) -> None:
         """The supervisor stops its children and exits with `why` as its detail: intensity
@@ -103,6 +107,7 @@ class Recovery:
     def handle_exit(self, slot: ChildSlot, reason: str, category: str | None,
                     recycled: bool, detail: str = "") -> None:
         """Step 1: the restart type decides whether the child is restarted at all."""
+        self.awaiting.pop(slot, None)  # a restarted program that died before it was up
         if recycled and slot.spec.restart != "temporary":
             # max_calls reached: a planned replacement, not a restart (no intensity).
             self.restart_group(slot)
@@ -190,6 +195,9 @@ class Recovery:
                 continue
             target.restarts += 1
             failure = children.start(target)
+            if failure is None and target.settling:
+                self.awaiting[target] = (target.pid, slot)  # `restarted` once it is up
+                continue
             if failure is not None:
                 target.become(ChildState.RESTARTING)
                 self.metrics["failed"] += 1
@@ -200,6 +208,20 @@ class Recovery:
                     lambda t=target, c=failure.category, d=detail: self.on_failure(t, c, d))
                 return
             self.uplink.emit("restarted", target)
+        self.complete_if_up(slot)
+
+    def on_up(self, target: ChildSlot) -> None:
+        """A restarted program ran its start_seconds: it is back."""
+        pid, failed = self.awaiting.pop(target, (None, None))
+        if failed is None or pid != target.pid:
+            return  # not a restart (a first start, an operator's), or an older process
+        self.uplink.emit("restarted", target)
+        self.complete_if_up(failed)
+
+    def complete_if_up(self, slot: ChildSlot) -> None:
+        """`recovery.complete` for `slot` once every child its restart started is up."""
+        if any(failed is slot for _, failed in self.awaiting.values()):
+            return
         self.metrics["succeeded"] += 1
         self.uplink.emit("complete", slot, group="recovery", result="succeeded")
 

@@ -4,7 +4,8 @@ A `ChildSlot` sits beside its frozen spec (OTP keeps the spec and the running ch
 record; so do we). The fields that exist only while the child runs are None otherwise:
 
     pid, ctrl, reader, pidfd    set from fork until the exit is reaped
-    started_at, ran_since       set once the child reported Ready
+    started_at, ran_since       set once the child reported Ready (a program: exec'd)
+    settling                    a program within its `start_seconds`: running, not up yet
 
 Its state moves only through `become`, along `TRANSITIONS`:
 
@@ -97,6 +98,9 @@ class ChildSlot:
     timers: list[Any] = attrs.field(factory=list)  # cancelled when the process is released
     restart_timer: Any = None  # a scheduled restart or circuit trial (no process exists)
     ping_seq: int | None = None  # the heartbeat awaiting its Pong, if any
+    # A program within its `start_seconds` after exec: running, but not up yet (its
+    # `started` is reported when that time has passed; an exit before is a start failure).
+    settling: bool = False
     # Why the matrix gave up on it: (category of that failure, a line for people). Set
     # exactly while the state is `abandoned`.
     abandoned: tuple[str, str] | None = None
