@@ -398,10 +398,11 @@ def override_matrix(
     """A new read-only matrix: `base` with the rows of `overrides` replaced or patched.
 
     `overrides` maps category names to a `Rule` (replaces the row) or to a table of some of
-    severity, recovery, max_retries, backoff, on_exhausted (patches only those), as a TOML ``[errors.X]``
-    table gives. `path` prefixes the field paths in errors. Raises MatrixError naming the
-    field path and the bad value for an unknown category or field, a bad enum value, a
-    negative or non-integer max_retries, an unknown backoff name or a bad table of seconds.
+    severity, recovery, max_retries, backoff, on_exhausted (patches only those), as a TOML
+    ``[errors.X]`` table gives. `path` prefixes the field paths in errors. Raises
+    MatrixError naming the field path and the bad value for an unknown category or field,
+    a bad enum value, a negative or non-integer max_retries, an unknown backoff name or a
+    bad table of seconds.
     """
     if not isinstance(overrides, Mapping):
         raise _fail(path, "expected a table of category -> row", overrides)

@@ -215,6 +215,14 @@ def test_tree_wide_errors_may_also_be_written_under_tree():
     assert top.errors == under.errors == {"timeout_error": {"max_retries": 4}}
 
 
+def test_a_row_may_opt_in_to_escalate_and_a_bad_choice_is_named():
+    tree = loads('[tree]\nid = "r"\n[errors.connection_error]\non_exhausted = "escalate"\n')
+    assert tree.errors == {"connection_error": {"on_exhausted": "escalate"}}
+    with pytest.raises(ConfigError, match=r"errors\.connection_error\.on_exhausted: expected "
+                                          r"one of abandon, escalate, got 'explode'"):
+        loads('[tree]\nid = "r"\n[errors.connection_error]\non_exhausted = "explode"\n')
+
+
 def test_per_child_errors_stay_on_their_child():
     tree = loads('[tree]\nid = "r"\n[[tree.children]]\nid = "w"\nworker = "workers.echo:Echo"\n'
                  '[tree.children.errors.python_error]\nmax_retries = 2\n'
