@@ -233,8 +233,10 @@ class App:
         self._link.request(P.TerminateChild(id=0, path=path, child_id=child_id), timeout=None)
 
     def restart_child(self, path: str, child_id: str) -> int:
-        """Start a stopped child again; returns its pid. Raises WorkerError when it is
-        running or restarting (OTP's ``{error, running | restarting}``)."""
+        """Start a stopped child again, or revive an abandoned one (with a fresh failure
+        count, its circuit closed); returns its pid. Raises WorkerError when it is running
+        or restarting (OTP's ``{error, running | restarting}``), StartError when it fails
+        to start."""
         return self._link.request(P.RestartChild(id=0, path=path, child_id=child_id),
                              timeout=None)
 

@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("tree")
     status = sub.add_parser("status", help="show the running tree")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    for name, text in (("start", "start a stopped child"), ("stop", "stop a child"),
+    for name, text in (("start", "start a stopped or abandoned child"), ("stop", "stop a child"),
                        ("restart", "stop and start a child")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("path", help="the child's path, e.g. jobs/sleeper")
