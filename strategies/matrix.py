@@ -33,6 +33,7 @@ __all__ = [
     "ErrorCategory",
     "Severity",
     "Recovery",
+    "OnExhausted",
     "MatrixError",
     "Rule",
     "Decision",
@@ -46,6 +47,7 @@ __all__ = [
     "retry_delay",
     "classify",
     "override_matrix",
+    "rule_for",
 ]
 
 
@@ -82,6 +84,15 @@ class Recovery(enum.StrEnum):
     abandon = "abandon"
 
 
+class OnExhausted(enum.StrEnum):
+    """What the supervisor does once a row gives up on a child (its retry budget is used up
+    on a retry row, or the decision is ``abandon``): abandon only that child (the default),
+    or escalate (the supervisor gives up, as OTP would once intensity is exceeded)."""
+
+    abandon = "abandon"
+    escalate = "escalate"
+
+
 class MatrixError(ValueError):
     """A matrix row or override is invalid: the configuration's fault.
 
@@ -95,7 +106,7 @@ class MatrixError(ValueError):
         self.value = value
 
 
-RULE_FIELDS: tuple[str, ...] = ("severity", "recovery", "max_retries", "backoff")
+RULE_FIELDS: tuple[str, ...] = ("severity", "recovery", "max_retries", "backoff", "on_exhausted")
 """The fields of a row, in the order they are documented and listed in errors."""
 
 
@@ -146,6 +157,10 @@ def _parse_recovery(value: Any, where: str = "recovery") -> Recovery:
     return _parse_enum(Recovery, value, where)
 
 
+def _parse_on_exhausted(value: Any, where: str = "on_exhausted") -> OnExhausted:
+    return _parse_enum(OnExhausted, value, where)
+
+
 def _parse_category(value: Any, where: str = "category") -> ErrorCategory:
     return _parse_enum(ErrorCategory, value, where)
 
@@ -155,6 +170,7 @@ _FIELD_PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "recovery": _parse_recovery,
     "max_retries": _parse_max_retries,
     "backoff": _parse_backoff,
+    "on_exhausted": _parse_on_exhausted,
 }
 
 
@@ -171,6 +187,10 @@ class Rule:
     recovery: Recovery = attrs.field(converter=_parse_recovery)
     max_retries: int = attrs.field(converter=_parse_max_retries)
     backoff: BackoffSpec = attrs.field(converter=_parse_backoff)
+    # Not part of the decision (`decide` never reads it): what the supervisor does once
+    # the row gives up on a child (`strategies.recovery.contain`).
+    on_exhausted: OnExhausted = attrs.field(default=OnExhausted.abandon,
+                                            converter=_parse_on_exhausted)
 
 
 @attrs.frozen(kw_only=True)
@@ -378,10 +398,11 @@ def override_matrix(
     """A new read-only matrix: `base` with the rows of `overrides` replaced or patched.
 
     `overrides` maps category names to a `Rule` (replaces the row) or to a table of some of
-    severity, recovery, max_retries, backoff (patches only those), as a TOML ``[errors.X]``
-    table gives. `path` prefixes the field paths in errors. Raises MatrixError naming the
-    field path and the bad value for an unknown category or field, a bad enum value, a
-    negative or non-integer max_retries, an unknown backoff name or a bad table of seconds.
+    severity, recovery, max_retries, backoff, on_exhausted (patches only those), as a TOML
+    ``[errors.X]`` table gives. `path` prefixes the field paths in errors. Raises
+    MatrixError naming the field path and the bad value for an unknown category or field,
+    a bad enum value, a negative or non-integer max_retries, an unknown backoff name or a
+    bad table of seconds.
     """
     if not isinstance(overrides, Mapping):
         raise _fail(path, "expected a table of category -> row", overrides)
@@ -396,6 +417,13 @@ def override_matrix(
         category = ErrorCategory(key)
         rows[category] = _patched_row(rows.get(category) or DEFAULT_MATRIX[category], patch, where)
     return types.MappingProxyType({c: rows[c] for c in ErrorCategory if c in rows})
+
+
+def rule_for(category: ErrorCategory | str,
+             matrix: Mapping[ErrorCategory, Rule] = DEFAULT_MATRIX) -> Rule:
+    """The row of `matrix` for `category` (a row missing from it: DEFAULT_MATRIX's)."""
+    category = _parse_category(category)
+    return matrix.get(category) or DEFAULT_MATRIX[category]
 
 
 def _patched_row(rule: Rule, patch: Mapping[str, Any] | Rule, where: str) -> Rule:

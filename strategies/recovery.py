@@ -12,6 +12,17 @@ restart type said the child is restarted at all and intensity counted the restar
                                                            fallback meanwhile)
     abandon                              -                 give up at once
 
+The step is the original design's decision, unchanged. `contain` then says what the
+supervisor does with a step that gives up, after the row's `on_exhausted`:
+
+    step action           on_exhausted   ->  supervisor's action
+    restart/open_circuit  any                the same
+    escalate / abandon    abandon (default)  abandon: this child stays down, siblings run
+    escalate / abandon    escalate           escalate: the supervisor gives up (OTP's way)
+
+Restart intensity stays the one other reason a supervisor gives up because of its
+children; it is counted before any step (the runtime's job).
+
 `failures` is the child's count of consecutive failures, this one included (the runtime
 resets it once the child has run `stable_after` seconds). The budget is left while
 ``failures <= max_retries``. The first restart after a healthy run (failures == 1) is always
@@ -30,13 +41,15 @@ from strategies.matrix import (
     DEFAULT_MATRIX,
     Decision,
     ErrorCategory,
+    OnExhausted,
     Recovery,
     Rule,
     decide,
     retry_delay,
+    rule_for,
 )
 
-__all__ = ["Action", "Step", "ACTIONS", "next_step"]
+__all__ = ["Action", "Step", "ACTIONS", "CONTAINED", "next_step", "contain"]
 
 
 class Action(enum.StrEnum):
@@ -91,3 +104,21 @@ def next_step(
         delay = retry_delay(decision, failures, base_delay=base_delay, max_delay=max_delay,
                             rng=rng)
     return Step(action=action, delay=delay, decision=decision)
+
+
+# (step action, the row's on_exhausted) -> what the supervisor does
+CONTAINED: Mapping[tuple[Action, OnExhausted], Action] = {
+    **{(action, choice): action for action in (Action.restart, Action.open_circuit)
+       for choice in OnExhausted},
+    (Action.escalate, OnExhausted.abandon): Action.abandon,
+    (Action.escalate, OnExhausted.escalate): Action.escalate,
+    (Action.abandon, OnExhausted.abandon): Action.abandon,
+    (Action.abandon, OnExhausted.escalate): Action.escalate,
+}
+
+
+def contain(step: Step, matrix: Mapping[ErrorCategory, Rule] = DEFAULT_MATRIX) -> Action:
+    """What the supervisor does with `step`: a step that gives up on the child (escalate,
+    abandon) abandons only that child, unless its row says ``on_exhausted="escalate"``."""
+    rule = rule_for(step.decision.category, matrix)
+    return CONTAINED[(step.action, rule.on_exhausted)]

@@ -36,6 +36,7 @@ __all__ = [
     "WorkerCrashed",
     "CommandError",
     "CircuitOpen",
+    "ChildAbandoned",
     "EncodeError",
     "ProtocolError",
     "SessionLost",
@@ -60,13 +61,14 @@ _WHERE = {
     "ChildInfo": "app",
 }
 _ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crashed", "Open",
-                                                       "Lost", "Exhausted", "Child"))}
+                                                       "Lost", "Exhausted", "Child", "Abandoned"))}
 
 if TYPE_CHECKING:
     from . import errors, telemetry
     from .app import App, ChildInfo, connect, start
     from .errors import (
         CallTimeout,
+        ChildAbandoned,
         CircuitOpen,
         CommandError,
         ConfigError,

@@ -156,7 +156,7 @@ WORKER = Kind(
 PROGRAM = Kind(
     "program",
     {"id": STRING, "type": STRING, "command": STRINGS, "cwd": STRING, "env": TABLE,
-     "stop_signal": SIGNAL, **_RESTART_OPTIONS, **_STABILITY},
+     "stop_signal": SIGNAL, **_RESTART_OPTIONS, **_STABILITY, "start_seconds": NUMBER},
     required=("id", "command"),
 )
 SUPERVISOR = Kind("supervisor", {"id": STRING, "type": STRING, **_SUPERVISOR_KEYS},

@@ -198,14 +198,16 @@ class App:
             self.close()
 
     # ------------------------------------------------------------------ requests
-    def which_children(self, path: str = "") -> list[ChildInfo]:
-        """The children of the supervisor at `path`, in start order."""
-        value = self._link.request(P.WhichChildren(id=0, path=path))
+    def which_children(self, path: str = "", *, timeout: float = 30.0) -> list[ChildInfo]:
+        """The children of the supervisor at `path`, in start order. While that supervisor
+        (or one above it) is restarting, waits for it within `timeout` (CallTimeout)."""
+        value = self._link.request_when_up(P.WhichChildren(id=0, path=path), timeout)
         return msgspec.convert(value, list[ChildInfo])
 
-    def count_children(self, path: str = "") -> dict[str, int]:
-        """``{"specs", "active", "supervisors", "workers"}`` of the supervisor at `path`."""
-        return self._link.request(P.CountChildren(id=0, path=path))
+    def count_children(self, path: str = "", *, timeout: float = 30.0) -> dict[str, int]:
+        """``{"specs", "active", "supervisors", "workers"}`` of the supervisor at `path`;
+        waits for a restarting supervisor within `timeout` as `which_children` does."""
+        return self._link.request_when_up(P.CountChildren(id=0, path=path), timeout)
 
     def start_child(self, path: str, spec: Any = None, *, args: Any = (),
                     kwargs: dict[str, Any] | None = None) -> str:
@@ -236,8 +238,10 @@ class App:
         self._link.request(P.TerminateChild(id=0, path=path, child_id=child_id), timeout=None)
 
     def restart_child(self, path: str, child_id: str) -> int:
-        """Start a stopped child again; returns its pid. Raises WorkerError when it is
-        running or restarting (OTP's ``{error, running | restarting}``)."""
+        """Start a stopped child again, or revive an abandoned one (with a fresh failure
+        count, its circuit closed); returns its pid. Raises WorkerError when it is running
+        or restarting (OTP's ``{error, running | restarting}``), StartError when it fails
+        to start."""
         return self._link.request(P.RestartChild(id=0, path=path, child_id=child_id),
                              timeout=None)
 
@@ -248,7 +252,8 @@ class App:
 
     def status(self) -> dict[str, Any]:
         """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB),
-        circuit state and next trial; for supervisors, their recovery metrics
+        circuit state and next trial, `reason` (why an abandoned child was abandoned,
+        else None); for supervisors, their recovery metrics
         (initiated, succeeded, failed) and their children."""
         from .observe.status import collect
 

@@ -4,7 +4,7 @@
                          gracefully; SIGHUP until configuration reload exists)
     check TREE.toml      validate the file and print the tree, starting nothing
     status [PATH]        the running tree (or one subtree): path, kind, state, pid, uptime,
-                         restarts, RSS, circuit
+                         restarts, RSS, circuit (and why, for an abandoned child)
     start|stop|restart PATH
     call PATH METHOD [JSON-ARGS]   (an array of arguments, or an object of keyword ones)
     shutdown
@@ -47,7 +47,7 @@ _HELP = {
               "python -m supervisor check examples/demo.toml --graph | dot -Tsvg > tree.svg"),
     "status": ("show the running tree, or one subtree",
                "python -m supervisor status jobs --json"),
-    "start": ("start a stopped child (OTP's restart_child)",
+    "start": ("start a stopped or abandoned child (OTP's restart_child)",
               "python -m supervisor start jobs/ticker"),
     "stop": ("stop a child; it stays listed, stopped (OTP's terminate_child)",
              "python -m supervisor stop jobs/ticker"),
@@ -297,19 +297,25 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def format_status(tree: dict[str, Any]) -> str:
-    """The status tree as a table: one row per node."""
+    """The status tree as a table: one row per node (and a REASON column, when a child
+    was abandoned, saying why)."""
     from .observe.status import circuit_text, duration, walk
 
     header = ("PATH", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "CIRCUIT")
+    nodes = list(walk(tree, 0))
+    reasons = any(node.get("reason") for node, _ in nodes)
+    if reasons:
+        header += ("REASON",)
     rows = [header]
-    for node, depth in walk(tree, 0):
+    for node, depth in nodes:
         memory = node.get("memory_mb")
-        rows.append((
+        row = (
             ("  " * depth) + (node["path"] or "/"), node["kind"], node["state"],
             str(node["pid"] or "-"), duration(node.get("uptime")),
             str(node.get("restarts", 0)), "-" if memory is None else f"{memory:.1f}M",
             circuit_text(node),
-        ))
+        )
+        rows.append(row + (node.get("reason") or "-",) if reasons else row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                      .rstrip() for row in rows)

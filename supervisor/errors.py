@@ -10,6 +10,7 @@
         ├── WorkerCrashed                  the worker died while the call was in flight
         ├── CommandError                   the command raised inside the worker
         ├── CircuitOpen                    the child's circuit is open; calls fail fast
+        ├── ChildAbandoned                 the matrix gave up on the child; calls fail fast
         ├── EncodeError (also TypeError)   a value msgspec cannot encode
         ├── ProtocolError                  a frame that does not decode; the channel is closed
         ├── SessionLost                    the session's worker died; its state is gone
@@ -37,6 +38,7 @@ __all__ = [
     "WorkerCrashed",
     "CommandError",
     "CircuitOpen",
+    "ChildAbandoned",
     "EncodeError",
     "ProtocolError",
     "SessionLost",
@@ -247,6 +249,24 @@ class CircuitOpen(WorkerError, CircuitOpenError):
         super().__init__(message, **kwargs)
 
 
+class ChildAbandoned(WorkerError):
+    """The error matrix gave up on this child after repeated failures: it stays down (its
+    siblings keep running) until an operator starts it again (`app.restart_child`,
+    ``python -m supervisor start PATH``). Calls fail fast with this error.
+
+    `category` is the category of the failure that abandoned it (the world's fault, most
+    often: see the child's `exited` events); `reason` says why in a line; `fallback` names
+    the sibling that serves its calls meanwhile, if it has one.
+    """
+
+    def __init__(self, message: str, *, category: str = "system_error",
+                 reason: str | None = None, fallback: str | None = None,
+                 **kwargs: Any) -> None:
+        self.reason = reason
+        self.fallback = fallback
+        super().__init__(message, category=category, **kwargs)
+
+
 class EncodeError(WorkerError, TypeError):
     """An argument or result that msgspec cannot encode; the message names the type
     (communication_error). The caller's (or the command's) fault."""
@@ -308,6 +328,7 @@ _WIRE_ERRORS: dict[str, type[SupervisorError]] = {
         WorkerCrashed,
         CommandError,
         CircuitOpen,
+        ChildAbandoned,
         EncodeError,
         ProtocolError,
         SessionLost,
@@ -338,6 +359,10 @@ def error_from_wire(kind: str, message: str, **fields: Any) -> SupervisorError:
     if cls is CircuitOpen:
         return CircuitOpen(message, retry_at=fields.get("retry_at"), path=fields.get("path"),
                            fallback=fields.get("fallback"))
+    if cls is ChildAbandoned:
+        return ChildAbandoned(message, category=fields.get("category") or "system_error",
+                              reason=fields.get("reason"), path=fields.get("path"),
+                              fallback=fields.get("fallback"))
     if cls is CommandError:
         return CommandError(
             fields.get("remote_message") or message,

@@ -152,7 +152,8 @@ class ProgramSpec:
 
     It runs in its own process group; stopping it sends `stop_signal` to the group, then
     SIGKILL when the `shutdown` grace runs out. Exit code 0 is exit reason ``normal``; any
-    other exit is abnormal.
+    other exit is abnormal. It is up once it has run `start_seconds` after exec
+    (supervisord's startsecs): an exit before that is a start failure, whatever its code.
     """
 
     id: str
@@ -166,6 +167,7 @@ class ProgramSpec:
     errors: Mapping[str, Any] | None = None
     stable_after: float = 5.0
     circuit_timeout: float = 60.0
+    start_seconds: float = 1.0
 
     kind = "worker"
 
@@ -189,6 +191,7 @@ class ProgramSpec:
         check_errors(self.errors)
         check_number("stable_after", self.stable_after, minimum=0)
         check_number("circuit_timeout", self.circuit_timeout, minimum=0)
+        check_number("start_seconds", self.start_seconds, minimum=0)
 
     @property
     def signal_number(self) -> int:
@@ -351,17 +354,20 @@ def program(id: str, command: Sequence[str], *, cwd: str | None = None,
             restart: str = "permanent", shutdown: float | str = 5.0,
             significant: bool = False, errors: Mapping[str, Any] | None = None,
             stable_after: float = 5.0, circuit_timeout: float = 60.0,
-            **unknown: Any) -> ProgramSpec:
+            start_seconds: float = 1.0, **unknown: Any) -> ProgramSpec:
     """An external program supervised like any child: ``program("db", ["redis-server"])``.
 
     `env` is added to the supervisor's environment; `stop_signal` goes to the program's
-    process group on a graceful stop. Raises ConfigError for any invalid or unknown field.
+    process group on a graceful stop; the program is up once it has run `start_seconds`
+    (an earlier exit is a start failure; 0: up at exec). Raises ConfigError for any invalid
+    or unknown field.
     """
     reject_unknown(unknown, _PROGRAM_KEYS)
     return ProgramSpec(
         id=id, command=command, cwd=cwd, env=dict(env) if env is not None else None,
         stop_signal=stop_signal, restart=restart, shutdown=shutdown, significant=significant,
         errors=errors, stable_after=stable_after, circuit_timeout=circuit_timeout,
+        start_seconds=start_seconds,
     )
 
 

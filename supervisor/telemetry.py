@@ -95,8 +95,8 @@ def execute(event: Iterable[str], measurements: Mapping[str, Any],
 DEFAULT_REPORTER = "supervisor-default-reporter"
 
 # Lifecycle facts are INFO; anything that is a failure or a recovery decision is WARNING.
-_WARNINGS = {"failure", "gave_up", "exceeded", "circuit_opened", "restart_scheduled",
-             "start_failed", "memory_exceeded", "error", "state_change"}
+_WARNINGS = {"failure", "gave_up", "exceeded", "abandoned", "circuit_opened",
+             "restart_scheduled", "start_failed", "memory_exceeded", "error", "state_change"}
 
 
 def _report(event: tuple[str, ...], measurements: Mapping[str, Any],

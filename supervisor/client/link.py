@@ -200,7 +200,26 @@ class RootLink:
         except NotRunning as exc:
             if isinstance(msg, P.OpenChannel):
                 raise  # the router waits for the restart
-            raise WorkerError(str(exc), category="connection_error", path=exc.path) from None
+            raise WorkerError(str(exc), category="connection_error", path=exc.path,
+                              context={"state": exc.state}) from None
+
+    def request_when_up(self, msg: Any, timeout: float = 30.0) -> Any:
+        """`request` to the supervisor at `msg.path`, waiting within `timeout` while it (or
+        a supervisor above it) is restarting, as a call waits for its worker: the answer
+        once it is back. Raises CallTimeout when it does not come back in time, and what
+        `request` raises otherwise (a stopped or abandoned supervisor: WorkerError)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            # Read before asking: a start reported after this read ends the wait below at
+            # once (no lost wake-up between the refusal and the wait).
+            # (A path that is not a string is refused by `request` as an EncodeError.)
+            generation = self.generation_of(msg.path) if isinstance(msg.path, str) else 0
+            try:
+                return self.request(msg, timeout=max(0.0, deadline - time.monotonic()))
+            except WorkerError as exc:
+                if type(exc) is not WorkerError or exc.context.get("state") != "restarting":
+                    raise
+            self.await_start(msg.path, generation, deadline)
 
     def report_timeout(self, path: str) -> None:
         """Tell the supervisor of the worker at `path` that a call to it timed out: its

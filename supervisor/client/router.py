@@ -15,6 +15,9 @@ worker one end of a socketpair. What is safe to retry, and how:
            re-sent only when idempotent, after the timeout_error row's delays
     the child's circuit is open
         -> CircuitOpen at once, naming the next trial (or its fallback serves)
+    the matrix gave up on the child (abandoned)
+        -> ChildAbandoned at once, with the category that abandoned it (or its
+           fallback serves)
 
 ``retry=False`` turns all of it off.
 """
@@ -28,6 +31,7 @@ from typing import Any
 import msgspec
 
 from ..errors import (
+    ChildAbandoned,
     CircuitOpen,
     NotRunning,
     ProtocolError,
@@ -156,7 +160,7 @@ class Router:
                     raise WorkerCrashed(str(exc), path=path) from None
                 self.link.await_start(path, generation, deadline)
                 continue
-            except CircuitOpen as exc:
+            except (CircuitOpen, ChildAbandoned) as exc:
                 if retry and via_fallback and exc.fallback:
                     return self.channel(sibling(path, exc.fallback), deadline, retry, False)
                 raise

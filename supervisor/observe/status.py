@@ -47,7 +47,7 @@ def _node(request: Request, path: str, raws: dict[str, dict[str, Any]]) -> dict[
             "id": info.id, "path": info.path, "kind": info.kind, "state": info.state,
             "pid": info.pid, "restarts": info.restarts, "memory_mb": rss_mb(info.pid),
             "uptime": (time.time() - info.started_at) if info.started_at else None,
-            "circuit": info.circuit, "retry_at": info.retry_at,
+            "circuit": info.circuit, "retry_at": info.retry_at, "reason": info.reason,
         })
     return node
 

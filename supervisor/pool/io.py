@@ -27,6 +27,7 @@ from ..client.link import RootLink
 from ..client.retry import timed_out
 from ..errors import (
     CallTimeout,
+    ChildAbandoned,
     CircuitOpen,
     EncodeError,
     NoSuchChild,
@@ -173,7 +174,7 @@ class PoolIO:
             mine.close()
             raise ProtocolError(f"the call policy of {slot.path!r} does not decode: {exc}",
                                 path=slot.path) from None
-        except (NotRunning, CircuitOpen):
+        except (NotRunning, CircuitOpen, ChildAbandoned):
             mine.close()
             with state.lock:
                 state.mark_down(slot, generation)

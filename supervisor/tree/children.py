@@ -3,6 +3,7 @@
     new_slot(spec)  the one builder of a child's record, static or dynamic alike
     start(slot)     fork through the child's launcher, wait for its Ready (synchronous,
                     as in OTP), then watch its control channel and pidfd
+                    (a program is up once it has run its `start_seconds`: `on_up`)
     stop(slot)      per its `shutdown`, reaped before this returns
     reap()          every child that exited: released, reported, then handed to
                     `on_exit` (the supervisor's recovery) once the whole pass is recorded
@@ -50,8 +51,9 @@ def child_matrix(base: Any, spec: Any) -> Any:
 
 class Children:
     """The slots of the supervisor at `path`, in start order. `matrix` is the supervisor's
-    own error matrix (its children's base). `on_exit(slot, reason, category, recycled)` is
-    called for each child that exited while the supervisor is not closing."""
+    own error matrix (its children's base). `on_exit(slot, reason, category, recycled,
+    detail)` is called for each child that exited while the supervisor is not closing
+    (`detail` says how, for people: ``killed by SIGKILL``, ``RuntimeError: ...``)."""
 
     def __init__(self, path: str, matrix: Any, loop: Loop, uplink: Uplink,
                  monitors: Monitors, processes: ProcessLauncher) -> None:
@@ -63,7 +65,9 @@ class Children:
         self.processes = processes
         self.programs = ProgramLauncher()
         self.slots: list[ChildSlot] = []
-        self.on_exit: Callable[[ChildSlot, str, str | None, bool], None] = _no_decision
+        self.on_exit: Callable[[ChildSlot, str, str | None, bool, str], None] = _no_decision
+        # Called when a program that was settling (see `start`) is up.
+        self.on_up: Callable[[ChildSlot], None] = lambda slot: None
         self.closing = False  # set once the supervisor stops: exits are no longer decided
         self.captures: set[Capture] = set()  # children's output pipes, read until EOF
         self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
@@ -94,7 +98,12 @@ class Children:
 
     # ------------------------------------------------------------------ start and stop
     def start(self, slot: ChildSlot) -> StartFailure | None:
-        """Fork the child and wait for it to be ready; on failure it is reaped."""
+        """Fork the child and wait for it to be ready; on failure it is reaped.
+
+        A worker or supervisor is up once its Ready arrived. A program is up once it has run
+        `start_seconds` after exec (supervisord's startsecs): until then `slot.settling`
+        is set and the loop is not held up; `started` is reported (and `on_up` called) when
+        that time has passed, and an exit before it is a start failure (`_record_exit`)."""
         slot.become(ChildState.STARTING)
         try:
             self._fork(slot)
@@ -115,8 +124,23 @@ class Children:
         if slot.pidfd is not None:
             self.loop.add_reader(slot.pidfd, self.reap)
         self.monitors.start(slot)
+        settle = getattr(slot.spec, "start_seconds", 0.0) if slot.launcher.program else 0.0
+        if settle > 0:
+            slot.settling = True
+            pid = slot.pid
+            slot.timers.append(self.loop.call_later(settle, lambda: self._settled(slot, pid)))
+            return None
         self.uplink.emit("started", slot)
         return None
+
+    def _settled(self, slot: ChildSlot, pid: int | None) -> None:
+        # The timer is cancelled when the process is released; the pid check guards a
+        # replacement started since.
+        if slot.pid != pid or not slot.settling:
+            return
+        slot.settling = False
+        self.uplink.emit("started", slot)
+        self.on_up(slot)
 
     def _start_failed(self, slot: ChildSlot, failure: StartFailure) -> StartFailure:
         slot.release()
@@ -144,9 +168,10 @@ class Children:
     def stop(self, slot: ChildSlot, reason: str, scan: bool = True) -> None:
         """Stop a child per its shutdown spec (if it runs); it is never restarted for this."""
         if slot.pid is None:
-            # A child whose circuit is open stays down and keeps its trial timer: a
-            # bystander stop does not touch it. Any other scheduled restart is void now.
-            if slot.state is not ChildState.CIRCUIT_OPEN:
+            # A child whose circuit is open stays down and keeps its trial timer, and an
+            # abandoned one stays abandoned: a bystander stop does not touch them. Any
+            # other scheduled restart is void now.
+            if slot.state not in (ChildState.CIRCUIT_OPEN, ChildState.ABANDONED):
                 if slot.restart_timer is not None:
                     slot.restart_timer.cancel()
                     slot.restart_timer = None
@@ -154,6 +179,7 @@ class Children:
             return
         slot.become(ChildState.STOPPING)
         self._unwatch(slot)
+        slot.settling = False
         status = slot.launcher.stop(slot, reason, self.on_message)
         why, _, detail = reason_of(slot, status)
         pid = slot.pid
@@ -233,11 +259,11 @@ class Children:
                 exited.append((slot, self._record_exit(slot, status)))
         # Decide only once every exit of this pass is recorded: a failure that took down
         # every child at once must see them all down (it is critical, then).
-        for slot, (reason, category, recycled) in exited:
+        for slot, (reason, category, recycled, detail) in exited:
             if self.closing:
                 slot.become(ChildState.STOPPED)
             elif slot in self.slots and slot.pid is None:
-                self.on_exit(slot, reason, category, recycled)
+                self.on_exit(slot, reason, category, recycled, detail)
         known = set(self.running_pids())
         while True:
             try:
@@ -250,8 +276,9 @@ class Children:
                 return
             os.waitpid(info.si_pid, 0)
 
-    def _record_exit(self, slot: ChildSlot, status: int) -> tuple[str, str | None, bool]:
-        """Reaped: read its last words, release it, report it; (reason, category, recycled)."""
+    def _record_exit(self, slot: ChildSlot, status: int) -> tuple[str, str | None, bool, str]:
+        """Reaped: read its last words, release it, report it; (reason, category, recycled,
+        detail)."""
         self._unwatch(slot)
         drain(slot, self.on_message)
         reason, category, detail = reason_of(slot, status)
@@ -260,11 +287,20 @@ class Children:
         recycled = (reason == "normal" and slot.exit_msg is not None
                     and slot.exit_msg.message == "max_calls")
         pid = slot.pid
+        settling, slot.settling = slot.settling, False
+        if settling and category is None:
+            # A program that ended within its start_seconds did not start, even with
+            # exit code 0 (supervisord's startsecs): a failure, never a clean exit.
+            reason, category = "exited", "connection_error"
         self._forget(slot)
         slot.become(ChildState.RESTARTING)
         self.uplink.emit("exited", slot, pid=pid, reason=reason, category=category,
                          detail=detail)
-        return reason, category, recycled
+        if settling:
+            detail = f"exited within start_seconds ({detail})"
+            self.uplink.emit("start_failed", slot, reason="ChildExited", category=category,
+                             message=detail)
+        return reason, category, recycled, detail
 
     # ------------------------------------------------------------------ requests
     def forward(self, slot: ChildSlot, msg: Any, origin: socket.socket, origin_id: int,
@@ -286,5 +322,6 @@ class Children:
                 os.close(fd)
 
 
-def _no_decision(slot: ChildSlot, reason: str, category: str | None, recycled: bool) -> None:
+def _no_decision(slot: ChildSlot, reason: str, category: str | None, recycled: bool,
+                 detail: str) -> None:
     raise RuntimeError(f"{slot.path} exited and no recovery decides for it")

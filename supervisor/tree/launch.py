@@ -198,7 +198,9 @@ def await_ready(slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:
     """Block until the freshly forked child reports Ready; None on success.
 
     Events the child forwards while it starts (a nested supervisor's children starting)
-    are handed to `on_message`. EOF before Ready means the child died while starting.
+    are handed to `on_message`. EOF before Ready means the child died while starting: its
+    StartFailed says why (`init` raised: initialization_error), else it was killed or left
+    on its own (connection_error).
     """
     assert slot.ctrl is not None and slot.reader is not None
     slot.ctrl.setblocking(True)
@@ -227,6 +229,9 @@ def await_ready(slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:
         if eof:
             _, status = os.waitpid(slot.pid, 0)
             if failure is None:
-                failure = StartFailure(slot.path, "initialization_error", "ChildExited",
+                # No StartFailed: `init` did not raise. The process was killed or left
+                # before Ready (a SIGKILL during a restart's init, the OOM killer): the
+                # world's doing, a connection_error, counted like any other death of it.
+                failure = StartFailure(slot.path, "connection_error", "ChildExited",
                                        f"exited before it was ready ({describe_status(status)})")
             return failure

@@ -27,7 +27,9 @@ by step:
      stops its children and exits with reason ``shutdown`` and its parent decides;
   3. for a failure (not a clean exit), the error matrix gives the step for the child's
      consecutive-failure count: restart after the row's delay (a loop timer, never a
-     sleep), escalate, open the child's circuit, or abandon.
+     sleep), open the child's circuit, or abandon the child (it stays down; its siblings
+     run on; with every child abandoned the supervisor exits ``children_abandoned``), or,
+     for a row with ``on_exhausted="escalate"``, give up (``escalated:<category>``).
 
 A restart that fails to start is itself a failure of that child and goes through the same
 steps from the loop (OTP's try_again), so requests and other children's events are handled
@@ -65,9 +67,10 @@ from .uplink import Uplink
 __all__ = ["SupervisorProcess"]
 
 # How the supervisor ended -> its exit code. Its parent always sees reason "shutdown" (as in
-# OTP) with this detail in Exit.message; the root's App reports the detail from wait().
-EXIT_CODES = {"normal": 0, "shutdown": 0, "auto_shutdown": 0,
-              "reached_max_restart_intensity": 1}
+# OTP) with this detail in Exit.message; the root's App reports the detail from wait(). A
+# supervisor that gave up ("reached_max_restart_intensity", "children_abandoned",
+# "escalated:<category>") exits 1.
+EXIT_CODES = {"normal": 0, "shutdown": 0, "auto_shutdown": 0}
 
 
 def _run_child_supervisor(spec: Any, path: str, sock: socket.socket, matrix: Any) -> int:
@@ -144,7 +147,7 @@ class SupervisorProcess:
         detail = self.exit_detail or "normal"
         self.children.close_captures()
         self.uplink.send(P.Exit(reason="shutdown", message=detail))
-        return EXIT_CODES.get(detail, 0)
+        return EXIT_CODES.get(detail, 1)
 
     def _start_all(self) -> StartFailure | None:
         started: list[ChildSlot] = []

@@ -5,10 +5,16 @@
               ├─ not restarted: stopped / removed (temporary); significant -> auto_shutdown
               ├─ clean exit of a permanent child: counted restart, no matrix
               └─ failure ─▶ on_failure: consecutive count (reset after stable_after),
-                              intensity counted, then `strategies.recovery.next_step`:
+                              intensity counted (exceeded ─▶ give_up), then
+                              `strategies.recovery.next_step` and `contain`:
                                 restart (now, or on a loop timer) ─▶ restart_group
                                 open_circuit ─▶ trial after circuit_timeout ─▶ closed
-                                escalate / abandon ─▶ give_up
+                                abandon ─▶ this child stays down (`abandoned`); once no
+                                           child is left to run ─▶ children_abandoned
+                                escalate (the row's on_exhausted="escalate") ─▶ give_up
+
+Intensity is the one reason a supervisor gives up because of its children (OTP); the
+matrix gives up on a child, not on its siblings, unless its row opts in to escalate.
 
 A restart that fails to start is itself a failure of that child and comes back through
 `on_failure` from the loop (OTP's try_again), so requests and other children's events are
@@ -25,7 +31,7 @@ from loguru import logger
 
 from strategies.intensity import RestartIntensity
 from strategies.matrix import classify
-from strategies.recovery import Action, next_step
+from strategies.recovery import Action, contain, next_step
 from strategies.restart import plan_restart, should_restart
 
 from .children import Children
@@ -33,7 +39,9 @@ from .loop import Loop
 from .slot import ChildSlot, ChildState
 from .uplink import Uplink
 
-__all__ = ["Recovery", "STABLE_AFTER", "CIRCUIT_TIMEOUT"]
+__all__ = ["Recovery", "STABLE_AFTER", "CIRCUIT_TIMEOUT", "INTENSITY"]
+
+INTENSITY = "reached_max_restart_intensity"
 
 # A child supervisor has no `stable_after` / `circuit_timeout` of its own (those are
 # worker fields); it gets the worker defaults.
@@ -60,18 +68,46 @@ class Recovery:
         self.root = root
         self.intensity = RestartIntensity(spec.max_restarts, spec.max_seconds)
         self.metrics = {"initiated": 0, "succeeded": 0, "failed": 0}
+        # Restarted programs not up yet (within their start_seconds): target -> (its pid,
+        # the child whose recovery completes once every such target of it is up).
+        self.awaiting: dict[ChildSlot, tuple[int | None, ChildSlot]] = {}
+        children.on_up = self.on_up
 
     def give_up(self, slot: ChildSlot, why: str) -> None:
+        """The supervisor stops its children and exits with `why` as its detail: intensity
+        exceeded, a row that escalates (``escalated:<category>``), or nothing left to run
+        (``children_abandoned``)."""
         self.metrics["failed"] += 1
         self.uplink.emit("gave_up", slot, reason=why)
-        self.uplink.emit("exceeded", slot, group="intensity", reason=why)
+        if why == INTENSITY:
+            self.uplink.emit("exceeded", slot, group="intensity", reason=why)
         logger.warning("supervisor {!r} gives up ({}) after a failure of {}",
                        self.uplink.path or self.spec.id, why, slot.path)
-        self.shutdown("reached_max_restart_intensity")
+        self.shutdown(why)
+
+    def abandon(self, slot: ChildSlot, category: str, detail: str, **decision: Any) -> None:
+        """The matrix gave up on `slot`: it stays down, its siblings run on. A supervisor
+        left with nothing to run (every child abandoned: none running, restarting, waiting
+        on a circuit trial, or stopped by an operator) gives up: ``children_abandoned``."""
+        why = f"{category} on {slot.failures} consecutive failure(s); last: {detail}"
+        slot.abandon(category, why)
+        self.metrics["failed"] += 1
+        self.uplink.emit("abandoned", slot, category=category, reason=why, **decision)
+        logger.warning("{} abandoned ({}); its siblings keep running; `start {}` revives it",
+                       slot.path, why, slot.path)
+        if self.nothing_left_to_run():
+            self.give_up(slot, "children_abandoned")
+
+    def nothing_left_to_run(self) -> bool:
+        # Strictly every child: one an operator stopped is theirs to start again, and a
+        # supervisor keeps serving their requests meanwhile.
+        slots = self.children.slots
+        return bool(slots) and all(s.state is ChildState.ABANDONED for s in slots)
 
     def handle_exit(self, slot: ChildSlot, reason: str, category: str | None,
-                    recycled: bool) -> None:
+                    recycled: bool, detail: str = "") -> None:
         """Step 1: the restart type decides whether the child is restarted at all."""
+        self.awaiting.pop(slot, None)  # a restarted program that died before it was up
         if recycled and slot.spec.restart != "temporary":
             # max_calls reached: a planned replacement, not a restart (no intensity).
             self.restart_group(slot)
@@ -90,13 +126,13 @@ class Recovery:
         if classify(reason) is None:
             # A clean exit of a permanent child: OTP restarts it; not a failure.
             if self.intensity.record():
-                self.give_up(slot, "reached_max_restart_intensity")
+                self.give_up(slot, INTENSITY)
                 return
             self.restart_group(slot)
             return
-        self.on_failure(slot, category or str(classify(reason)))
+        self.on_failure(slot, category or str(classify(reason)), detail)
 
-    def on_failure(self, slot: ChildSlot, category: str) -> None:
+    def on_failure(self, slot: ChildSlot, category: str, detail: str = "") -> None:
         """Steps 2 and 3 for a failure of `slot`: count it, then take the matrix's step."""
         if slot.trial:
             self.open_circuit(slot)  # the trial failed before it was stable
@@ -106,16 +142,19 @@ class Recovery:
         slot.failures += 1
         self.metrics["initiated"] += 1
         if self.intensity.record():
-            self.give_up(slot, "reached_max_restart_intensity")
+            self.give_up(slot, INTENSITY)
             return
-        slots = self.children.slots
-        all_down = len(slots) > 1 and all(s.pid is None for s in slots)
+        # "Every child down at once" counts the children the supervisor still runs: an
+        # abandoned sibling is not hit by this failure.
+        live = [s for s in self.children.slots if s.state is not ChildState.ABANDONED]
+        all_down = len(live) > 1 and all(s.pid is None for s in live)
         step = next_step(category, slot.failures, affecting_all=all_down, matrix=slot.matrix)
+        action = contain(step, slot.matrix)
         d = step.decision
-        self.uplink.emit("failure", slot, category=category, severity=str(d.severity),
-                         recovery=str(d.recovery), attempt=slot.failures,
-                         action=str(step.action), delay=step.delay)
-        if step.action is Action.restart:
+        decision = {"severity": str(d.severity), "recovery": str(d.recovery),
+                    "attempt": slot.failures, "action": str(action)}
+        self.uplink.emit("failure", slot, category=category, delay=step.delay, **decision)
+        if action is Action.restart:
             if step.delay <= 0:
                 self.restart_group(slot)
                 return
@@ -124,10 +163,12 @@ class Recovery:
                              attempt=slot.failures)
             slot.restart_timer = self.loop.call_later(step.delay,
                                                       lambda: self.restart_group(slot))
-        elif step.action is Action.open_circuit:
+        elif action is Action.open_circuit:
             self.open_circuit(slot)
-        else:  # escalate or abandon: the supervisor gives up at once
-            self.give_up(slot, str(step.action))
+        elif action is Action.abandon:
+            self.abandon(slot, category, detail or category, **decision)
+        else:  # the row's on_exhausted="escalate": the supervisor gives up (OTP's way)
+            self.give_up(slot, f"escalated:{category}")
 
     def restart_group(self, slot: ChildSlot) -> None:
         """Restart `slot` with the siblings its strategy names (stop, remove, start)."""
@@ -150,18 +191,37 @@ class Recovery:
         for child_id in plan.start:
             target = children.find(child_id)
             if target is None or target.pid is not None \
-                    or target.state is ChildState.CIRCUIT_OPEN:
+                    or target.state in (ChildState.CIRCUIT_OPEN, ChildState.ABANDONED):
                 continue
             target.restarts += 1
             failure = children.start(target)
+            if failure is None and target.settling:
+                self.awaiting[target] = (target.pid, slot)  # `restarted` once it is up
+                continue
             if failure is not None:
                 target.become(ChildState.RESTARTING)
                 self.metrics["failed"] += 1
                 logger.warning("restart of {} failed ({}: {})", target.path, failure.type,
                                failure.message)
-                self.loop.call_soon(lambda t=target, c=failure.category: self.on_failure(t, c))
+                detail = f"start failed: {failure.type}: {failure.message}"
+                self.loop.call_soon(
+                    lambda t=target, c=failure.category, d=detail: self.on_failure(t, c, d))
                 return
             self.uplink.emit("restarted", target)
+        self.complete_if_up(slot)
+
+    def on_up(self, target: ChildSlot) -> None:
+        """A restarted program ran its start_seconds: it is back."""
+        pid, failed = self.awaiting.pop(target, (None, None))
+        if failed is None or pid != target.pid:
+            return  # not a restart (a first start, an operator's), or an older process
+        self.uplink.emit("restarted", target)
+        self.complete_if_up(failed)
+
+    def complete_if_up(self, slot: ChildSlot) -> None:
+        """`recovery.complete` for `slot` once every child its restart started is up."""
+        if any(failed is slot for _, failed in self.awaiting.values()):
+            return
         self.metrics["succeeded"] += 1
         self.uplink.emit("complete", slot, group="recovery", result="succeeded")
 
@@ -182,7 +242,7 @@ class Recovery:
         if self.children.closing or slot not in self.children.slots:
             return
         if self.intensity.record():
-            self.give_up(slot, "reached_max_restart_intensity")
+            self.give_up(slot, INTENSITY)
             return
         slot.trial = True
         slot.retry_at = None
@@ -212,4 +272,4 @@ class Recovery:
             self.spec.auto_shutdown == "all_significant"
             and all(s.pid is None for s in significant)
         ):
-            self.shutdown("auto_shutdown" if self.root else "shutdown")
+            self.shutdown("auto_shutdown")

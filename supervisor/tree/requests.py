@@ -99,6 +99,9 @@ class Requests:
         elif slot.state is ChildState.CIRCUIT_OPEN:
             error = ("CircuitOpen", f"the circuit of {slot.path!r} is open after "
                      f"{slot.failures} failures; next trial at {_clock(slot.retry_at)}")
+        elif slot.state is ChildState.ABANDONED and slot.abandoned is not None:
+            error = ("ChildAbandoned", f"{slot.path!r} was abandoned ({slot.abandoned[1]}); "
+                     f"`start {slot.path}` (restart_child) revives it")
         elif slot.pid is None or slot.state is not ChildState.RUNNING:
             error = ("NotRunning", f"{slot.path!r} is not running (state {slot.state})")
         if error is not None:
@@ -108,6 +111,8 @@ class Requests:
             if slot is not None:
                 fields["retry_at"] = slot.retry_at
                 fields["fallback"] = getattr(slot.spec, "fallback", None)
+                if slot.abandoned is not None:
+                    fields["category"], fields["reason"] = slot.abandoned
             self.uplink.reply_error(origin, msg.id, error[0], error[1], **fields)
             return
         self.children.forward(slot, msgspec.structs.replace(msg, path=rest), origin, msg.id, fd)
@@ -215,7 +220,9 @@ class Requests:
         slot = self._find(msg.child_id)
         slot.cancel_timers()  # a scheduled restart or circuit trial is void once terminated
         slot.close_circuit()
-        slot.failures = 0
+        slot.revive()  # a fresh failure count; no longer abandoned
+        if slot.pid is None and slot.state in (ChildState.CIRCUIT_OPEN, ChildState.ABANDONED):
+            slot.become(ChildState.STOPPED)  # down on the operator's word now
         self.children.stop(slot, "shutdown")
         if self.spec.strategy == "simple_one_for_one" or slot.spec.restart == "temporary":
             self.children.remove(slot)
@@ -239,9 +246,11 @@ class Requests:
 
     def _restart_child(self, msg: Any) -> int | None:
         slot = self._stopped_child(msg, "restart_child")
-        # An operator's start replaces a pending circuit trial (it would start a second process).
+        # An operator's start replaces a pending circuit trial (it would start a second
+        # process), and revives an abandoned child with a fresh failure count.
         slot.cancel_timers()
         slot.close_circuit()
+        slot.revive()
         failure = self.children.start(slot)
         if failure is not None:
             raise _start_refused(failure)

@@ -4,19 +4,23 @@ A `ChildSlot` sits beside its frozen spec (OTP keeps the spec and the running ch
 record; so do we). The fields that exist only while the child runs are None otherwise:
 
     pid, ctrl, reader, pidfd    set from fork until the exit is reaped
-    started_at, ran_since       set once the child reported Ready
+    started_at, ran_since       set once the child reported Ready (a program: exec'd)
+    settling                    a program within its `start_seconds`: running, not up yet
 
 Its state moves only through `become`, along `TRANSITIONS`:
 
     stopped ──▶ starting ──▶ running ──▶ stopping ──▶ stopped       (a start, a stop)
                    │            │
                    ▼            ▼ exited (reaped, decision pending)
-                stopped     restarting ──▶ starting | stopped | circuit_open
-                               ▲                                  │
-                               └──────────────── starting ◀───────┘ (the half-open trial)
+                stopped     restarting ──▶ starting | stopped | circuit_open | abandoned
+                               ▲                                  │             │
+                               └──────────────── starting ◀───────┘             │
+                                       (the half-open trial; from abandoned, ◀──┘
+                                        only an operator's restart_child / start)
 
 The circuit is not a second state: it is open while the state is `circuit_open`, half
-open while a trial start of that circuit runs (`trial`), closed otherwise.
+open while a trial start of that circuit runs (`trial`), closed otherwise. An abandoned
+child stays down for good: the matrix gave up on it (not on its siblings).
 """
 
 from __future__ import annotations
@@ -43,19 +47,21 @@ class ChildState(enum.StrEnum):
     STOPPING = "stopping"  # asked to stop; waiting for its exit
     RESTARTING = "restarting"  # exited; a restart is decided or scheduled
     CIRCUIT_OPEN = "circuit_open"  # down until its circuit's half-open trial
+    ABANDONED = "abandoned"  # the matrix gave up on it: down until an operator starts it
 
 
 S = ChildState
 TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
-    S.STOPPED: frozenset({S.STARTING, S.RESTARTING, S.CIRCUIT_OPEN}),
+    S.STOPPED: frozenset({S.STARTING, S.RESTARTING, S.CIRCUIT_OPEN, S.ABANDONED}),
     S.STARTING: frozenset({S.RUNNING, S.STOPPED}),
     S.RUNNING: frozenset({S.STOPPING, S.RESTARTING}),
     S.STOPPING: frozenset({S.STOPPED}),
-    S.RESTARTING: frozenset({S.STARTING, S.STOPPED, S.CIRCUIT_OPEN}),
+    S.RESTARTING: frozenset({S.STARTING, S.STOPPED, S.CIRCUIT_OPEN, S.ABANDONED}),
     S.CIRCUIT_OPEN: frozenset({S.STARTING, S.STOPPED}),
+    S.ABANDONED: frozenset({S.STARTING, S.STOPPED}),
 }
 """The moves a child's state may make (staying put is always allowed). A stopped child
-becomes `restarting` or `circuit_open` when its restart failed to start."""
+becomes `restarting`, `circuit_open` or `abandoned` when its restart failed to start."""
 
 
 class InvalidTransition(RuntimeError):
@@ -92,6 +98,12 @@ class ChildSlot:
     timers: list[Any] = attrs.field(factory=list)  # cancelled when the process is released
     restart_timer: Any = None  # a scheduled restart or circuit trial (no process exists)
     ping_seq: int | None = None  # the heartbeat awaiting its Pong, if any
+    # A program within its `start_seconds` after exec: running, but not up yet (its
+    # `started` is reported when that time has passed; an exit before is a start failure).
+    settling: bool = False
+    # Why the matrix gave up on it: (category of that failure, a line for people). Set
+    # exactly while the state is `abandoned`.
+    abandoned: tuple[str, str] | None = None
 
     @property
     def id(self) -> str:
@@ -114,6 +126,16 @@ class ChildSlot:
             raise InvalidTransition(f"{self.path}: {self.state} -> {state} is not a "
                                     "move a child's state makes")
         self.state = state
+
+    def abandon(self, category: str, why: str) -> None:
+        """The matrix gave up on this child (not on its siblings): it stays down."""
+        self.become(ChildState.ABANDONED)
+        self.abandoned = (category, why)
+
+    def revive(self) -> None:
+        """An operator starts it again (restart_child, `start`): a fresh failure count."""
+        self.abandoned = None
+        self.failures = 0
 
     def close_circuit(self) -> None:
         """The circuit is closed (an operator's stop or start, or a stable trial)."""
@@ -155,7 +177,8 @@ class ChildSlot:
         return P.ChildInfo(id=self.id, pid=self.pid if running else None,
                            kind=self.kind, state=str(self.state), restarts=self.restarts,
                            path=self.path, started_at=self.started_at, circuit=self.circuit,
-                           retry_at=self.retry_at)
+                           retry_at=self.retry_at,
+                           reason=self.abandoned[1] if self.abandoned else None)
 
 
 @attrs.frozen

@@ -384,10 +384,12 @@ ControlMessage = (
 class ChildInfo(msgspec.Struct, frozen=True):
     """One child as `which_children` reports it (a map on the wire, not a message).
 
-    `kind` is "worker" or "supervisor"; `state` is "starting", "running", "restarting",
-    "stopped" or "circuit_open"; `pid` is None while the child is not running; `started_at`
-    is the `time.time()` of its last start; `circuit` is "closed", "open" or "half_open",
-    and `retry_at` the `time.time()` of the next half-open trial while it is open. Rebuild from a decoded `Response.value` with
+    `kind` is "worker" or "supervisor"; `state` is "starting", "running", "stopping",
+    "restarting", "stopped", "circuit_open" or "abandoned"; `pid` is None while the child is
+    not running; `started_at` is the `time.time()` of its last start; `circuit` is "closed",
+    "open" or "half_open", and `retry_at` the `time.time()` of the next half-open trial while
+    it is open; `reason` says why the matrix gave up on it while it is abandoned (None
+    otherwise). Rebuild from a decoded `Response.value` with
     ``msgspec.convert(value, ChildInfo)`` (raises `msgspec.ValidationError` on a bad shape).
     """
 
@@ -400,6 +402,7 @@ class ChildInfo(msgspec.Struct, frozen=True):
     started_at: float | None = None
     circuit: str = "closed"
     retry_at: float | None = None
+    reason: str | None = None
 
 
 CALL_CODEC = Codec(CallMessage, name="call")

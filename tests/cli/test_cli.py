@@ -197,6 +197,78 @@ def test_the_root_giving_up_exits_1(service):
     svc.wait_line("stopped: reached_max_restart_intensity")
 
 
+ONE_WORKER = """
+    [tree]
+    id = "fragile"
+    auto_shutdown = "any_significant"
+    {row}
+
+    [[tree.children]]
+    id = "w"
+    worker = "workers.echo:Echo"
+    restart = "transient"
+    significant = true
+"""
+
+
+@pytest.mark.parametrize("row, act, status, line", [
+    # the matrix gives up on its only child: nothing left to run (issue 14)
+    ('[tree.errors.connection_error]\n    recovery = "abandon"', "kill", 1,
+     "stopped: children_abandoned"),
+    # the row opts in to escalate: the supervisor gives up, naming the category
+    ('[tree.errors.connection_error]\n    recovery = "abandon"\n    on_exhausted = '
+     '"escalate"', "kill", 1, "stopped: escalated:connection_error"),
+    ("", "exit", 0, "stopped: auto_shutdown"),  # a significant child ended normally
+    ("", "shutdown", 0, "stopped: normal"),
+])
+def test_the_exit_line_names_the_real_reason(service, row, act, status, line):
+    svc = service(ONE_WORKER.format(row=row))
+    svc.wait_line("is up")
+    pid = json.loads(svc.cmd("status", "--json").stdout)["children"][0]["pid"]
+    if act == "kill":
+        os.kill(pid, signal.SIGKILL)
+    elif act == "exit":
+        assert svc.cmd("call", "w", "exit", '["normal"]').returncode == 0
+    else:
+        assert svc.cmd("shutdown").returncode == 0
+    assert svc.finish() == status
+    svc.wait_line(line)
+    if "intensity" not in line:
+        assert not any("intensity.exceeded" in text for text in svc.lines)
+
+
+def test_status_shows_an_abandoned_child_and_why(service):
+    svc = service("""
+        [tree]
+        id = "svc"
+
+        [[tree.children]]
+        id = "w"
+        worker = "workers.echo:Echo"
+        errors = { connection_error = { recovery = "abandon" } }
+
+        [[tree.children]]
+        id = "s"
+        worker = "workers.echo:Echo"
+    """)
+    svc.wait_line("is up")
+    pid = json.loads(svc.cmd("status", "--json").stdout)["children"][0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    svc.wait_line("child.abandoned w")
+    rows = svc.cmd("status").stdout.splitlines()
+    assert rows[0].split()[-1] == "REASON"
+    (w,) = [row for row in rows if row.split()[0] == "w"]
+    assert w.split()[2] == "abandoned"
+    assert "connection_error on 1 consecutive failure(s); last: killed by SIGKILL" in w
+    w = json.loads(svc.cmd("status", "--json").stdout)["children"][0]
+    assert (w["state"], w["pid"]) == ("abandoned", None)
+    call = svc.cmd("call", "w", "ping")
+    assert call.returncode == 1 and "ChildAbandoned" in call.stderr
+    started = svc.cmd("start", "w")
+    assert started.returncode == 0, started.stderr
+    assert svc.cmd("call", "w", "ping").stdout.strip() == '"pong"'
+
+
 def test_a_child_failing_to_start_exits_1_with_its_traceback(service):
     svc = service("""
         [tree]

@@ -95,7 +95,7 @@ def full_tree() -> SupervisorSpec:
         "sleeper", ["sleep", "1000"], cwd="/tmp", env={"LANG": "C", "MODE": "test"},
         stop_signal="SIGINT", restart="temporary", shutdown=2.5, significant=True,
         errors={"resource_error": {"severity": "warning", "recovery": "abandon"}},
-        stable_after=1, circuit_timeout=10,
+        stable_after=1, circuit_timeout=10, start_seconds=0.5,
     )
     jobs = full_jobs()
     workers = Supervisor("workers", [child("one", ECHO)], strategy="one_for_all", shutdown=60,
@@ -213,6 +213,14 @@ def test_tree_wide_errors_may_also_be_written_under_tree():
     top = loads('[tree]\nid = "r"\n[errors.timeout_error]\nmax_retries = 4\n')
     under = loads('[tree]\nid = "r"\n[tree.errors.timeout_error]\nmax_retries = 4\n')
     assert top.errors == under.errors == {"timeout_error": {"max_retries": 4}}
+
+
+def test_a_row_may_opt_in_to_escalate_and_a_bad_choice_is_named():
+    tree = loads('[tree]\nid = "r"\n[errors.connection_error]\non_exhausted = "escalate"\n')
+    assert tree.errors == {"connection_error": {"on_exhausted": "escalate"}}
+    with pytest.raises(ConfigError, match=r"errors\.connection_error\.on_exhausted: expected "
+                                          r"one of abandon, escalate, got 'explode'"):
+        loads('[tree]\nid = "r"\n[errors.connection_error]\non_exhausted = "explode"\n')
 
 
 def test_per_child_errors_stay_on_their_child():

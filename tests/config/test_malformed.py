@@ -60,7 +60,7 @@ EXPECTED = {
         ': errors.connection_error.max_retries: expected an integer >= 0, got -1',
     'matrix_row_not_table.toml':
         ': errors.timeout_error: expected a Rule or a table of severity, recovery, '
-        'max_retries, backoff, got 4',
+        'max_retries, backoff, on_exhausted, got 4',
     'matrix_unknown_backoff.toml':
         ': tree.children[0].errors.timeout_error.backoff: expected one of none, linear, '
         'exponential, fibonacci, decorrelated_jitter, immediate, a list of seconds or a '
@@ -71,7 +71,7 @@ EXPECTED = {
         'health_check_error, session_error, python_error, system_error',
     'matrix_unknown_field.toml':
         ': tree.children[0].errors.python_error.retries: unknown field; expected one of '
-        'severity, recovery, max_retries, backoff',
+        'severity, recovery, max_retries, backoff, on_exhausted',
     'missing_child_id.toml': ": tree.children[0].id: required key 'id' is missing",
     'missing_root_id.toml': ": tree.id: required key 'id' is missing",
     'missing_template.toml':
@@ -141,7 +141,7 @@ EXPECTED = {
     'unknown_key_program.toml':
         ": tree.children[0].args: unknown key 'args'; expected one of id, type, command, cwd, "
         'env, stop_signal, restart, shutdown, significant, errors, stable_after, '
-        'circuit_timeout',
+        'circuit_timeout, start_seconds',
     'unknown_key_root.toml':
         ": tree.max_restart: unknown key 'max_restart'; expected one of id, children, "
         'strategy, max_restarts, max_seconds, restart, shutdown, template, max_children, '

@@ -36,15 +36,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # ------------------------------------------------------------------ the tree as it runs
+WALK_WAIT = 1.0  # seconds a walk waits for a restarting supervisor before leaving it out
+
+
 def walk(app, path: str = "", ancestors: tuple[int, ...] = ()) -> dict[str, dict]:
     """Every node below `path` that is running now: path -> {pid, kind, ancestors}.
 
     `ancestors` are the pids of the supervisors above the node (its own supervisor last),
     read in the same walk. A subtree whose supervisor is restarting while we look is left
-    out (its `which_children` fails with a classified WorkerError).
+    out (its `which_children` waits for it up to WALK_WAIT, then fails with a classified
+    WorkerError).
     """
     nodes: dict[str, dict] = {}
-    for info in app.which_children(path):
+    for info in app.which_children(path, timeout=WALK_WAIT):
         if info.state != "running" or info.pid is None:
             continue
         nodes[info.path] = {"pid": info.pid, "kind": info.kind, "ancestors": ancestors}

@@ -13,7 +13,11 @@ tree's `which_children`. Then, at the end:
   the expected reason (killed / heartbeat_missed), or, for a process whose supervisor the
   chaos loop killed as well, no report at all (nobody was left to report it); no process
   died that the chaos loop did not touch; every reported death was decided as a restart
-  and the restart completed, unless its supervisor was killed first;
+  and the restart completed, unless its supervisor was killed first, or the child was
+  abandoned (the default rows give up on a nested supervisor killed four times in a row
+  within its `stable_after`) and the chaos loop revived it, as an operator would with
+  `start PATH`;
+- the tree stays up for the whole run: the root never gives up, nor does any supervisor;
 - after `stop()` no process of the tree is left (every pid ever seen), no zombie child,
   and the caller's file descriptors are back to their baseline.
 
@@ -45,11 +49,11 @@ import pytest
 import supervisor
 import supervisor.errors
 from strategies.matrix import ErrorCategory
-from supervisor import Pool, Supervisor, WorkerCrashed, WorkerError, child
+from supervisor import Pool, StartError, Supervisor, WorkerCrashed, WorkerError, child
 
 from .._procs import wait_gone
 from ._workers import Target
-from .conftest import walk
+from .conftest import WALK_WAIT, walk
 
 pytestmark = [pytest.mark.integration]
 
@@ -62,17 +66,11 @@ MARGIN = 2.0  # a 2-core machine under load may keep a ready thread off the CPU 
 CALLERS = 4
 P_SUPERVISOR, P_STOP = 0.2, 0.25  # shares of supervisor kills and SIGSTOPs
 
-# Every failure in this tree is one the chaos loop caused on purpose. With the default rows
-# a child killed four times within `stable_after` is upgraded to critical and abandoned, or
-# escalates once its retries are used up (the matrix's rules, tested in tests/runtime): here
-# the question is survival and accounting, so the rows never give up and never wait.
-# 1,000 retries outlast any run here (workers always fail on attempt 1, see WORKER); not
-# more: every worker expands its retry schedule into its call policy at start (see
-# test_edges.py::test_a_huge_retry_budget_does_not_slow_starts).
-CHAOS_ERRORS = {
-    "connection_error": {"severity": "minor", "max_retries": 1000, "backoff": "none"},
-    "health_check_error": {"severity": "minor", "max_retries": 1000, "backoff": "none"},
-}
+# Every failure in this tree is one the chaos loop caused on purpose, decided by the
+# default rows (no overrides): a nested supervisor killed again and again within
+# `stable_after` (5 s: supervisors have no option for it) backs off 2 s, 4 s, and is
+# abandoned on its fourth failure: it stays down, its siblings and the root run on, and
+# the chaos loop revives it (`restart_child`), as an operator would.
 INTENSITY = {"max_restarts": 1_000_000, "max_seconds": 1.0}
 # stable_after=0: every kill counts as the first failure after a healthy run (attempt 1).
 # on_timeout="ignore": a slow call must not make the caller report the worker (reason
@@ -100,7 +98,7 @@ def chaos_tree(mode: str = "tree"):
                              **HEARTBEAT), **INTENSITY)
     dynamic = [Supervisor("dyn", strategy="simple_one_for_one", **INTENSITY,
                           template=child("job", Target, **WORKER))] if mode == "dynamic" else []
-    return Supervisor("root", errors=CHAOS_ERRORS, **INTENSITY, children=[
+    return Supervisor("root", **INTENSITY, children=[
         Supervisor("front", **INTENSITY, children=[
             child("a", Target, **WORKER),
             Supervisor("back", **INTENSITY, children=[
@@ -252,13 +250,33 @@ class Action:
     ancestors: tuple[int, ...]
 
 
+def revive(app, nodes: dict[str, dict], revived: list[str]) -> None:
+    """Start every abandoned child again under the root and the supervisors in `nodes`,
+    as an operator would (`start PATH`); each revived path is appended to `revived`."""
+    for parent in ["", *(p for p, n in nodes.items() if n["kind"] == "supervisor")]:
+        try:
+            infos = app.which_children(parent, timeout=WALK_WAIT)
+        except WorkerError:  # restarting or just killed: the next round looks again
+            continue
+        for info in infos:
+            if info.state != "abandoned":
+                continue
+            try:
+                app.restart_child(parent, info.id)
+            except (WorkerError, StartError):  # its supervisor died meanwhile: next round
+                continue
+            revived.append(info.path)
+
+
 def run_chaos(app, rng: random.Random, seconds: float, kill_supervisors: bool,
-              seen: set[int], quit: threading.Event, claims: Claims | None = None
-              ) -> list[Action]:
-    """SIGKILL / SIGSTOP random nodes every INTERVAL seconds, bounded in time and count.
+              seen: set[int], quit: threading.Event, claims: Claims | None = None,
+              revived: list[str] | None = None) -> list[Action]:
+    """SIGKILL / SIGSTOP random nodes every INTERVAL seconds, bounded in time and count,
+    reviving abandoned children on the way (into `revived`).
     `claims`: never a pid the churn retired; every pid signalled is recorded there."""
     actions: list[Action] = []
     claims = claims if claims is not None else Claims()
+    revived = revived if revived is not None else []
     touched = claims.touched
     end = time.monotonic() + seconds
     budget = int(seconds / INTERVAL) + 1
@@ -267,6 +285,7 @@ def run_chaos(app, rng: random.Random, seconds: float, kill_supervisors: bool,
         if quit.wait(INTERVAL):
             break
         nodes = walk(app)
+        revive(app, nodes, revived)
         seen.update(node["pid"] for node in nodes.values())
         # Untouched nodes under untouched supervisors: a node whose supervisor is dying
         # dies with it, and that death is not this action's to account for.
@@ -332,7 +351,7 @@ def exits_and_decisions(events, actions: list[Action]) -> dict[str, int]:
     def supervisor_killed_after(path: str, t: float) -> bool:
         return any(path.startswith(s.path + "/") and s.at >= t - 0.2 for s in killed_sups)
 
-    completed = interrupted = 0
+    completed = interrupted = abandoned = 0
     for i, t, meta in abnormal:
         path = meta["path"]
         window = []  # this path's events up to its next exit: this death's consequences
@@ -343,6 +362,13 @@ def exits_and_decisions(events, actions: list[Action]) -> dict[str, int]:
                 window.append((name, m))
         names = [name for name, _ in window]
         failure = window[names.index("failure")][1] if "failure" in names else None
+        if failure is not None and failure["action"] == "abandon":
+            # The default rows gave up on this child (not on its siblings); it stayed
+            # down until the chaos loop revived it.
+            assert failure["category"] == meta["category"], (meta, failure)
+            assert "abandoned" in names[names.index("failure"):], (meta, window)
+            abandoned += 1
+            continue
         restarted = failure is not None and "restarted" in names[names.index("failure"):]
         if not restarted:
             assert supervisor_killed_after(path, t), (meta, window)
@@ -354,23 +380,28 @@ def exits_and_decisions(events, actions: list[Action]) -> dict[str, int]:
     gave_up = [m for name, _, m in log if name == "gave_up"]
     assert gave_up == []
     # Which adds up: one reported death per action but the swallowed ones, one completed
-    # restart per reported death but the interrupted ones.
+    # restart per reported death but the interrupted and the abandoned ones.
     assert len(abnormal) == len(actions) - swallowed
-    assert completed == len(abnormal) - interrupted
+    assert completed == len(abnormal) - interrupted - abandoned
     return {"exits": len(abnormal), "swallowed": swallowed, "restarts": completed,
-            "interrupted": interrupted,
+            "interrupted": interrupted, "abandoned": abandoned,
             "started": sum(1 for name, _, _ in log if name == "started")}
 
 
 def wait_full_shape(app, events, touched: set[int], timeout: float,
-                    want: dict[str, str] = SHAPE) -> dict[str, dict]:
+                    want: dict[str, str] = SHAPE, revived: list[str] | None = None
+                    ) -> dict[str, dict]:
     """Wait (on telemetry events, not sleeps) until every node of `want` runs a new pid
-    (the children of "dyn" come and go: they are not part of the shape)."""
+    (the children of "dyn" come and go: they are not part of the shape), reviving what
+    was abandoned meanwhile (a kill decided after the chaos loop's last round)."""
     deadline = time.monotonic() + timeout
+    revived = revived if revived is not None else []
     while True:
         with events.cond:
             mark = len(events.events)
-        nodes = {p: n for p, n in walk(app).items() if not p.startswith("dyn/")}
+        nodes = walk(app)
+        revive(app, nodes, revived)
+        nodes = {p: n for p, n in nodes.items() if not p.startswith("dyn/")}
         shape = {path: node["kind"] for path, node in nodes.items()}
         if shape == want and not touched.intersection(n["pid"] for n in nodes.values()):
             return nodes
@@ -424,6 +455,7 @@ def test_chaos_under_load(seconds, mode, events):
     tallies = [Tally() for _ in range(CALLERS)]
     callers: list[threading.Thread] = []
     claims, churn = Claims(), ChurnTally()
+    revived: list[str] = []
     try:
         seen.add(app.pid)
         pool = app.pool("py")
@@ -438,7 +470,7 @@ def test_chaos_under_load(seconds, mode, events):
             t.start()
         began = time.monotonic()
         actions = run_chaos(app, rng, seconds, mode in ("tree", "dynamic"), seen, quit,
-                            claims)
+                            claims, revived)
         duration = time.monotonic() - began
         quit.set()
         for t in callers:
@@ -458,12 +490,14 @@ def test_chaos_under_load(seconds, mode, events):
         touched = {a.pid for a in actions}
         assert wait_gone(touched, 15) == []
         nodes = wait_full_shape(app, events, touched, timeout=15,
-                                want=DYNAMIC_SHAPE if mode == "dynamic" else SHAPE)
+                                want=DYNAMIC_SHAPE if mode == "dynamic" else SHAPE,
+                                revived=revived)
         seen.update(n["pid"] for n in nodes.values())
         for path, kind in SHAPE.items():
             if kind == "worker":
                 assert app.call(path, "echo", f"after-{path}", timeout=5) == f"after-{path}"
         counts = exits_and_decisions(events, actions)
+        assert app.wait(timeout=0) is None  # the tree stayed up for the whole run
     finally:
         quit.set()
         for t in callers:
@@ -496,6 +530,7 @@ def test_chaos_under_load(seconds, mode, events):
           f"longest_call={max(t.longest for t in tallies):.2f}s hung=0 mixed=0 "
           f"exits={counts['exits']} restarts={counts['restarts']} "
           f"swallowed={counts['swallowed']} interrupted={counts['interrupted']} "
+          f"abandoned={counts['abandoned']} revived={len(revived)} "
           f"orphans={len(orphans)} zombies={len(zombies)} leaked_fds={len(leaked)}"
           + (f" churn: started={churn.started} terminated={churn.terminated} "
              f"ops={churn.calls} outcomes={dict(sorted(churn.outcomes.items()))}"

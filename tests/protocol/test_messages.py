@@ -178,6 +178,7 @@ def test_child_info_round_trips_as_a_map_inside_a_response():
         "started_at": None,
         "circuit": "closed",
         "retry_at": None,
+        "reason": None,
     }
     assert infos == msgspec.convert(decoded.value, list[p.ChildInfo])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -203,3 +204,18 @@ class Hog(Worker):
                 time.sleep(ahead)
         time.sleep(60)
         return len(self.hoard) * chunk_mb
+
+
+class HangsOnRestart(Worker):
+    """On a restart, its `init` connects to the test's socket, sends its pid and waits
+    there until the test closes the connection (or kills it)."""
+
+    def init(self, sock_path: str) -> None:
+        if self.restarts:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(sock_path)
+                conn.sendall(str(os.getpid()).encode())
+                conn.recv(1)
+
+    def ping(self) -> str:
+        return "pong"

@@ -151,9 +151,13 @@ def test_init_failing_on_restart_is_an_initialization_error(start_as, events, tm
     assert (first["category"], first["action"]) == ("connection_error", "restart")
     assert (second["category"], second["severity"], second["action"], second["delay"]) == (
         "initialization_error", "critical", "restart", 2.0)
-    # Attempt 3 of a critical failure is abandoned (before the row's circuit budget of 3).
+    # Attempt 3 of a critical failure is abandoned (before the row's circuit budget of 3):
+    # the child, not its supervisor (issue 14).
     assert (third["category"], third["action"]) == ("initialization_error", "abandon")
-    assert app.wait(timeout=10) == "reached_max_restart_intensity"
+    events.wait_count("abandoned", 1, "f")
+    assert app.call("other", "ping") == "pong"
+    assert {i.id: i.state for i in app.which_children()} == {"f": "abandoned",
+                                                              "other": "running"}
     started = event_times(events, "start_failed", "f")
     assert 1.7 <= started[1] - started[0] <= 3.0  # the 2 s exponential step, on the clock
 
@@ -193,20 +197,31 @@ def test_critical_on_a_late_attempt_is_abandoned(start_as, events):
         os.kill(pid_of(app, "w"), signal.SIGKILL)
         events.wait_count("restarted", n, "w")
     os.kill(pid_of(app, "w"), signal.SIGKILL)
-    assert app.wait(timeout=10) == "reached_max_restart_intensity"
+    # Its only child abandoned, the supervisor has nothing left to run (issue 14).
+    assert app.wait(timeout=10) == "children_abandoned"
     fourth = failure(events, "w", 4)
     assert (fourth["severity"], fourth["action"]) == ("critical", "abandon")
+    assert events.named("exceeded") == []
 
 
-def test_used_up_retries_escalate(start_as, events):
+@pytest.mark.parametrize("on_exhausted, action, reason", [
+    (None, "abandon", "children_abandoned"),
+    ("escalate", "escalate", "escalated:connection_error")])
+def test_used_up_retries_abandon_the_child_unless_the_row_escalates(
+        start_as, events, on_exhausted, action, reason):
+    row = {"severity": "minor", "max_retries": 1, "backoff": "none"}
+    if on_exhausted:
+        row["on_exhausted"] = on_exhausted
     app = start_as(Supervisor("root", max_restarts=10, max_seconds=60, children=[
-        child("w", Echo, errors={"connection_error": {
-            "severity": "minor", "max_retries": 1, "backoff": "none"}})]))
+        child("w", Echo, errors={"connection_error": row})]))
     os.kill(pid_of(app, "w"), signal.SIGKILL)
     events.wait_count("restarted", 1, "w")
     os.kill(pid_of(app, "w"), signal.SIGKILL)
-    assert app.wait(timeout=10) == "reached_max_restart_intensity"
-    assert failure(events, "w", 2)["action"] == "escalate"
+    assert app.wait(timeout=10) == reason
+    assert failure(events, "w", 2)["action"] == action
+    (gave_up,) = events.named("gave_up")
+    assert gave_up["reason"] == reason
+    assert events.named("exceeded") == []  # intensity was not exceeded
 
 
 def test_a_failure_that_takes_every_child_down_is_critical(start_as, events):

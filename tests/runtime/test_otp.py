@@ -8,7 +8,7 @@ import signal
 import psutil
 import pytest
 
-from supervisor import StartError, Supervisor, child
+from supervisor import ChildAbandoned, StartError, Supervisor, child
 from workers.echo import Echo
 
 from .._procs import wait_gone
@@ -146,12 +146,22 @@ def test_transient_child_stopping_abnormally_is_restarted(start_as, events):
 
 
 def test_unclassified_abnormal_exit_is_abandoned_by_the_default_matrix(start_as, events):
-    app = start_as(Supervisor("root", children=[child("t", Echo, restart="transient")]))
+    # The child is abandoned, not its supervisor (issue 14): the sibling keeps serving;
+    # calls to the child fail fast, naming the category that abandoned it.
+    app = start_as(Supervisor("root", children=[child("t", Echo, restart="transient"),
+                                                child("s", Echo)]))
     app.call("t", "exit", "gave up on the world")
-    assert app.wait(timeout=10) == "reached_max_restart_intensity"
+    (abandoned,) = events.wait_count("abandoned", 1, "t")
+    assert (abandoned["category"], abandoned["action"]) == ("system_error", "abandon")
     (failure,) = events.named("failure", "t")
     assert (failure["category"], failure["recovery"], failure["action"]) == (
         "system_error", "abandon", "abandon")
+    assert app.call("s", "ping") == "pong"
+    with pytest.raises(ChildAbandoned) as info:
+        app.call("t", "ping", timeout=5)
+    assert info.value.category == "system_error"
+    assert app.wait(timeout=0.5) is None
+    assert events.named("gave_up") == []
 
 
 def test_temporary_child_is_never_restarted_and_is_removed(start_as, events):

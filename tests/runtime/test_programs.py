@@ -53,9 +53,10 @@ def test_program_stop_signal_is_configurable(start_tree, events):
 
 
 def test_program_exit_codes_map_to_exit_reasons(start_tree, events):
+    # start_seconds=0: up at exec, so these quick exits are exits, not start failures.
     start_tree(Supervisor("root", children=[
-        program("ok", ["true"], restart="transient"),
-        program("bad", ["sh", "-c", "exit 3"], restart="temporary"),
+        program("ok", ["true"], restart="transient", start_seconds=0),
+        program("bad", ["sh", "-c", "exit 3"], restart="temporary", start_seconds=0),
         child("keep", Echo),
     ]))
     ok = events.wait_count("exited", 1, "ok")[0]
@@ -75,7 +76,8 @@ def test_a_program_that_cannot_run_fails_the_start(start_tree):
 def test_program_env_and_cwd(start_tree, events, tmp_path):
     start_tree(Supervisor("root", children=[program(
         "p", ["sh", "-c", 'echo "$GREETING from $(pwd)" > out.txt'],
-        env={"GREETING": "hello"}, cwd=str(tmp_path), restart="transient")]))
+        env={"GREETING": "hello"}, cwd=str(tmp_path), restart="transient",
+        start_seconds=0)]))
     events.wait_count("exited", 1, "p")
     assert (tmp_path / "out.txt").read_text() == f"hello from {tmp_path}\n"
 
@@ -96,3 +98,34 @@ def test_a_workers_subprocess_is_killed_when_its_program_group_leader_dies(start
     os.kill(leader.pid, signal.SIGKILL)
     events.wait_count("exited", 1, "p")
     assert wait_gone([orphan], timeout=2.0) == []
+
+
+# ------------------------------------------------------------------ start_seconds
+def test_a_program_ending_within_start_seconds_is_a_start_failure(start_tree, events):
+    # Even with exit code 0 (supervisord's startsecs): it did not start.
+    start_tree(Supervisor("root", children=[
+        program("quick", ["true"], restart="transient",
+                errors={"connection_error": {"recovery": "abandon"}}),
+        child("keep", Echo)]))
+    (failed,) = events.wait_count("start_failed", 1, "quick")
+    assert failed["category"] == "connection_error"
+    assert failed["message"] == "exited within start_seconds (exit code 0)"
+    assert events.named("started", "quick") == []  # never reported up
+    (failure,) = events.wait_count("failure", 1, "quick")
+    assert failure["category"] == "connection_error"
+
+
+def test_a_restarted_program_is_back_only_once_it_ran_start_seconds(start_tree, events):
+    app = start_tree(Supervisor("root", children=[
+        program("p", ["sleep", "100"], start_seconds=0.5)]))
+    events.wait_count("started", 1, "p")
+    killed = time.time()
+    os.kill(pid_of(app, "p"), signal.SIGKILL)
+    (complete,) = events.wait_count("complete", 1, "p")
+    (restarted,) = events.named("restarted", "p")
+    assert complete["result"] == "succeeded"
+    # Both come after the replacement ran its start_seconds, not at its exec.
+    assert events.wait_count("started", 2, "p")[1]["pid"] == restarted["pid"]
+    times = [m["time"] for n, m, meta in events.events
+             if n[-1] in ("restarted", "complete") and meta.get("path") == "p"]
+    assert all(t - killed >= 0.5 for t in times)

@@ -13,6 +13,7 @@ from strategies.matrix import (
     Decision,
     ErrorCategory,
     MatrixError,
+    OnExhausted,
     Recovery,
     Rule,
     Severity,
@@ -462,7 +463,7 @@ def test_toml_table_feeds_override_matrix():
         ({3: {}}, r"errors\.3: unknown category; expected one of " + CATEGORY_LIST),
         (
             {"timeout_error": {"retries": 1}},
-            r"errors\.timeout_error\.retries: unknown field; expected one of severity, recovery, max_retries, backoff",
+            r"errors\.timeout_error\.retries: unknown field; expected one of severity, recovery, max_retries, backoff, on_exhausted",
         ),
         (
             {"timeout_error": {"severity": "fatal"}},
@@ -498,7 +499,7 @@ def test_toml_table_feeds_override_matrix():
         ),
         (
             {"timeout_error": 5},
-            r"errors\.timeout_error: expected a Rule or a table of severity, recovery, max_retries, backoff, got 5",
+            r"errors\.timeout_error: expected a Rule or a table of severity, recovery, max_retries, backoff, on_exhausted, got 5",
         ),
         (
             ["timeout_error"],
@@ -526,3 +527,12 @@ def test_a_failed_override_leaves_nothing_half_applied():
     with pytest.raises(MatrixError):
         override_matrix(DEFAULT_MATRIX, {"timeout_error": {"max_retries": 9, "backoff": "bad"}})
     assert 2 == DEFAULT_MATRIX[ErrorCategory.timeout_error].max_retries
+
+
+def test_on_exhausted_is_a_row_field_defaulting_to_abandon():
+    assert all(rule.on_exhausted == OnExhausted.abandon for rule in DEFAULT_MATRIX.values())
+    matrix = override_matrix(DEFAULT_MATRIX, {"connection_error": {"on_exhausted": "escalate"}})
+    assert matrix[ErrorCategory.connection_error].on_exhausted == OnExhausted.escalate
+    with pytest.raises(MatrixError, match=r"^errors\.connection_error\.on_exhausted: expected "
+                       r"one of abandon, escalate, got 'explode'$"):
+        override_matrix(DEFAULT_MATRIX, {"connection_error": {"on_exhausted": "explode"}})

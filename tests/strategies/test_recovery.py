@@ -6,8 +6,15 @@ import itertools
 
 import pytest
 
-from strategies.matrix import DEFAULT_MATRIX, ErrorCategory, Recovery, decide, override_matrix
-from strategies.recovery import ACTIONS, Action, next_step
+from strategies.matrix import (
+    DEFAULT_MATRIX,
+    ErrorCategory,
+    OnExhausted,
+    Recovery,
+    decide,
+    override_matrix,
+)
+from strategies.recovery import ACTIONS, CONTAINED, Action, contain, next_step
 
 
 def test_every_recovery_and_budget_has_an_action():
@@ -73,3 +80,35 @@ def test_failover_restarts_at_once_and_system_error_abandons():
 def test_failures_below_one_is_an_error():
     with pytest.raises(ValueError):
         next_step("connection_error", 0)
+
+
+# ------------------------------------------------------------------ contain
+@pytest.mark.parametrize("category, failures, affecting_all, escalate", list(itertools.product(
+    ErrorCategory, range(1, 8), (False, True), (False, True))))
+def test_contain_abandons_the_child_unless_the_row_escalates(category, failures,
+                                                            affecting_all, escalate):
+    matrix = override_matrix(DEFAULT_MATRIX, {str(category): {"on_exhausted": "escalate"}}) \
+        if escalate else DEFAULT_MATRIX
+    step = next_step(category, failures, affecting_all=affecting_all, matrix=matrix)
+    action = contain(step, matrix)
+    if step.action in (Action.restart, Action.open_circuit):
+        assert action == step.action
+    else:
+        assert action == (Action.escalate if escalate else Action.abandon)
+
+
+def test_contain_table_covers_every_action_and_choice():
+    assert set(CONTAINED) == set(itertools.product(Action, OnExhausted))
+
+
+def test_a_retry_row_out_of_budget_abandons_the_child_by_default():
+    matrix = override_matrix(DEFAULT_MATRIX, {"session_error": {"max_retries": 1}})
+    step = next_step("session_error", 2, matrix=matrix)
+    assert (step.action, contain(step, matrix)) == (Action.escalate, Action.abandon)
+
+
+def test_on_exhausted_does_not_change_the_decision():
+    escalating = override_matrix(DEFAULT_MATRIX, {
+        str(c): {"on_exhausted": "escalate"} for c in ErrorCategory})
+    for category, attempt in itertools.product(ErrorCategory, range(1, 8)):
+        assert decide(category, attempt, matrix=escalating) == decide(category, attempt)
