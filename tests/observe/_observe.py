@@ -28,6 +28,7 @@ type = "supervisor"
   id = "sleeper"
   command = ["sleep", "300"]
   shutdown = 1.0
+  start_seconds = 0  # reported started at once: the tests read the start order
 
   [[tree.children.children]]
   id = "calc"
