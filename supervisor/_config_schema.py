@@ -130,6 +130,7 @@ _WORKER_OPTIONS = {
     "fallback": STRING,
     "serializer": STRING,
     **_STABILITY,
+    "env": TABLE,
 }
 
 _SUPERVISOR_KEYS = {
@@ -149,14 +150,16 @@ _SUPERVISOR_KEYS = {
 
 WORKER = Kind(
     "worker",
-    {"id": STRING, "type": STRING, "worker": STRING, **_WORKER_OPTIONS},
+    {"id": STRING, "type": STRING, "worker": STRING, **_WORKER_OPTIONS,
+     "autostart": BOOLEAN},
     required=("id", "worker"),
     hints={"worker": "; a child runs worker = 'package.module:Class' or command = [...]"},
 )
 PROGRAM = Kind(
     "program",
     {"id": STRING, "type": STRING, "command": STRINGS, "cwd": STRING, "env": TABLE,
-     "stop_signal": SIGNAL, **_RESTART_OPTIONS, **_STABILITY, "start_seconds": NUMBER},
+     "stop_signal": SIGNAL, **_RESTART_OPTIONS, **_STABILITY, "start_seconds": NUMBER,
+     "autostart": BOOLEAN},
     required=("id", "command"),
 )
 SUPERVISOR = Kind("supervisor", {"id": STRING, "type": STRING, **_SUPERVISOR_KEYS},
@@ -169,9 +172,10 @@ POOL = Kind(
     required=("id", "worker"),
 )
 # [tree] is a supervisor that is nobody's child: it has no `type` to choose.
-ROOT = Kind("supervisor", dict(_SUPERVISOR_KEYS), required=("id",))
+# Its `directory` (default: the file's) is put on sys.path to resolve `worker` strings.
+ROOT = Kind("supervisor", {**_SUPERVISOR_KEYS, "directory": STRING}, required=("id",))
 # A simple_one_for_one template is a worker child; programs are not templates (ChildSpec only).
-TEMPLATE = Kind("worker", {k: v for k, v in WORKER.keys.items() if k != "type"},
+TEMPLATE = Kind("worker", {k: v for k, v in WORKER.keys.items() if k not in ("type", "autostart")},
                 required=WORKER.required)
 
 # [metrics]: the service root's HTTP server (`run --metrics` / `--metrics-token-file`).

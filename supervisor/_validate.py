@@ -21,6 +21,8 @@ __all__ = [
     "check_choice",
     "check_number",
     "check_integer",
+    "check_bool",
+    "check_env",
     "check_id",
     "check_shutdown",
     "check_signal",
@@ -59,6 +61,19 @@ def check_integer(field: str, value: Any, *, minimum: int,
     if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
         return value
     raise ConfigError(f"expected an integer >= {minimum}, got {value!r}", field=field, value=value)
+
+
+def check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, got {value!r}", field=field, value=value)
+    return value
+
+
+def check_env(env: Any) -> None:
+    """`env`: None, or a table of strings (added to the inherited environment)."""
+    if env is not None and (not isinstance(env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise ConfigError(f"expected a table of strings, got {env!r}", field="env")
 
 
 def check_id(field: str, value: Any) -> str:

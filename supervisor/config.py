@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -115,8 +116,9 @@ def loads(text: str, *, file: str = "<string>") -> SupervisorSpec:
     each with `field` set to the path from the document root (``tree.children[1].restart``).
     """
     document = _parse(text, file)
+    base = os.getcwd() if file == "<string>" else os.path.dirname(os.path.abspath(file))
     try:
-        return _root(document)
+        return _root(document, base)
     except ConfigError as exc:
         raise ConfigError(
             _message(exc), field=exc.field, value=exc.value, file=file, line=exc.line
@@ -146,7 +148,7 @@ def _message(exc: ConfigError) -> str:
     return text[len(prefix):] if exc.field is not None and text.startswith(prefix) else text
 
 
-def _root(document: Mapping[str, Any]) -> SupervisorSpec:
+def _root(document: Mapping[str, Any], base: str) -> SupervisorSpec:
     unknown = sorted(key for key in document if key not in TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(
@@ -169,7 +171,24 @@ def _root(document: Mapping[str, Any]) -> SupervisorSpec:
                 field="tree.errors",
             )
         tree = {**tree, "errors": document["errors"]}
-    return _supervisor(tree, "tree", ROOT)
+    _use_directory(tree, base)
+    return _supervisor({k: v for k, v in tree.items() if k != "directory"}, "tree", ROOT)
+
+
+def _use_directory(tree: Mapping[str, Any], base: str) -> None:
+    """Put the tree's `directory` (relative to the file's; default: the file's own) on
+    sys.path, so `worker = "module:Class"` resolves wherever `run` was started from. It
+    is appended: it never shadows what is on the path already."""
+    raw = tree.get("directory")
+    if raw is not None and not isinstance(raw, str):
+        raise ConfigError(f"expected a string, got {describe(raw)}", field="tree.directory",
+                          value=raw)
+    directory = os.path.normpath(os.path.join(base, raw)) if raw else base
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{directory} is not a directory", field="tree.directory",
+                          value=raw)
+    if directory not in sys.path:
+        sys.path.append(directory)
 
 
 def _node(table: Mapping[str, Any], path: str) -> Any:

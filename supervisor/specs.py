@@ -23,7 +23,9 @@ from strategies.restart import RestartType, Strategy
 
 from ._validate import SHUTDOWN_WORDS as SHUTDOWN_WORDS  # still importable from here
 from ._validate import (
+    check_bool,
     check_choice,
+    check_env,
     check_errors,
     check_id,
     check_integer,
@@ -116,6 +118,8 @@ class ChildSpec:
     serializer: str = "msgpack"
     stable_after: float = 5.0
     circuit_timeout: float = 60.0
+    env: Mapping[str, str] | None = None
+    autostart: bool = True
     # The resolved Worker class; derived from `worker`, never given by the user.
     worker_class: type = attrs.field(init=False, eq=False, repr=False)
 
@@ -141,6 +145,8 @@ class ChildSpec:
         if self.fallback is not None:
             check_id("fallback", self.fallback)
         check_choice("serializer", self.serializer, SERIALIZERS)
+        check_env(self.env)
+        check_bool("autostart", self.autostart)
         check_number("stable_after", self.stable_after, minimum=0)
         check_number("circuit_timeout", self.circuit_timeout, minimum=0)
         check_errors(self.errors)
@@ -168,6 +174,7 @@ class ProgramSpec:
     stable_after: float = 5.0
     circuit_timeout: float = 60.0
     start_seconds: float = 1.0
+    autostart: bool = True
 
     kind = "worker"
 
@@ -181,9 +188,8 @@ class ProgramSpec:
         object.__setattr__(self, "command", tuple(command))
         if self.cwd is not None and not isinstance(self.cwd, str):
             raise ConfigError(f"expected a path string, got {self.cwd!r}", field="cwd")
-        if self.env is not None and (not isinstance(self.env, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.env.items())):
-            raise ConfigError(f"expected a table of strings, got {self.env!r}", field="env")
+        check_env(self.env)
+        check_bool("autostart", self.autostart)
         check_signal("stop_signal", self.stop_signal)
         check_choice("restart", self.restart, tuple(RestartType))
         check_shutdown("shutdown", self.shutdown)
@@ -332,12 +338,16 @@ def child(id: str, worker: type | str, *, args: Sequence[Any] = (),
           max_calls: int | None = None, call_timeout: float | None = 60.0,
           on_timeout: str = "restart", fallback: str | None = None,
           serializer: str = "msgpack", stable_after: float = 5.0,
-          circuit_timeout: float = 60.0, **unknown: Any) -> ChildSpec:
+          circuit_timeout: float = 60.0, env: Mapping[str, str] | None = None,
+          autostart: bool = True, **unknown: Any) -> ChildSpec:
     """A worker child spec.
 
     `worker` is a Worker subclass or ``"package.module:Class"``; `args`/`kwargs` go to its
     `init`. `restart`: permanent | transient | temporary. `shutdown`: seconds of grace,
-    ``"brutal_kill"`` or ``"infinity"``. Raises ConfigError for any invalid or unknown field.
+    ``"brutal_kill"`` or ``"infinity"``. `env` is added to the environment the worker
+    inherits from its supervisor. `autostart=False`: declared, but started only by
+    `restart_child` (``python -m supervisor start PATH``). Raises ConfigError for any
+    invalid or unknown field.
     """
     reject_unknown(unknown, _CHILD_KEYS)
     return ChildSpec(
@@ -346,6 +356,7 @@ def child(id: str, worker: type | str, *, args: Sequence[Any] = (),
         heartbeat_timeout=heartbeat_timeout, max_memory_mb=max_memory_mb, max_calls=max_calls,
         call_timeout=call_timeout, on_timeout=on_timeout, fallback=fallback,
         serializer=serializer, stable_after=stable_after, circuit_timeout=circuit_timeout,
+        env=dict(env) if env is not None else None, autostart=autostart,
     )
 
 
@@ -354,7 +365,7 @@ def program(id: str, command: Sequence[str], *, cwd: str | None = None,
             restart: str = "permanent", shutdown: float | str = 5.0,
             significant: bool = False, errors: Mapping[str, Any] | None = None,
             stable_after: float = 5.0, circuit_timeout: float = 60.0,
-            start_seconds: float = 1.0, **unknown: Any) -> ProgramSpec:
+            start_seconds: float = 1.0, autostart: bool = True, **unknown: Any) -> ProgramSpec:
     """An external program supervised like any child: ``program("db", ["redis-server"])``.
 
     `env` is added to the supervisor's environment; `stop_signal` goes to the program's
@@ -367,7 +378,7 @@ def program(id: str, command: Sequence[str], *, cwd: str | None = None,
         id=id, command=command, cwd=cwd, env=dict(env) if env is not None else None,
         stop_signal=stop_signal, restart=restart, shutdown=shutdown, significant=significant,
         errors=errors, stable_after=stable_after, circuit_timeout=circuit_timeout,
-        start_seconds=start_seconds,
+        start_seconds=start_seconds, autostart=autostart,
     )
 
 
@@ -402,6 +413,10 @@ def Pool(id: str, worker: type | str, size: int = 4, *, max_overflow: int = 0,
     `child_options` are `child(...)` options applied to every worker. Raises ConfigError.
     """
     check_integer("size", size, minimum=1)
+    if "autostart" in child_options:
+        raise ConfigError("a pool's workers are always started (a pool without them would "
+                          "only queue calls)", field="autostart",
+                          value=child_options["autostart"])
     template = child(id, worker, **child_options)
     children = tuple(attrs.evolve(template, id=f"{id}-{i}") for i in range(size))
     return PoolSpec(

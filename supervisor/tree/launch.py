@@ -57,6 +57,8 @@ class ProcessLauncher:
         else:
             def run() -> int:
                 set_title(f"worker: {path}")
+                if spec.env:
+                    os.environ.update(spec.env)  # the supervisor's environment, plus these
                 capture.in_child()
                 log_to_supervisor()  # self.log records go up whole: one stamp, one level
                 sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line

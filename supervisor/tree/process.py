@@ -152,6 +152,8 @@ class SupervisorProcess:
     def _start_all(self) -> StartFailure | None:
         started: list[ChildSlot] = []
         for slot in self.children.slots:
+            if not getattr(slot.spec, "autostart", True):
+                continue  # declared, stopped, until `restart_child` (`start PATH`)
             failure = self.children.start(slot)
             if failure is not None:
                 for done in reversed(started):

@@ -465,3 +465,27 @@ def test_run_with_a_bad_file_is_exit_2_without_traceback(name):
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 2
     assert result.stderr == f"error: {name}{EXPECTED[name]}\n"
+
+
+def test_a_tree_file_resolves_its_workers_from_its_own_directory(tmp_path):
+    """`worker = "module:Class"` next to the tree file works from any working directory
+    (`directory` defaults to the file's own; a relative one is the file's too)."""
+    project = tmp_path / "project"
+    (project / "lib").mkdir(parents=True)
+    (project / "lib" / "mine.py").write_text(
+        "from supervisor import Worker\n\nclass Mine(Worker):\n    def hi(self):\n"
+        "        return 'hi'\n")
+    (project / "tree.toml").write_text(
+        '[tree]\nid = "p"\ndirectory = "lib"\n\n[[tree.children]]\nid = "m"\n'
+        'worker = "mine:Mine"\n')
+    result = subprocess.run([sys.executable, "-m", "supervisor", "check",
+                             str(project / "tree.toml")], cwd="/", capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "m" in result.stdout and "mine:Mine" in result.stdout
+    missing = project / "bad.toml"
+    missing.write_text('[tree]\nid = "p"\ndirectory = "nowhere"\n')
+    bad = subprocess.run([sys.executable, "-m", "supervisor", "check", str(missing)],
+                         cwd="/", capture_output=True, text=True, timeout=30)
+    assert (bad.returncode, bad.stderr) == (
+        2, f"error: {missing}: tree.directory: {project / 'nowhere'} is not a directory\n")

@@ -58,7 +58,7 @@ def full_jobs() -> SupervisorSpec:
         significant=False, errors={"health_check_error": {"max_retries": 0}}, heartbeat=0.5,
         heartbeat_timeout=1.5, max_memory_mb=64.5, max_calls=1, call_timeout=2,
         on_timeout="restart", fallback="spare", serializer="msgpack", stable_after=0,
-        circuit_timeout=0,
+        circuit_timeout=0, env={"MODE": "job"},
     )
     return Supervisor(
         "jobs", strategy="simple_one_for_one", max_restarts=0, max_seconds=1,
@@ -77,6 +77,7 @@ def full_pool() -> PoolSpec:
         heartbeat_timeout=9, max_memory_mb=512, max_calls=100, call_timeout=1.5,
         on_timeout="ignore", fallback="echo", serializer="pickle", stable_after=2,
         circuit_timeout=30, errors={"communication_error": {"backoff": "decorrelated_jitter"}},
+        env={"MODE": "pool"},
     )
 
 
@@ -89,13 +90,13 @@ def full_tree() -> SupervisorSpec:
                                  "backoff": "linear"}},
         heartbeat=2, heartbeat_timeout=6.5, max_memory_mb=256, max_calls=1000,
         call_timeout=9.5, on_timeout="ignore", fallback="py", serializer="pickle",
-        stable_after=15, circuit_timeout=120.0,
+        stable_after=15, circuit_timeout=120.0, env={"MODE": "echo"}, autostart=False,
     )
     sleeper = program(
         "sleeper", ["sleep", "1000"], cwd="/tmp", env={"LANG": "C", "MODE": "test"},
         stop_signal="SIGINT", restart="temporary", shutdown=2.5, significant=True,
         errors={"resource_error": {"severity": "warning", "recovery": "abandon"}},
-        stable_after=1, circuit_timeout=10, start_seconds=0.5,
+        stable_after=1, circuit_timeout=10, start_seconds=0.5, autostart=True,
     )
     jobs = full_jobs()
     workers = Supervisor("workers", [child("one", ECHO)], strategy="one_for_all", shutdown=60,
@@ -130,11 +131,12 @@ def _parameters(factory) -> set[str]:
 def test_schema_keys_are_the_factories_parameters():
     child_options = _parameters(child) - {"id", "worker"}
     assert set(WORKER.keys) == _parameters(child) | {"type"}
-    assert set(TEMPLATE.keys) == _parameters(child)
+    # A template's children and a pool's workers are started when asked for: no autostart.
+    assert set(TEMPLATE.keys) == _parameters(child) - {"autostart"}
     assert set(PROGRAM.keys) == _parameters(program) | {"type"}
     assert set(SUPERVISOR.keys) == _parameters(Supervisor) | {"type"}
-    assert set(ROOT.keys) == _parameters(Supervisor)
-    assert set(POOL.keys) == _parameters(Pool) | child_options | {"type"}
+    assert set(ROOT.keys) == _parameters(Supervisor) | {"directory"}
+    assert set(POOL.keys) == _parameters(Pool) | child_options - {"autostart"} | {"type"}
 
 
 def _tables_of_kind(document: dict) -> dict[str, list[dict]]:

@@ -131,21 +131,21 @@ EXPECTED = {
         ": tree.children[0].children[0].children[0].colour: unknown key 'colour'; expected one "
         'of id, type, worker, args, kwargs, restart, shutdown, significant, errors, heartbeat, '
         'heartbeat_timeout, max_memory_mb, max_calls, call_timeout, on_timeout, fallback, '
-        'serializer, stable_after, circuit_timeout',
+        'serializer, stable_after, circuit_timeout, env, autostart',
     'unknown_key_pool.toml':
         ": tree.children[0].strategy: unknown key 'strategy'; expected one of id, type, "
         'worker, size, max_overflow, checkout_timeout, max_restarts, max_seconds, args, '
         'kwargs, restart, shutdown, '
         'significant, errors, heartbeat, heartbeat_timeout, max_memory_mb, max_calls, '
-        'call_timeout, on_timeout, fallback, serializer, stable_after, circuit_timeout',
+        'call_timeout, on_timeout, fallback, serializer, stable_after, circuit_timeout, env',
     'unknown_key_program.toml':
         ": tree.children[0].args: unknown key 'args'; expected one of id, type, command, cwd, "
         'env, stop_signal, restart, shutdown, significant, errors, stable_after, '
-        'circuit_timeout, start_seconds',
+        'circuit_timeout, start_seconds, autostart',
     'unknown_key_root.toml':
         ": tree.max_restart: unknown key 'max_restart'; expected one of id, children, "
         'strategy, max_restarts, max_seconds, restart, shutdown, template, max_children, '
-        'auto_shutdown, significant, errors',
+        'auto_shutdown, significant, errors, directory',
     'unknown_key_supervisor.toml':
         ": tree.children[0].worker: unknown key 'worker'; expected one of id, type, children, "
         'strategy, max_restarts, max_seconds, restart, shutdown, template, max_children, '
@@ -154,12 +154,12 @@ EXPECTED = {
         ": tree.children[0].template.command: unknown key 'command'; expected one of id, "
         'worker, args, kwargs, restart, shutdown, significant, errors, heartbeat, '
         'heartbeat_timeout, max_memory_mb, max_calls, call_timeout, on_timeout, fallback, '
-        'serializer, stable_after, circuit_timeout',
+        'serializer, stable_after, circuit_timeout, env',
     'unknown_key_worker.toml':
         ": tree.children[0].restrat: unknown key 'restrat'; expected one of id, type, worker, "
         'args, kwargs, restart, shutdown, significant, errors, heartbeat, heartbeat_timeout, '
         'max_memory_mb, max_calls, call_timeout, on_timeout, fallback, serializer, '
-        'stable_after, circuit_timeout',
+        'stable_after, circuit_timeout, env, autostart',
     'unknown_restart.toml':
         ': tree.children[1].restart: expected one of permanent, transient, temporary, got '
         "'sometimes'",

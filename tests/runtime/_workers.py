@@ -219,3 +219,10 @@ class HangsOnRestart(Worker):
 
     def ping(self) -> str:
         return "pong"
+
+
+class Environ(Worker):
+    """Reads its own environment."""
+
+    def get(self, name: str) -> str | None:
+        return os.environ.get(name)
