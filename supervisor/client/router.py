@@ -95,7 +95,8 @@ class Router:
                 reply = chan.wait(cid, deadline)
             except TimeoutError:
                 raise timed_out(method, chan.path, deadline - started, chan.policy,
-                                self.link, lambda chan=chan: self.drop(chan)) from None
+                                self.link.report_timeout,
+                                lambda chan=chan: self.drop(chan)) from None
             except WorkerCrashed:
                 self.drop(chan)
                 raise

@@ -309,7 +309,8 @@ class PoolIO:
 
             self.decide(lose)
 
-        return timed_out(method, link.slot.path, limit, link.policy, self.root, let_go)
+        return timed_out(method, link.slot.path, limit, link.policy, self.root.report_timeout,
+                         let_go)
 
     def presend(self, send: Presend) -> None:
         """Write a queued caller's frame for it (see `Waiter`)."""
