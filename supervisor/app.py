@@ -248,24 +248,7 @@ class App:
         return self._status_of("")
 
     def _status_of(self, path: str) -> dict[str, Any]:
-        raw = self._link.request(P.GetStatus(id=0, path=path))
-        node = {"id": raw["id"], "path": path, "kind": "supervisor", "state": "running",
-                "pid": raw["pid"], "strategy": raw["strategy"],
-                "recent_restarts": raw["recent_restarts"], "recovery": raw["recovery"],
-                "memory_mb": _rss_mb(raw["pid"]), "children": []}
-        for info in msgspec.convert(raw["children"], list[ChildInfo]):
-            if info.kind == "supervisor" and info.state == "running":
-                sub = self._status_of(info.path)
-                sub["restarts"] = info.restarts
-                node["children"].append(sub)
-                continue
-            node["children"].append({
-                "id": info.id, "path": info.path, "kind": info.kind, "state": info.state,
-                "pid": info.pid, "restarts": info.restarts, "memory_mb": _rss_mb(info.pid),
-                "uptime": (time.time() - info.started_at) if info.started_at else None,
-                "circuit": info.circuit, "retry_at": info.retry_at,
-            })
-        return node
+        return status_tree(path, lambda at: self._link.request(P.GetStatus(id=0, path=at)))
 
     # ------------------------------------------------------------------ calls
     def call(self, path: str, method: str, *args: Any, timeout: float | None = None,
@@ -301,6 +284,34 @@ class App:
     def worker(self, path: str) -> WorkerProxy:
         """A proxy whose attribute calls are `call(path, name, ...)`."""
         return WorkerProxy(self, path, {})
+
+
+def status_tree(path: str, fetch: Any) -> dict[str, Any]:
+    """`App.status()` of the supervisor at `path`, from `fetch(path)`: the raw GetStatus
+    answer of each running supervisor (a request, or an answer already fetched)."""
+    raw = fetch(path)
+    node = {"id": raw["id"], "path": path, "kind": "supervisor", "state": "running",
+            "pid": raw["pid"], "strategy": raw["strategy"],
+            "recent_restarts": raw["recent_restarts"], "recovery": raw["recovery"],
+            "memory_mb": _rss_mb(raw["pid"]), "children": []}
+    for info in listed_children(raw):
+        if info.kind == "supervisor" and info.state == "running":
+            sub = status_tree(info.path, fetch)
+            sub["restarts"] = info.restarts
+            node["children"].append(sub)
+            continue
+        node["children"].append({
+            "id": info.id, "path": info.path, "kind": info.kind, "state": info.state,
+            "pid": info.pid, "restarts": info.restarts, "memory_mb": _rss_mb(info.pid),
+            "uptime": (time.time() - info.started_at) if info.started_at else None,
+            "circuit": info.circuit, "retry_at": info.retry_at,
+        })
+    return node
+
+
+def listed_children(raw: dict[str, Any]) -> list[ChildInfo]:
+    """The children listed in a raw GetStatus answer."""
+    return msgspec.convert(raw["children"], list[ChildInfo])
 
 
 def _rss_mb(pid: int | None) -> float | None:

@@ -98,6 +98,7 @@ class RootLink:
         self._on_gone: list[Callable[[], None]] = []
         self._gone_lock = threading.Lock()  # `_on_gone` vs. the reader running it
         self._gone_ran = False
+        self._after_gone: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ the root
     def boot(self, spec: Any, timeout: float | None) -> None:
@@ -155,6 +156,17 @@ class RootLink:
         with self._gone_lock:
             if not self._gone_ran:
                 self._on_gone.append(callback)
+                return
+        callback()
+
+    def after_gone(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the reader thread once `exited` is set (every `on_gone`
+        callback has run: the callers' descriptors are released); at once, on this
+        thread, when that has happened already. For a waiter on another thread's terms
+        (an event loop)."""
+        with self._gone_lock:
+            if not self.exited.is_set():
+                self._after_gone.append(callback)
                 return
         callback()
 
@@ -367,7 +379,11 @@ class RootLink:
             self._start_watches.clear()
         for fut in watches:
             fut.set_exception(WorkerCrashed("the tree is not running", path=""))
-        self.exited.set()
+        with self._gone_lock:
+            self.exited.set()
+            callbacks = list(self._after_gone)
+        for callback in callbacks:
+            callback()
 
 
 def answer_error(msg: Any, exc: NotRunning) -> NotRunning | WorkerError:

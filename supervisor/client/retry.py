@@ -15,14 +15,14 @@ reported once per try as a ("supervisor", "call", "error") event.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import telemetry
 from ..errors import CallTimeout, WorkerCrashed, WorkerError
 from ..wire.policy import CallPolicy
 
-__all__ = ["Attempt", "next_try", "with_retries", "timed_out"]
+__all__ = ["Attempt", "next_try", "with_retries", "with_retries_async", "timed_out"]
 
 T = TypeVar("T")
 
@@ -76,6 +76,26 @@ def with_retries(try_once: Callable[[Attempt], T], *, method: str, path: str,
             if delay is None:
                 raise
             if delay > 0 and pause(delay):
+                raise WorkerCrashed("the tree is not running", path=path) from exc
+            tries += 1
+
+
+async def with_retries_async(try_once: Callable[[Attempt], Awaitable[T]], *, method: str,
+                             path: str, idempotent: bool, retry: bool, session: str | None,
+                             pause: Callable[[float], Awaitable[bool]]) -> T:
+    """`with_retries` for an event loop: the same decisions (`next_try`), awaited."""
+    attempt = Attempt()
+    tries = 1
+    while True:
+        attempt.policy = None
+        try:
+            return await try_once(attempt)
+        except WorkerError as exc:
+            delay = next_try(exc, tries, attempt, method=method, idempotent=idempotent,
+                             retry=retry, session=session)
+            if delay is None:
+                raise
+            if delay > 0 and await pause(delay):
                 raise WorkerCrashed("the tree is not running", path=path) from exc
             tries += 1
 

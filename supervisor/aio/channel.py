@@ -1,0 +1,253 @@
+"""The caller's end of a direct channel to one worker, driven by the running event loop.
+
+The socket is non-blocking and registered with ``loop.add_reader`` for as long as the
+channel is open: replies are read by a loop callback and set on the callers' futures, with
+no thread on the path. Writes go straight to the socket; what the kernel does not take
+waits in `outbox` (frames in order, the head possibly half written) until
+``loop.add_writer`` says there is room.
+
+Backpressure: at most `limit` calls are in flight on a channel (sent or waiting in the
+outbox, and not answered yet, including calls whose caller gave up); a further caller
+waits for room, first come first served. A cast waits until the outbox is empty again
+once it holds more than `_HIGH_WATER` bytes. So a caller that awaits no replies cannot
+grow the outbox without bound.
+
+Never sent vs. may have run: a call whose frame is still wholly in the outbox when the
+channel ends, or when the worker says it is leaving (its `Closing` notice shuts our
+writing half), never reached the worker and fails with `NotSent` (safe to send
+elsewhere); a call whose frame left fails with WorkerCrashed. A caller that gives up
+(cancelled, timed out) takes its frame out of the outbox when it has not started to
+leave; otherwise the reply is dropped when it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..client.channel import NotSent, screen
+from ..errors import ProtocolError, WorkerCrashed
+from ..wire import messages as P
+from ..wire.framing import FrameReader
+from ..wire.policy import CallPolicy
+
+__all__ = ["AsyncChannel", "CALLS_IN_FLIGHT"]
+
+CALLS_IN_FLIGHT = 1024  # the default limit of calls in flight per channel
+_HIGH_WATER = 1 << 20  # outbox bytes past which a cast waits for the outbox to empty
+
+
+class AsyncChannel:
+    """One worker's call channel on `loop` (see the module doc)."""
+
+    def __init__(self, sock: socket.socket, path: str, policy: CallPolicy,
+                 loop: asyncio.AbstractEventLoop, limit: int = CALLS_IN_FLIGHT) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.path = path
+        self.policy = policy
+        self.pid = policy.pid
+        self.pickle_ok = policy.serializer == "pickle"  # as in CallChannel: the tree says
+        self.loop = loop
+        self.reader = FrameReader(P.CALL_CODEC)
+        self.buffer = bytearray(65536)
+        self.room = asyncio.Semaphore(limit)  # one unit per call in flight
+        self.replies: dict[int, asyncio.Future] = {}  # call id -> its caller's future
+        self.abandoned: set[int] = set()  # ids whose callers gave up: their replies dropped
+        self.outbox: deque[list[Any]] = deque()  # [call id (0: a cast), unsent bytes]
+        self.outbox_bytes = 0
+        self.head_started = False  # the head of the outbox is half written
+        self.drained: list[asyncio.Future] = []  # casts waiting for the outbox to empty
+        self.closed: str | None = None  # why the channel is dead, once it is
+        self.draining: str | None = None  # set once the worker said it is leaving
+        self._ids = itertools.count(1)
+        loop.add_reader(self.fd, self._readable)
+
+    @property
+    def usable(self) -> bool:
+        return self.closed is None and self.draining is None
+
+    # ------------------------------------------------------------------ sending
+    async def send(self, msg_for_id: Callable[[int], Any]) -> tuple[int, asyncio.Future]:
+        """Encode (EncodeError before any wait), wait for room, send. Returns the call id
+        and the future its reply is set on. Raises NotSent when the channel cannot
+        carry it."""
+        cid = next(self._ids)
+        frame = P.CALL_CODEC.encode(msg_for_id(cid))
+        await self.room.acquire()
+        if not self.usable:
+            self.room.release()
+            raise NotSent(self.closed or self.draining)
+        fut = self.loop.create_future()
+        self.replies[cid] = fut
+        self._write(cid, frame)  # a write that finds the channel dead fails `fut`: NotSent
+        return cid, fut
+
+    async def cast(self, frame_for_id: Callable[[int], Any]) -> None:
+        """Send a message that gets no reply; waits while the outbox is over its mark."""
+        frame = P.CALL_CODEC.encode(frame_for_id(0))
+        if not self.usable:
+            raise NotSent(self.closed or self.draining)
+        self._write(0, frame)
+        if self.closed is not None:
+            raise NotSent(self.closed)
+        if self.outbox_bytes > _HIGH_WATER:
+            fut = self.loop.create_future()
+            self.drained.append(fut)
+            await fut
+
+    def give_up(self, cid: int) -> None:
+        """The caller of `cid` stopped waiting (cancelled or timed out). A frame that has
+        not started to leave is taken back (the worker never sees it); otherwise the reply
+        is dropped when it comes, and its room is freed then."""
+        if self.replies.pop(cid, None) is None:
+            return  # answered or failed already
+        for index, entry in enumerate(self.outbox):
+            if entry[0] == cid and not (index == 0 and self.head_started):
+                del self.outbox[index]
+                self.outbox_bytes -= len(entry[1])
+                self.room.release()
+                return
+        self.abandoned.add(cid)
+
+    def _write(self, cid: int, frame: bytes) -> None:
+        if self.outbox:  # order: behind what waits already
+            self.outbox.append([cid, memoryview(frame)])
+            self.outbox_bytes += len(frame)
+            return
+        try:
+            sent = self.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.outbox.append([cid, memoryview(frame)])  # never left: failed as NotSent
+            self.close_because(f"send failed: {exc}")
+            return
+        if sent < len(frame):
+            self.outbox.append([cid, memoryview(frame)[sent:]])
+            self.outbox_bytes += len(frame) - sent
+            self.head_started = sent > 0
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        outbox = self.outbox
+        while outbox:
+            entry = outbox[0]
+            try:
+                sent = self.sock.send(entry[1])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.close_because(f"send failed: {exc}")
+                return
+            self.outbox_bytes -= sent
+            if sent < len(entry[1]):
+                entry[1] = entry[1][sent:]
+                self.head_started = True
+                return
+            outbox.popleft()
+            self.head_started = False
+        self.loop.remove_writer(self.fd)
+        self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        waiters, self.drained = self.drained, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    # ------------------------------------------------------------------ reading
+    def _readable(self) -> None:
+        try:
+            n = self.sock.recv_into(self.buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close_because(f"channel error: {exc}")
+            return
+        if not n:
+            self.close_because("the channel closed")
+            return
+        try:
+            msgs, why = screen(self.reader.feed(memoryview(self.buffer)[:n]), self.pickle_ok)
+        except ProtocolError as exc:
+            self.close_because(f"bad frame from the worker: {exc}")
+            return
+        replies = self.replies
+        for msg in msgs:
+            if type(msg) is P.Closing:
+                self._closing(msg)
+                continue
+            fut = replies.pop(msg.id, None)
+            if fut is not None:
+                self.room.release()
+                if not fut.done():  # done: its caller's deadline passed this very tick
+                    fut.set_result(msg)
+            elif msg.id in self.abandoned:
+                self.abandoned.discard(msg.id)
+                self.room.release()
+        if why is not None:
+            self.close_because(why)
+
+    def _closing(self, notice: Any) -> None:
+        """The worker is leaving: nothing more is sent here (new calls go to its
+        replacement); what waits in the outbox never reached it (NotSent). Replies to
+        calls sent before are still read."""
+        self.draining = notice.reason
+        self._fail_outbox(NotSent(notice.reason))
+        try:
+            self.sock.shutdown(socket.SHUT_WR)  # tells the worker we saw the notice
+        except OSError:  # already disconnected
+            pass
+
+    def _fail_outbox(self, exc: BaseException) -> None:
+        if self.outbox:
+            self.loop.remove_writer(self.fd)
+        while self.outbox:
+            cid, _ = self.outbox.popleft()
+            if not cid:
+                continue
+            fut = self.replies.pop(cid, None)
+            if fut is not None:
+                self.room.release()
+                if not fut.done():
+                    fut.set_exception(exc)
+            elif cid in self.abandoned:
+                self.abandoned.discard(cid)
+                self.room.release()
+        self.outbox_bytes = 0
+        self.head_started = False
+        self._wake_drained()
+
+    # ------------------------------------------------------------------ the end
+    def close_because(self, why: str) -> None:
+        """End the channel: calls not sent fail with NotSent, calls in flight with
+        WorkerCrashed; the descriptor leaves the loop and is closed."""
+        if self.closed is not None:
+            return
+        self.closed = why
+        self._fail_outbox(NotSent(why))
+        self.loop.remove_reader(self.fd)
+        replies, self.replies = self.replies, {}
+        for fut in replies.values():
+            self.room.release()
+            if not fut.done():
+                fut.set_exception(WorkerCrashed(
+                    f"worker {self.path!r} (pid {self.pid}) died while the call was in "
+                    f"flight ({why})", path=self.path))
+        for _ in self.abandoned:
+            self.room.release()
+        self.abandoned.clear()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already disconnected
+            pass
+        self.sock.close()
+
+    def close(self) -> None:
+        self.close_because("closed by the caller")
