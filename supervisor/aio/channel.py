@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -35,10 +36,16 @@ from ..wire import messages as P
 from ..wire.framing import FrameReader
 from ..wire.policy import CallPolicy
 
-__all__ = ["AsyncChannel", "CALLS_IN_FLIGHT"]
+__all__ = ["AsyncChannel", "CALLS_IN_FLIGHT", "expire"]
 
 CALLS_IN_FLIGHT = 1024  # the default limit of calls in flight per channel
 _HIGH_WATER = 1 << 20  # outbox bytes past which a cast waits for the outbox to empty
+
+
+def expire(fut: asyncio.Future) -> None:
+    """A deadline passed: the waiter on `fut` gets TimeoutError (a timer's callback)."""
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 class AsyncChannel:
@@ -56,7 +63,12 @@ class AsyncChannel:
         self.loop = loop
         self.reader = FrameReader(P.CALL_CODEC)
         self.buffer = bytearray(65536)
-        self.room = asyncio.Semaphore(limit)  # one unit per call in flight
+        self.limit = limit
+        self.load = 0  # calls holding room: sent or in the outbox, not answered yet
+        # Callers waiting for room, first come first served. A freed unit is handed to
+        # the first one still waiting (`load` unchanged); one that gave up is done and
+        # skipped, so giving up costs nothing here.
+        self.room_waiters: deque[asyncio.Future] = deque()
         self.replies: dict[int, asyncio.Future] = {}  # call id -> its caller's future
         self.abandoned: set[int] = set()  # ids whose callers gave up: their replies dropped
         self.outbox: deque[list[Any]] = deque()  # [call id (0: a cast), unsent bytes]
@@ -73,15 +85,19 @@ class AsyncChannel:
         return self.closed is None and self.draining is None
 
     # ------------------------------------------------------------------ sending
-    async def send(self, msg_for_id: Callable[[int], Any]) -> tuple[int, asyncio.Future]:
-        """Encode (EncodeError before any wait), wait for room, send. Returns the call id
-        and the future its reply is set on. Raises NotSent when the channel cannot
-        carry it."""
+    async def send(self, msg_for_id: Callable[[int], Any], deadline: float | None
+                   ) -> tuple[int, asyncio.Future]:
+        """Encode (EncodeError before any wait), wait for room (TimeoutError past
+        `deadline`, a `time.monotonic()` value), send. Returns the call id and the future
+        its reply is set on. Raises NotSent when the channel cannot carry it."""
         cid = next(self._ids)
         frame = P.CALL_CODEC.encode(msg_for_id(cid))
-        await self.room.acquire()
+        if self.load < self.limit and not self.room_waiters:
+            self.load += 1
+        else:
+            await self._wait_for_room(deadline)
         if not self.usable:
-            self.room.release()
+            self._free_room()
             raise NotSent(self.closed or self.draining)
         fut = self.loop.create_future()
         self.replies[cid] = fut
@@ -101,6 +117,30 @@ class AsyncChannel:
             self.drained.append(fut)
             await fut
 
+    async def _wait_for_room(self, deadline: float | None) -> None:
+        fut = self.loop.create_future()
+        self.room_waiters.append(fut)
+        timer = None if deadline is None else self.loop.call_later(
+            max(0.0, deadline - time.monotonic()), expire, fut)
+        try:
+            await fut  # set when a unit is handed over: `load` counts us already
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._free_room()  # handed over just as we gave up: pass it on
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _free_room(self) -> None:
+        waiters = self.room_waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.load -= 1
+
     def give_up(self, cid: int) -> None:
         """The caller of `cid` stopped waiting (cancelled or timed out). A frame that has
         not started to leave is taken back (the worker never sees it); otherwise the reply
@@ -111,7 +151,7 @@ class AsyncChannel:
             if entry[0] == cid and not (index == 0 and self.head_started):
                 del self.outbox[index]
                 self.outbox_bytes -= len(entry[1])
-                self.room.release()
+                self._free_room()
                 return
         self.abandoned.add(cid)
 
@@ -185,12 +225,12 @@ class AsyncChannel:
                 continue
             fut = replies.pop(msg.id, None)
             if fut is not None:
-                self.room.release()
+                self._free_room()
                 if not fut.done():  # done: its caller's deadline passed this very tick
                     fut.set_result(msg)
             elif msg.id in self.abandoned:
                 self.abandoned.discard(msg.id)
-                self.room.release()
+                self._free_room()
         if why is not None:
             self.close_because(why)
 
@@ -214,12 +254,12 @@ class AsyncChannel:
                 continue
             fut = self.replies.pop(cid, None)
             if fut is not None:
-                self.room.release()
+                self._free_room()
                 if not fut.done():
                     fut.set_exception(exc)
             elif cid in self.abandoned:
                 self.abandoned.discard(cid)
-                self.room.release()
+                self._free_room()
         self.outbox_bytes = 0
         self.head_started = False
         self._wake_drained()
@@ -235,13 +275,13 @@ class AsyncChannel:
         self.loop.remove_reader(self.fd)
         replies, self.replies = self.replies, {}
         for fut in replies.values():
-            self.room.release()
+            self._free_room()
             if not fut.done():
                 fut.set_exception(WorkerCrashed(
                     f"worker {self.path!r} (pid {self.pid}) died while the call was in "
                     f"flight ({why})", path=self.path))
         for _ in self.abandoned:
-            self.room.release()
+            self._free_room()
         self.abandoned.clear()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..wire import messages as P
 from ..wire.policy import DEFAULT_CALL_TIMEOUT, decode_policy
-from .channel import CALLS_IN_FLIGHT, AsyncChannel
+from .channel import CALLS_IN_FLIGHT, AsyncChannel, expire
 
 __all__ = ["AsyncRouter", "request"]
 
@@ -124,28 +124,15 @@ class AsyncRouter:
         on the channel counts). A caller that gives up (cancelled, timed out) leaves no
         trace: its frame is taken back if it has not started to leave, else its reply is
         dropped when it comes. The worker is not told, except by `timed_out`'s rule."""
-        task = asyncio.current_task()
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        timer = None
-        if deadline is not None:
-            timer = self.loop.call_later(max(0.0, deadline - time.monotonic()), expire)
-        cid = None
+        cid, fut = await chan.send(lambda i: P.Call(id=i, method=method, args=args,
+                                                    kwargs=kwargs or None, session=session),
+                                   deadline)
+        timer = None if deadline is None else self.loop.call_later(
+            max(0.0, deadline - time.monotonic()), expire, fut)
         try:
-            cid, fut = await chan.send(lambda i: P.Call(id=i, method=method, args=args,
-                                                        kwargs=kwargs or None,
-                                                        session=session))
             return await fut
-        except asyncio.CancelledError:
-            if cid is not None:
-                chan.give_up(cid)
-            if expired and task.uncancel() == 0:
-                raise TimeoutError from None
+        except (TimeoutError, asyncio.CancelledError):
+            chan.give_up(cid)
             raise
         finally:
             if timer is not None:
