@@ -2,9 +2,9 @@
 
 The socket is non-blocking and registered with ``loop.add_reader`` for as long as the
 channel is open: replies are read by a loop callback and set on the callers' futures, with
-no thread on the path. Writes go straight to the socket; what the kernel does not take
-waits in `outbox` (frames in order, the head possibly half written) until
-``loop.add_writer`` says there is room.
+no thread on the path. A call to an idle worker is written at once; while calls are in
+flight, frames wait in `outbox` (in order, the head possibly half written) and leave
+together at the end of the loop's tick, or when ``loop.add_writer`` says there is room.
 
 Backpressure: at most `limit` calls are in flight on a channel (sent or waiting in the
 outbox, and not answered yet, including calls whose caller gave up); a further caller
@@ -40,6 +40,7 @@ __all__ = ["AsyncChannel", "CALLS_IN_FLIGHT", "expire"]
 
 CALLS_IN_FLIGHT = 1024  # the default limit of calls in flight per channel
 _HIGH_WATER = 1 << 20  # outbox bytes past which a cast waits for the outbox to empty
+_WRITE_BATCH = 1 << 18  # bytes of queued frames joined into one write
 
 
 def expire(fut: asyncio.Future) -> None:
@@ -74,6 +75,8 @@ class AsyncChannel:
         self.outbox: deque[list[Any]] = deque()  # [call id (0: a cast), unsent bytes]
         self.outbox_bytes = 0
         self.head_started = False  # the head of the outbox is half written
+        self.flush_soon = False  # a `_flush` is scheduled for this loop tick
+        self.writer_on = False  # registered with add_writer (the kernel's buffer is full)
         self.drained: list[asyncio.Future] = []  # casts waiting for the outbox to empty
         self.closed: str | None = None  # why the channel is dead, once it is
         self.draining: str | None = None  # set once the worker said it is leaving
@@ -85,24 +88,31 @@ class AsyncChannel:
         return self.closed is None and self.draining is None
 
     # ------------------------------------------------------------------ sending
-    async def send(self, msg_for_id: Callable[[int], Any], deadline: float | None
-                   ) -> tuple[int, asyncio.Future]:
-        """Encode (EncodeError before any wait), wait for room (TimeoutError past
-        `deadline`, a `time.monotonic()` value), send. Returns the call id and the future
-        its reply is set on. Raises NotSent when the channel cannot carry it."""
+    def encode_call(self, method: str, args: tuple, kwargs: dict[str, Any] | None,
+                    session: str | None) -> tuple[int, bytes]:
+        """A call's id and frame (EncodeError here, before any wait)."""
         cid = next(self._ids)
-        frame = P.CALL_CODEC.encode(msg_for_id(cid))
+        return cid, P.CALL_CODEC.encode(P.Call(id=cid, method=method, args=args,
+                                               kwargs=kwargs, session=session))
+
+    def take_room(self) -> bool:
+        """Room for one more call in flight, taken at once if there is some (nobody
+        waits before us); else False: `wait_for_room`."""
         if self.load < self.limit and not self.room_waiters:
             self.load += 1
-        else:
-            await self._wait_for_room(deadline)
+            return True
+        return False
+
+    def send(self, cid: int, frame: bytes) -> asyncio.Future:
+        """Send a call that holds room; the future its reply is set on. Raises NotSent
+        (its room freed) when the channel cannot carry it."""
         if not self.usable:
             self._free_room()
             raise NotSent(self.closed or self.draining)
         fut = self.loop.create_future()
         self.replies[cid] = fut
         self._write(cid, frame)  # a write that finds the channel dead fails `fut`: NotSent
-        return cid, fut
+        return fut
 
     async def cast(self, frame_for_id: Callable[[int], Any]) -> None:
         """Send a message that gets no reply; waits while the outbox is over its mark."""
@@ -117,7 +127,9 @@ class AsyncChannel:
             self.drained.append(fut)
             await fut
 
-    async def _wait_for_room(self, deadline: float | None) -> None:
+    async def wait_for_room(self, deadline: float | None) -> None:
+        """Wait, first come first served, until a unit of room is handed to us;
+        TimeoutError past `deadline` (a `time.monotonic()` value)."""
         fut = self.loop.create_future()
         self.room_waiters.append(fut)
         timer = None if deadline is None else self.loop.call_later(
@@ -156,43 +168,73 @@ class AsyncChannel:
         self.abandoned.add(cid)
 
     def _write(self, cid: int, frame: bytes) -> None:
-        if self.outbox:  # order: behind what waits already
-            self.outbox.append([cid, memoryview(frame)])
-            self.outbox_bytes += len(frame)
-            return
-        try:
-            sent = self.sock.send(frame)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self.outbox.append([cid, memoryview(frame)])  # never left: failed as NotSent
-            self.close_because(f"send failed: {exc}")
-            return
-        if sent < len(frame):
+        # Nagle's rule, as the pool's: a call to an idle worker goes out at once; while
+        # calls are in flight, frames queue and leave together at the end of this loop
+        # tick (one write, one wake-up of the worker, for every call made meanwhile).
+        if not self.outbox and self.load <= 1:
+            try:
+                sent = self.sock.send(frame)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self.outbox.append([cid, memoryview(frame)])  # never left: NotSent
+                self.close_because(f"send failed: {exc}")
+                return
+            if sent == len(frame):
+                return
             self.outbox.append([cid, memoryview(frame)[sent:]])
             self.outbox_bytes += len(frame) - sent
             self.head_started = sent > 0
-            self.loop.add_writer(self.fd, self._writable)
+            self._want_writable()
+            return
+        self.outbox.append([cid, memoryview(frame)])
+        self.outbox_bytes += len(frame)
+        if not self.flush_soon and not self.writer_on:
+            self.flush_soon = True
+            self.loop.call_soon(self._flush)
 
-    def _writable(self) -> None:
+    def _want_writable(self) -> None:
+        if not self.writer_on:
+            self.writer_on = True
+            self.loop.add_writer(self.fd, self._flush)
+
+    def _flush(self) -> None:
+        """Write what the outbox holds, up to `_WRITE_BATCH` bytes per write; what the
+        kernel does not take waits for ``add_writer``."""
+        self.flush_soon = False
         outbox = self.outbox
-        while outbox:
-            entry = outbox[0]
+        while outbox and self.closed is None:
+            chunks, size = [], 0
+            for entry in outbox:
+                chunks.append(entry[1])
+                size += len(entry[1])
+                if size >= _WRITE_BATCH:
+                    break
             try:
-                sent = self.sock.send(entry[1])
+                sent = self.sock.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             except (BlockingIOError, InterruptedError):
-                return
+                sent = 0
             except OSError as exc:
                 self.close_because(f"send failed: {exc}")
                 return
             self.outbox_bytes -= sent
-            if sent < len(entry[1]):
-                entry[1] = entry[1][sent:]
-                self.head_started = True
+            full = sent == size
+            while sent:
+                entry = outbox[0]
+                if sent >= len(entry[1]):
+                    sent -= len(entry[1])
+                    outbox.popleft()
+                    self.head_started = False
+                else:
+                    entry[1] = entry[1][sent:]
+                    self.head_started = True
+                    sent = 0
+            if not full:
+                self._want_writable()
                 return
-            outbox.popleft()
-            self.head_started = False
-        self.loop.remove_writer(self.fd)
+        if self.writer_on:
+            self.writer_on = False
+            self.loop.remove_writer(self.fd)
         self._wake_drained()
 
     def _wake_drained(self) -> None:
@@ -246,7 +288,8 @@ class AsyncChannel:
             pass
 
     def _fail_outbox(self, exc: BaseException) -> None:
-        if self.outbox:
+        if self.writer_on:
+            self.writer_on = False
             self.loop.remove_writer(self.fd)
         while self.outbox:
             cid, _ = self.outbox.popleft()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Coroutine
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -61,13 +63,15 @@ class AsyncRouter:
         self.opening: dict[str, asyncio.Future] = {}  # path -> set when its open ends
 
     # ------------------------------------------------------------------ calls
-    async def call(self, path: str, method: str, args: tuple, kwargs: dict[str, Any], *,
-                   timeout: float | None, retry: bool, idempotent: bool,
-                   session: str | None) -> Any:
+    def call(self, path: str, method: str, args: tuple, kwargs: dict[str, Any], *,
+             timeout: float | None, retry: bool, idempotent: bool,
+             session: str | None) -> Coroutine[Any, Any, Any]:
+        """The call, to await (a coroutine: one frame less per call than an async def
+        awaiting it; the App awaits it at once)."""
         check_target(path, method, session)
-        return await with_retries_async(
-            lambda attempt: self._call_once(attempt, path, method, args, kwargs, timeout,
-                                            retry, session),
+        return with_retries_async(
+            partial(self._call_once, path, method, args, kwargs or None, timeout, retry,
+                    session),
             method=method, path=path, idempotent=idempotent, retry=retry, session=session,
             pause=self.pause)
 
@@ -81,33 +85,63 @@ class AsyncRouter:
             return False
         return True
 
-    async def _call_once(self, attempt: Attempt, path: str, method: str, args: tuple,
-                         kwargs: dict[str, Any], timeout: float | None, retry: bool,
-                         session: str | None) -> Any:
+    async def _call_once(self, path: str, method: str, args: tuple,
+                         kwargs: dict[str, Any] | None, timeout: float | None, retry: bool,
+                         session: str | None, attempt: Attempt) -> Any:
+        """One try: one frame out, its reply back. A caller that gives up (cancelled, or
+        an `asyncio.timeout` around it) leaves no trace: its frame is taken back if it has
+        not started to leave, else its reply is dropped when it comes; the worker is not
+        told. Past the call's own deadline (the wait for room on the channel counts),
+        `timed_out` applies the child's rule."""
         started = time.monotonic()
         deadline = started + (timeout if timeout is not None else DEFAULT_CALL_TIMEOUT)
         while True:
-            chan = await self.channel(path, deadline, retry)
+            chan = self.channels.get(path)
+            if chan is None or not chan.usable:
+                chan = await self.channel(path, deadline, retry)
             attempt.policy = chan.policy
             if timeout is None:
                 limit = chan.policy.call_timeout
                 deadline = None if limit is None else started + limit
+            cid, frame = chan.encode_call(method, args, kwargs, session)
             try:
-                reply = await self._send_and_wait(chan, method, args, kwargs, session,
-                                                  deadline)
+                if not chan.take_room():
+                    await chan.wait_for_room(deadline)
+                fut = chan.send(cid, frame)
+            except TimeoutError:
+                raise timed_out(method, chan.path, deadline - started, chan.policy,
+                                self.report_timeout,
+                                lambda chan=chan: self.drop(chan)) from None
             except NotSent:
                 self.drop(chan)
                 if not retry:
                     raise WorkerCrashed(f"the channel to {path!r} is closed",
                                         path=path) from None
                 continue
+            timer = None if deadline is None else self.loop.call_later(
+                max(0.0, deadline - time.monotonic()), expire, fut)
+            try:
+                reply = await fut
             except TimeoutError:
+                chan.give_up(cid)
                 raise timed_out(method, chan.path, deadline - started, chan.policy,
                                 self.report_timeout,
                                 lambda chan=chan: self.drop(chan)) from None
+            except asyncio.CancelledError:
+                chan.give_up(cid)
+                raise
+            except NotSent:  # still in the outbox when the channel ended: never left
+                self.drop(chan)
+                if not retry:
+                    raise WorkerCrashed(f"the channel to {path!r} is closed",
+                                        path=path) from None
+                continue
             except WorkerCrashed:
                 self.drop(chan)
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if type(reply) is P.NotRun:
                 # The worker was leaving and did not run it: as safe to send again as a
                 # call that never left.
@@ -116,27 +150,6 @@ class AsyncRouter:
                     raise WorkerCrashed(reply.message, path=chan.path)
                 continue
             return reply_value(reply, chan.path, method)
-
-    async def _send_and_wait(self, chan: AsyncChannel, method: str, args: tuple,
-                             kwargs: dict[str, Any], session: str | None,
-                             deadline: float | None) -> Any:
-        """One frame out, its reply back; TimeoutError past `deadline` (the wait for room
-        on the channel counts). A caller that gives up (cancelled, timed out) leaves no
-        trace: its frame is taken back if it has not started to leave, else its reply is
-        dropped when it comes. The worker is not told, except by `timed_out`'s rule."""
-        cid, fut = await chan.send(lambda i: P.Call(id=i, method=method, args=args,
-                                                    kwargs=kwargs or None, session=session),
-                                   deadline)
-        timer = None if deadline is None else self.loop.call_later(
-            max(0.0, deadline - time.monotonic()), expire, fut)
-        try:
-            return await fut
-        except (TimeoutError, asyncio.CancelledError):
-            chan.give_up(cid)
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
 
     async def cast(self, path: str, method: str, args: tuple,
                    kwargs: dict[str, Any]) -> None:
