@@ -23,6 +23,7 @@ leave; otherwise the reply is dropped when it comes.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import socket
 import time
@@ -41,6 +42,7 @@ __all__ = ["AsyncChannel", "CALLS_IN_FLIGHT", "expire"]
 CALLS_IN_FLIGHT = 1024  # the default limit of calls in flight per channel
 _HIGH_WATER = 1 << 20  # outbox bytes past which a cast waits for the outbox to empty
 _WRITE_BATCH = 1 << 18  # bytes of queued frames joined into one write
+_NEVER = float("inf")
 
 
 def expire(fut: asyncio.Future) -> None:
@@ -76,6 +78,9 @@ class AsyncChannel:
         self.outbox_bytes = 0
         self.head_started = False  # the head of the outbox is half written
         self.flush_soon = False  # a `_flush` is scheduled for this loop tick
+        self.deadlines: list[tuple[float, int]] = []  # heap of (deadline, call id)
+        self.timer: asyncio.TimerHandle | None = None  # armed for the nearest deadline
+        self.timer_at = _NEVER
         self.writer_on = False  # registered with add_writer (the kernel's buffer is full)
         self.drained: list[asyncio.Future] = []  # casts waiting for the outbox to empty
         self.closed: str | None = None  # why the channel is dead, once it is
@@ -152,6 +157,38 @@ class AsyncChannel:
                 fut.set_result(None)
                 return
         self.load -= 1
+
+    def watch_deadline(self, cid: int, deadline: float) -> None:
+        """Fail the call `cid` with TimeoutError at `deadline` (a `time.monotonic()`
+        value) if no reply came by then. One timer per channel, armed for the nearest
+        deadline, instead of one per call: a timer is an object and a heap entry of the
+        loop's, which add up with thousands of calls in flight."""
+        heapq.heappush(self.deadlines, (deadline, cid))
+        if deadline < self.timer_at:
+            self._arm(deadline)
+        elif len(self.deadlines) > 2 * len(self.replies) + 64:
+            # Answered calls' entries wait for their deadline: prune them now and then,
+            # so the heap stays proportional to the calls in flight.
+            self.deadlines = [(d, c) for d, c in self.deadlines if c in self.replies]
+            heapq.heapify(self.deadlines)
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = when
+        self.timer = self.loop.call_later(max(0.0, when - time.monotonic()),
+                                          self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self.timer, self.timer_at = None, _NEVER
+        heap, now = self.deadlines, time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, cid = heapq.heappop(heap)
+            fut = self.replies.get(cid)
+            if fut is not None:
+                expire(fut)
+        if heap:
+            self._arm(heap[0][0])
 
     def give_up(self, cid: int) -> None:
         """The caller of `cid` stopped waiting (cancelled or timed out). A frame that has
@@ -314,6 +351,10 @@ class AsyncChannel:
         if self.closed is not None:
             return
         self.closed = why
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.deadlines = []
         self._fail_outbox(NotSent(why))
         self.loop.remove_reader(self.fd)
         replies, self.replies = self.replies, {}

@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..wire import messages as P
 from ..wire.policy import DEFAULT_CALL_TIMEOUT, decode_policy
-from .channel import CALLS_IN_FLIGHT, AsyncChannel, expire
+from .channel import CALLS_IN_FLIGHT, AsyncChannel
 
 __all__ = ["AsyncRouter", "request"]
 
@@ -118,8 +118,8 @@ class AsyncRouter:
                     raise WorkerCrashed(f"the channel to {path!r} is closed",
                                         path=path) from None
                 continue
-            timer = None if deadline is None else self.loop.call_later(
-                max(0.0, deadline - time.monotonic()), expire, fut)
+            if deadline is not None:
+                chan.watch_deadline(cid, deadline)
             try:
                 reply = await fut
             except TimeoutError:
@@ -139,9 +139,6 @@ class AsyncRouter:
             except WorkerCrashed:
                 self.drop(chan)
                 raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
             if type(reply) is P.NotRun:
                 # The worker was leaving and did not run it: as safe to send again as a
                 # call that never left.

@@ -217,6 +217,23 @@ def test_the_calls_own_timeout_is_call_timeout_and_restarts_the_worker(run):
     run(main())
 
 
+def test_a_nearer_deadline_behind_a_farther_one_fires_first(run):
+    tree = Supervisor("root", children=[child("calc", Calc, on_timeout="ignore")])
+
+    async def main():
+        async with supervisor.aio.start(tree) as app:
+            await app.call("calc", "get")
+            first = asyncio.create_task(app.call("calc", "slow", 1.0, timeout=30))
+            await asyncio.sleep(0)
+            with pytest.raises(CallTimeout):
+                await app.call("calc", "slow", 0, timeout=0.2)  # queued behind `first`
+            assert not first.done()  # its own deadline is far: it is still waited for
+            assert await first == 1.0
+            assert await app.call("calc", "add", 1) == 1  # the late reply was dropped
+
+    run(main())
+
+
 # ------------------------------------------------------------------ backpressure
 def test_calls_in_flight_per_channel_are_bounded(run):
     async def main():
