@@ -4,17 +4,18 @@ It is a view of the pool's one `PoolClient` (`pool.client`): every decision (whi
 batching, what is re-sent after a crash, sessions, overflow) is that client's `PoolState`,
 shared with blocking callers of the same pool. What differs is how a caller waits:
 
-    await pool.submit(m, ...)        the pool's future, awaited (asyncio.wrap_future):
-    await pool.call(m, ...)          pipelined like `submit`; cancelling it while queued
-                                     takes it back, in flight drops its reply
+    await pool.submit(m, ...)        an asyncio future the pool settles through an inbox
+    await pool.call(m, ...)          (one wake-up of the loop per batch of replies);
+                                     pipelined; cancelling it while queued takes it back,
+                                     in flight drops its reply
     async for r in pool.map(...)     a map table that wakes the loop when the unit it
                                      waits for is in
     await pool.call(m, session=...)  the blocking client's checkout path (sessions, a
                                      per-call `timeout`, `retry=False`, `idempotent=True`),
                                      run off the loop in the loop's default executor
 
-The pool's replies are read by its watcher thread, and each settled future reaches the
-loop with one ``call_soon_threadsafe``.
+The pool's replies are read by its watcher thread; the outcomes it settles reach the loop
+in batches, one ``call_soon_threadsafe`` per batch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -40,6 +42,7 @@ class AsyncPool:
                  client: PoolClient | None = None) -> None:
         self._client = client if client is not None else PoolClient(link, path)
         self._loop = loop
+        self._inbox = _Inbox(loop)
         self.path = path
 
     def options(self, **options: Any) -> AsyncPool:
@@ -56,8 +59,9 @@ class AsyncPool:
         """Schedule ``method(*args, **kwargs)``; returns an asyncio future (await it).
         Cancelling it takes the call back while it is queued; once sent, the reply is
         dropped when it comes. No keyword is reserved."""
-        return asyncio.wrap_future(self._client.submit(method, *args, **kwargs),
-                                   loop=self._loop)
+        fut = self._loop.create_future()
+        self._client.submit_to(_LoopSink(fut, self._inbox), method, args, kwargs)
+        return fut
 
     async def call(self, method: Any, *args: Any, timeout: float | None = None,
                    retry: bool = True, idempotent: bool = False, session: str | None = None,
@@ -108,6 +112,70 @@ class AsyncPool:
             self._client.shutdown(wait=False, cancel_futures=True)
         if wait:
             await self._blocking(self._client.shutdown, wait=True)
+
+
+class _Inbox:
+    """Outcomes settled on the pool's threads, handed to the loop in batches: one
+    ``call_soon_threadsafe`` (one wake-up of the loop) per batch, not one per call."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[tuple[asyncio.Future, Any, BaseException | None]] = deque()
+        self.scheduled = False
+
+    def put(self, fut: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+        self.items.append((fut, value, exc))  # deque appends are atomic
+        if not self.scheduled:
+            # A drain that already began clears the flag first, so an item appended
+            # after its last look schedules the next one: none is left behind.
+            self.scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:  # the loop is closed: nobody awaits these any more
+                pass
+
+    def drain(self) -> None:
+        self.scheduled = False
+        items = self.items
+        while items:
+            fut, value, exc = items.popleft()
+            if fut.done():
+                continue  # cancelled by its caller meanwhile: the outcome is dropped
+            if exc is _CANCEL:
+                fut.cancel()
+            elif exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+
+_CANCEL = asyncio.CancelledError()  # a marker: the pool cancelled the call (shutdown)
+
+
+class _LoopSink:
+    """A pool call's sink (see `PoolClient.submit_to`) for an asyncio future. The pool
+    calls it on its threads; the future is only touched on its loop, through the inbox.
+    Reading whether the future was cancelled from another thread is a plain attribute
+    read: a cancel that races it only means the reply is dropped when it comes."""
+
+    __slots__ = ("fut", "inbox")
+
+    def __init__(self, fut: asyncio.Future, inbox: _Inbox) -> None:
+        self.fut = fut
+        self.inbox = inbox
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.fut.cancelled()  # cancelled while queued: never sent
+
+    def set_result(self, value: Any) -> None:
+        self.inbox.put(self.fut, value, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.inbox.put(self.fut, None, exc)
+
+    def cancel(self) -> bool:
+        self.inbox.put(self.fut, None, _CANCEL)
+        return True
 
 
 class _LoopMapResults(MapResults):

@@ -256,12 +256,17 @@ class PoolClient:
         message, WorkerCrashed, EncodeError, ...). `cancel()` succeeds while the call is
         still queued in the client. No keyword is reserved.
         """
-        fut = PoolFuture()
+        return self.submit_to(PoolFuture(), method, args, kwargs)
+
+    def submit_to(self, sink: Any, method: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """`submit` with the outcome going to `sink`, anything with a Future's
+        ``set_running_or_notify_cancel``, ``set_result``, ``set_exception`` and
+        ``cancel`` (called on the pool's threads); returns `sink`."""
         if not self._members.started:
             self._members.start()
-        self._io.enqueue([Job(_method_name(method), args, kwargs or None, fut, -1,
+        self._io.enqueue([Job(_method_name(method), args, kwargs or None, sink, -1,
                                  self._tracker, self._pipeline)], force=False)
-        return fut
+        return sink
 
     def map(self, method: Any, *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
