@@ -16,7 +16,7 @@ process pool from asyncio today, and the raw floor, in one run of one process.
 Everything runs inside one `asyncio.run` (uvloop's loop with ``--uvloop``); the blocking
 contenders are called from the loop's thread while the loop waits. Every forking peer
 forks before this process starts a thread. Nothing is asserted: numbers go to the table
-and to ``benchmarks/results/aio.json``.
+and to ``benchmarks/results/aio.json`` (``aio.uvloop.json`` with ``--uvloop``).
 
 Run: ``python -m benchmarks.bench_aio [--quick] [--uvloop]``.
 """
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 ["contender", "best", "median", "best / floor"],
                 [[name, f"{r['best']:,.0f}", f"{r['median']:,.0f}",
                   fmt_ratio(ratio(r["best"], best_floor))] for name, r in put.items()])
-    write_json(NAME, {"quick": args.quick, "uvloop": use_uvloop, **out})
+    write_json(f"{NAME}.uvloop" if use_uvloop else NAME,
+               {"quick": args.quick, "uvloop": use_uvloop, **out})
     report_leftovers()
     return 0
 
