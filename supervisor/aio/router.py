@@ -60,6 +60,7 @@ class AsyncRouter:
         self.gone = gone  # set (on the loop) once the tree is gone
         self.limit = limit
         self.channels: dict[str, AsyncChannel] = {}
+        self.leaving: set[AsyncChannel] = set()  # let go while their workers drain
         self.opening: dict[str, asyncio.Future] = {}  # path -> set when its open ends
 
     # ------------------------------------------------------------------ calls
@@ -113,7 +114,7 @@ class AsyncRouter:
                                 self.report_timeout,
                                 lambda chan=chan: self.drop(chan)) from None
             except NotSent:
-                self.drop(chan)
+                self.let_go(chan)
                 if not retry:
                     raise WorkerCrashed(f"the channel to {path!r} is closed",
                                         path=path) from None
@@ -131,7 +132,7 @@ class AsyncRouter:
                 chan.give_up(cid)
                 raise
             except NotSent:  # still in the outbox when the channel ended: never left
-                self.drop(chan)
+                self.let_go(chan)
                 if not retry:
                     raise WorkerCrashed(f"the channel to {path!r} is closed",
                                         path=path) from None
@@ -142,7 +143,7 @@ class AsyncRouter:
             if type(reply) is P.NotRun:
                 # The worker was leaving and did not run it: as safe to send again as a
                 # call that never left.
-                self.drop(chan)
+                self.let_go(chan)
                 if not retry:
                     raise WorkerCrashed(reply.message, path=chan.path)
                 continue
@@ -159,7 +160,7 @@ class AsyncRouter:
                                                  kwargs=kwargs or None))
                 return
             except NotSent:
-                self.drop(chan)
+                self.let_go(chan)
 
     def report_timeout(self, path: str) -> None:
         """Tell the supervisor of `path` that a call to it timed out (see `timed_out`),
@@ -175,13 +176,26 @@ class AsyncRouter:
         self.link.forget(rid)  # its answer (or refusal) changes nothing here
 
     # ------------------------------------------------------------------ channels
+    def let_go(self, chan: AsyncChannel) -> None:
+        """Stop using `chan` for new calls. A channel whose worker is leaving stays open
+        for the calls still in flight on it (their replies, or NotRun, are on the way;
+        the worker's exit closes it); a dead one is dropped."""
+        if chan.closed is None and chan.draining is not None:
+            if self.channels.get(chan.path) is chan:
+                del self.channels[chan.path]
+                self.leaving = {c for c in self.leaving if c.closed is None}
+                self.leaving.add(chan)  # closed with the others if the tree ends first
+            return
+        self.drop(chan)
+
     def drop(self, chan: AsyncChannel) -> None:
         if self.channels.get(chan.path) is chan:
             del self.channels[chan.path]
         chan.close()
 
     def close_all(self) -> None:
-        channels, self.channels = list(self.channels.values()), {}
+        channels, self.channels = [*self.channels.values(), *self.leaving], {}
+        self.leaving = set()
         for chan in channels:
             chan.close()
 
@@ -196,7 +210,7 @@ class AsyncRouter:
             if chan is not None and chan.usable:
                 return chan
             if chan is not None:
-                self.drop(chan)
+                self.let_go(chan)
             opening = self.opening.get(path)
             if opening is None:
                 break

@@ -387,3 +387,16 @@ def test_no_task_thread_hop_or_fd_left_after_the_app_closes(run):
 
     run(main())
     assert open_fds() <= before
+
+
+def test_recycling_with_max_calls_loses_no_concurrent_call(run):
+    tree = Supervisor("root", max_restarts=100, children=[child("w", Echo, max_calls=50)])
+
+    async def main():
+        async with supervisor.aio.start(tree) as app:
+            for _ in range(3):
+                results = await asyncio.gather(*(app.call("w", "echo", i)
+                                                 for i in range(300)))
+                assert results == list(range(300))
+
+    run(main())
