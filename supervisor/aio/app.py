@@ -316,7 +316,8 @@ class App:
 
         client = self._pools.get(path)
         if client is None:
-            client = self._pools[path] = AsyncPool(self._link, path, self._loop)
+            client = self._pools[path] = AsyncPool(self._link, path, self._loop,
+                                                   self._router.pause)
         return client
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 
 import pytest
 
@@ -398,5 +399,53 @@ def test_recycling_with_max_calls_loses_no_concurrent_call(run):
                 results = await asyncio.gather(*(app.call("w", "echo", i)
                                                  for i in range(300)))
                 assert results == list(range(300))
+
+    run(main())
+
+
+def test_session_calls_wait_on_the_loop_not_in_threads(run):
+    tree = Supervisor("root", children=[Pool("p", Py, size=2, checkout_timeout=30)])
+
+    async def main():
+        async with supervisor.aio.start(tree) as app:
+            pool = app.pool("p")
+            # Both workers' links open (opening one asks the tree: the one wait that
+            # is not on the loop).
+            await asyncio.gather(*(pool.submit("sleep", 0.05) for _ in range(4)))
+
+            async def session(k):
+                out = None
+                for i in range(10):
+                    out = await pool.call("add_to_session", "n", i, session=f"s{k}",
+                                          timeout=30)
+                return out["state"]["n"]
+
+            states = await asyncio.gather(*(session(k) for k in range(20)))
+            assert states == [list(range(10))] * 20
+            # Checked out and awaited on the loop: no executor thread was started.
+            assert not [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
+
+    run(main())
+
+
+def test_cancelling_checked_out_calls_frees_their_workers(run):
+    tree = Supervisor("root", children=[Pool("p", Py, size=1, checkout_timeout=10)])
+
+    async def main():
+        async with supervisor.aio.start(tree) as app:
+            pool = app.pool("p")
+            pid = await pool.call("pid", session="a")
+            running = asyncio.create_task(pool.call("sleep", 0.3, session="a"))
+            queued = asyncio.create_task(pool.call("pid", session="b"))  # waits its turn
+            await asyncio.sleep(0.1)
+            queued.cancel()
+            running.cancel()
+            for task in (queued, running):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            # Both gave their places back: the one worker serves the next caller at once,
+            # and the reply of the cancelled sleep is dropped, not taken for this one.
+            assert await pool.call("echo", "mine", session="b") == "mine"
+            assert await pool.call("pid", session="a") == pid
 
     run(main())
