@@ -90,6 +90,8 @@ class RootLink:
         self._ids = itertools.count(1)
         self._pending: dict[int, Future] = {}
         self._ready: Future = Future()
+        # Running: an event loop awaiting it (`launch`) cannot cancel it under the reader.
+        self._ready.set_running_or_notify_cancel()
         self._state = threading.Condition()  # guards `_generation`
         self._generation: dict[str, int] = {}
         self._start_watches: dict[str, list[Future]] = {}  # `watch_start`, by path
@@ -99,6 +101,7 @@ class RootLink:
         self._gone_lock = threading.Lock()  # `_on_gone` vs. the reader running it
         self._gone_ran = False
         self._after_gone: list[Callable[[], None]] = []
+        self._kill_asked = False  # `kill_root` was called (maybe before the root existed)
 
     # ------------------------------------------------------------------ the root
     def boot(self, spec: Any, timeout: float | None) -> None:
@@ -181,8 +184,13 @@ class RootLink:
         self.wait_gone(5.0)
 
     def kill_root(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        # A kill asked for while the reader thread is still starting the root (a start
+        # cancelled at once) is carried out by that thread as soon as the root exists:
+        # the flag is set before `proc` is read here, and read after `proc` is set there.
+        self._kill_asked = True
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         self.wait_gone()
 
     def wait_gone(self, timeout: float | None = None) -> bool:
@@ -298,9 +306,14 @@ class RootLink:
             return
         finally:
             theirs.close()
+        if self._kill_asked:
+            self.proc.kill()  # see `kill_root`: the boot below then ends with its EOF
         self.pid = self.proc.pid
         self.sock = mine
-        mine.sendall(struct.pack(">I", len(boot)) + boot)
+        try:
+            mine.sendall(struct.pack(">I", len(boot)) + boot)
+        except OSError:  # the root died at once (killed): reading finds its EOF and ends
+            pass
         self._read_forever(mine)
 
     def _read_forever(self, sock: socket.socket) -> None:
