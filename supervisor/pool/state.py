@@ -10,7 +10,10 @@ and does no I/O and no waiting. What must happen outside the lock (settling futu
 runs their callbacks; writing batches; timers; starting an overflow worker; closing a
 dead link's sockets) is returned as `Effects` for `PoolIO.run` to carry out. The lock is
 never held across blocking I/O or a request to the tree: the App's reader thread delivers
-the answers to those requests, and the pool's telemetry hook runs on that thread too.
+the answers to those requests, and the pool's telemetry hook runs on that thread too. The
+one thing done under it besides `notify` is its event-loop twin: a loop caller's `wake()`
+(Waiter, SyncCall), which only schedules a callback on that loop (``call_soon_threadsafe``:
+a non-blocking write to the loop's wake-up channel, no lock of the loop's taken).
 
 Busy. A blocking caller needs ``load < max_in_flight`` (1 by default: one caller per
 worker at a time, as in a classic checkout pool, so a long call never queues another
