@@ -28,6 +28,7 @@ __all__ = [
     "ChildInfo",
     "errors",
     "telemetry",
+    "aio",
     "SupervisorError",
     "ConfigError",
     "StartError",
@@ -64,7 +65,7 @@ _ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crash
                                                        "Lost", "Exhausted", "Child", "Abandoned"))}
 
 if TYPE_CHECKING:
-    from . import errors, telemetry
+    from . import aio, errors, telemetry
     from .app import App, ChildInfo, connect, start
     from .errors import (
         CallTimeout,
@@ -98,7 +99,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     import importlib
 
-    if name in ("errors", "telemetry"):
+    if name in ("errors", "telemetry", "aio"):
         return importlib.import_module(f".{name}", __name__)
     module = _WHERE.get(name)
     if module is None and name in _ERRORS:

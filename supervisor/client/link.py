@@ -53,7 +53,7 @@ from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
 from ..wire.trust import peer_pid
 
-__all__ = ["RootLink", "DISCONNECTED"]
+__all__ = ["RootLink", "DISCONNECTED", "answer_error", "answer_timeout"]
 
 # The exit reason of a connected App whose connection ended without the root's Exit report.
 DISCONNECTED = "disconnected"
@@ -90,22 +90,23 @@ class RootLink:
         self._ids = itertools.count(1)
         self._pending: dict[int, Future] = {}
         self._ready: Future = Future()
+        # Running: an event loop awaiting it (`launch`) cannot cancel it under the reader.
+        self._ready.set_running_or_notify_cancel()
         self._state = threading.Condition()  # guards `_generation`
         self._generation: dict[str, int] = {}
+        self._start_watches: dict[str, list[Future]] = {}  # `watch_start`, by path
         self._thread: threading.Thread | None = None
         self._heard = False  # any frame from the root yet (a refusal is silence, then EOF)
         self._on_gone: list[Callable[[], None]] = []
         self._gone_lock = threading.Lock()  # `_on_gone` vs. the reader running it
         self._gone_ran = False
+        self._after_gone: list[Callable[[], None]] = []
+        self._kill_asked = False  # `kill_root` was called (maybe before the root existed)
 
     # ------------------------------------------------------------------ the root
     def boot(self, spec: Any, timeout: float | None) -> None:
         """Start the root for `spec` and wait until the tree is up. Raises StartError."""
-        blob = pickle.dumps(spec)
-        boot = pickle.dumps({"prep": _prep_data(blob), "spec": blob})
-        self._thread = threading.Thread(target=self._run_reader, args=(boot,),
-                                        name=f"supervisor-app-{self.name}", daemon=True)
-        self._thread.start()
+        self.launch(spec)
         try:
             self._ready.result(timeout)
         except FutureTimeout:
@@ -115,6 +116,16 @@ class RootLink:
         except StartError:
             self.wait_gone()
             raise
+
+    def launch(self, spec: Any) -> Future:
+        """Start the root for `spec` without waiting: the returned future is set once the
+        tree is up, or fails with StartError (`boot` waits on it; so can an event loop)."""
+        blob = pickle.dumps(spec)
+        boot = pickle.dumps({"prep": _prep_data(blob), "spec": blob})
+        self._thread = threading.Thread(target=self._run_reader, args=(boot,),
+                                        name=f"supervisor-app-{self.name}", daemon=True)
+        self._thread.start()
+        return self._ready
 
     def attach(self, sock: socket.socket) -> None:
         """Serve a connection to a running service's control socket (see `connect`)."""
@@ -151,6 +162,17 @@ class RootLink:
                 return
         callback()
 
+    def after_gone(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the reader thread once `exited` is set (every `on_gone`
+        callback has run: the callers' descriptors are released); at once, on this
+        thread, when that has happened already. For a waiter on another thread's terms
+        (an event loop)."""
+        with self._gone_lock:
+            if not self.exited.is_set():
+                self._after_gone.append(callback)
+                return
+        callback()
+
     def disconnect(self) -> None:
         """End a connection to a tree this link did not start; waits (5 s at most) for the
         reader to notice."""
@@ -162,8 +184,13 @@ class RootLink:
         self.wait_gone(5.0)
 
     def kill_root(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        # A kill asked for while the reader thread is still starting the root (a start
+        # cancelled at once) is carried out by that thread as soon as the root exists:
+        # the flag is set before `proc` is read here, and read after `proc` is set there.
+        self._kill_asked = True
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         self.wait_gone()
 
     def wait_gone(self, timeout: float | None = None) -> bool:
@@ -179,12 +206,27 @@ class RootLink:
         `timeout`, WorkerCrashed when the tree is gone, EncodeError (a TypeError) for an
         argument the root could not decode.
         """
+        rid, fut = self.submit(msg, fds=fds)
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            self.forget(rid)
+            raise answer_timeout(timeout) from None
+        except NotRunning as exc:
+            raise answer_error(msg, exc) from None
+
+    def submit(self, msg: Any, *, fds: tuple[int, ...] = ()) -> tuple[int, Future]:
+        """Send a control request without waiting: its id and the future of the raw
+        answer (`request` waits on it and maps its errors with `answer_error`; an event
+        loop awaits it). The future is marked running, so nobody can cancel it under the
+        reader thread: a waiter that gives up calls `forget(id)` instead."""
         if self.exited.is_set() or self.sock is None:
             raise WorkerCrashed("the tree is not running", path="")
         rid = next(self._ids)
         frame = P.CONTROL_CODEC.encode(msgspec.structs.replace(msg, id=rid))
         _check_decodes(frame, msg)
         fut: Future = Future()
+        fut.set_running_or_notify_cancel()
         self._pending[rid] = fut
         try:
             with self._send_lock:
@@ -192,16 +234,11 @@ class RootLink:
         except OSError as exc:
             self._pending.pop(rid, None)
             raise WorkerCrashed(f"the root supervisor is gone: {exc}", path="") from exc
-        try:
-            return fut.result(timeout)
-        except FutureTimeout:
-            self._pending.pop(rid, None)
-            raise CallTimeout(f"the supervisor did not answer within {timeout}s") from None
-        except NotRunning as exc:
-            if isinstance(msg, P.OpenChannel):
-                raise  # the router waits for the restart
-            raise WorkerError(str(exc), category="connection_error", path=exc.path,
-                              context={"state": exc.state}) from None
+        return rid, fut
+
+    def forget(self, rid: int) -> None:
+        """The answer to request `rid` is no longer awaited: it is dropped when it comes."""
+        self._pending.pop(rid, None)
 
     def request_when_up(self, msg: Any, timeout: float = 30.0) -> Any:
         """`request` to the supervisor at `msg.path`, waiting within `timeout` while it (or
@@ -251,6 +288,29 @@ class RootLink:
                                       "within the call's timeout", path=path)
                 self._state.wait(remaining)
 
+    def watch_start(self, path: str, generation: int) -> Future:
+        """A future set once a start of `path` newer than `generation` is reported, or
+        failed with WorkerCrashed once the tree is gone (`await_start` for an event loop;
+        `unwatch_start` it when giving up)."""
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+        with self._state:
+            if self._generation.get(path, 0) != generation:
+                fut.set_result(None)
+            elif self.exited.is_set() or self._gone_ran:
+                fut.set_exception(WorkerCrashed("the tree is not running", path=path))
+            else:
+                self._start_watches.setdefault(path, []).append(fut)
+        return fut
+
+    def unwatch_start(self, path: str, fut: Future) -> None:
+        with self._state:
+            watches = self._start_watches.get(path)
+            if watches is not None and fut in watches:
+                watches.remove(fut)
+                if not watches:
+                    del self._start_watches[path]
+
     # ------------------------------------------------------------------ the reader
     def _run_reader(self, boot: bytes) -> None:
         mine, theirs = socket.socketpair()
@@ -264,9 +324,14 @@ class RootLink:
             return
         finally:
             theirs.close()
+        if self._kill_asked:
+            self.proc.kill()  # see `kill_root`: the boot below then ends with its EOF
         self.pid = self.proc.pid
         self.sock = mine
-        mine.sendall(struct.pack(">I", len(boot)) + boot)
+        try:
+            mine.sendall(struct.pack(">I", len(boot)) + boot)
+        except OSError:  # the root died at once (killed): reading finds its EOF and ends
+            pass
         self._read_forever(mine)
 
     def _read_forever(self, sock: socket.socket) -> None:
@@ -302,6 +367,8 @@ class RootLink:
                         path = metadata.get("path", "")
                         self._generation[path] = self._generation.get(path, 0) + 1
                         self._state.notify_all()
+                        for fut in self._start_watches.pop(path, ()):
+                            fut.set_result(None)
                 telemetry.execute(name, measurements, metadata)
             case P.Ready():
                 self._ready.set_result(None)
@@ -339,7 +406,28 @@ class RootLink:
             callback()  # the callers' channels and pools: closed before `exited`
         with self._state:
             self._state.notify_all()
-        self.exited.set()
+            watches = [fut for futs in self._start_watches.values() for fut in futs]
+            self._start_watches.clear()
+        for fut in watches:
+            fut.set_exception(WorkerCrashed("the tree is not running", path=""))
+        with self._gone_lock:
+            self.exited.set()
+            callbacks = list(self._after_gone)
+        for callback in callbacks:
+            callback()
+
+
+def answer_error(msg: Any, exc: NotRunning) -> NotRunning | WorkerError:
+    """What a request answered with NotRunning raises: NotRunning itself for OpenChannel
+    (the router waits for the restart), a connection_error WorkerError otherwise."""
+    if isinstance(msg, P.OpenChannel):
+        return exc
+    return WorkerError(str(exc), category="connection_error", path=exc.path,
+                       context={"state": exc.state})
+
+
+def answer_timeout(timeout: float | None) -> CallTimeout:
+    return CallTimeout(f"the supervisor did not answer within {timeout}s")
 
 
 def _check_decodes(frame: bytes, msg: Any = None) -> None:

@@ -15,17 +15,14 @@ reported once per try as a ("supervisor", "call", "error") event.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from .. import telemetry
 from ..errors import CallTimeout, WorkerCrashed, WorkerError
 from ..wire.policy import CallPolicy
 
-if TYPE_CHECKING:
-    from .link import RootLink
-
-__all__ = ["Attempt", "with_retries", "timed_out"]
+__all__ = ["Attempt", "next_try", "with_retries", "with_retries_async", "timed_out"]
 
 T = TypeVar("T")
 
@@ -38,6 +35,25 @@ class Attempt:
 
     def __init__(self) -> None:
         self.policy: CallPolicy | None = None
+
+
+def next_try(exc: WorkerError, tries: int, attempt: Attempt, *, method: str,
+             idempotent: bool, retry: bool, session: str | None) -> float | None:
+    """Try number `tries` of a call failed with `exc`: the delay before the next try, or
+    None when `exc` is final (see the module doc). Reports the error either way.
+
+    The one decision both loops share: `with_retries` (blocking) and the asyncio client's
+    twin differ only in how they wait.
+    """
+    _note(exc, tries, method, session, attempt.policy)
+    if not isinstance(exc, WorkerCrashed | CallTimeout) or not retry:
+        return None
+    policy = attempt.policy
+    delays = None if policy is None else policy.resend_delays(exc.category, method,
+                                                              idempotent)
+    if delays is None or tries > len(delays):
+        return None
+    return delays[tries - 1]
 
 
 def with_retries(try_once: Callable[[Attempt], T], *, method: str, path: str,
@@ -54,33 +70,47 @@ def with_retries(try_once: Callable[[Attempt], T], *, method: str, path: str,
         attempt.policy = None  # a try that reaches no worker has no policy to go by
         try:
             return try_once(attempt)
-        except (WorkerCrashed, CallTimeout) as exc:
-            _note(exc, tries, method, session, attempt.policy)
-            policy = attempt.policy
-            delays = None if policy is None else policy.resend_delays(exc.category, method,
-                                                                      idempotent)
-            if not retry or delays is None or tries > len(delays):
+        except WorkerError as exc:
+            delay = next_try(exc, tries, attempt, method=method, idempotent=idempotent,
+                             retry=retry, session=session)
+            if delay is None:
                 raise
-            delay = delays[tries - 1]
             if delay > 0 and pause(delay):
                 raise WorkerCrashed("the tree is not running", path=path) from exc
             tries += 1
+
+
+async def with_retries_async(try_once: Callable[[Attempt], Awaitable[T]], *, method: str,
+                             path: str, idempotent: bool, retry: bool, session: str | None,
+                             pause: Callable[[float], Awaitable[bool]]) -> T:
+    """`with_retries` for an event loop: the same decisions (`next_try`), awaited."""
+    attempt = Attempt()
+    tries = 1
+    while True:
+        attempt.policy = None
+        try:
+            return await try_once(attempt)
         except WorkerError as exc:
-            _note(exc, tries, method, session, attempt.policy)
-            raise
+            delay = next_try(exc, tries, attempt, method=method, idempotent=idempotent,
+                             retry=retry, session=session)
+            if delay is None:
+                raise
+            if delay > 0 and await pause(delay):
+                raise WorkerCrashed("the tree is not running", path=path) from exc
+            tries += 1
 
 
 def timed_out(method: str, path: str, limit: float, policy: CallPolicy,
-              link: RootLink, let_go: Callable[[], None]) -> CallTimeout:
+              report: Callable[[str], Any], let_go: Callable[[], None]) -> CallTimeout:
     """A call to the worker at `path` got no answer within `limit`: the CallTimeout to
     raise. With ``on_timeout="restart"`` the worker's state is unknown after a call it did
-    not finish: `let_go()` drops the caller's channel to it, and its supervisor is told to
-    replace it (handled as a timeout_error)."""
+    not finish: `let_go()` drops the caller's channel to it, and `report(path)` tells its
+    supervisor to replace it (handled as a timeout_error)."""
     exc = CallTimeout(f"call {method!r} to {path!r} got no answer within {limit:.3g}s",
                       path=path)
     if policy.restarts_on_timeout:
         let_go()
-        link.report_timeout(path)
+        report(path)
     return exc
 
 

@@ -44,12 +44,22 @@ from .channel import CallChannel, NotSent, reply_value
 from .link import RootLink
 from .retry import Attempt, timed_out, with_retries
 
-__all__ = ["Router"]
+__all__ = ["Router", "check_target", "sibling"]
 
 
 def sibling(path: str, child_id: str) -> str:
     parent, _, _ = path.rpartition("/")
     return f"{parent}/{child_id}" if parent else child_id
+
+
+def check_target(path: Any, method: Any, session: Any = None) -> None:
+    """A path, method or session of the wrong type would reach the root or the worker as a
+    frame it cannot decode (and end that channel): the caller's bug, said here."""
+    for name, value in (("path", path), ("method", method)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name}: expected a str, got {value!r}")
+    if session is not None and not isinstance(session, str):
+        raise TypeError(f"session: expected a str or None, got {session!r}")
 
 
 class Router:
@@ -62,13 +72,7 @@ class Router:
     def call(self, path: str, method: str, args: tuple, kwargs: dict[str, Any], *,
              timeout: float | None, retry: bool, idempotent: bool,
              session: str | None) -> Any:
-        # A path, method or session of the wrong type would reach the root or the worker
-        # as a frame it cannot decode (and end that channel): the caller's bug, said here.
-        for name, value in (("path", path), ("method", method)):
-            if not isinstance(value, str):
-                raise TypeError(f"{name}: expected a str, got {value!r}")
-        if session is not None and not isinstance(session, str):
-            raise TypeError(f"session: expected a str or None, got {session!r}")
+        check_target(path, method, session)
         return with_retries(
             lambda attempt: self._call_once(attempt, path, method, args, kwargs, timeout,
                                             retry, session),
@@ -99,7 +103,8 @@ class Router:
                 reply = chan.wait(cid, deadline)
             except TimeoutError:
                 raise timed_out(method, chan.path, deadline - started, chan.policy,
-                                self.link, lambda chan=chan: self.drop(chan)) from None
+                                self.link.report_timeout,
+                                lambda chan=chan: self.drop(chan)) from None
             except WorkerCrashed:
                 self.drop(chan)
                 raise
@@ -113,9 +118,7 @@ class Router:
             return reply_value(reply, chan.path, method)
 
     def cast(self, path: str, method: str, args: tuple, kwargs: dict[str, Any]) -> None:
-        for name, value in (("path", path), ("method", method)):
-            if not isinstance(value, str):
-                raise TypeError(f"{name}: expected a str, got {value!r}")
+        check_target(path, method)
         deadline = time.monotonic() + DEFAULT_CALL_TIMEOUT
         while True:
             chan = self.channel(path, deadline, True)

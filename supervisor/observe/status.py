@@ -17,7 +17,8 @@ import psutil
 
 from ..wire import messages as P
 
-__all__ = ["collect", "intensity", "walk", "duration", "circuit_text", "rss_mb"]
+__all__ = ["collect", "children_of", "intensity", "walk", "duration", "circuit_text",
+           "rss_mb"]
 
 Request = Callable[[Any], Any]
 
@@ -37,7 +38,7 @@ def _node(request: Request, path: str, raws: dict[str, dict[str, Any]]) -> dict[
             "pid": raw["pid"], "strategy": raw["strategy"],
             "recent_restarts": raw["recent_restarts"], "recovery": raw["recovery"],
             "memory_mb": rss_mb(raw["pid"]), "children": []}
-    for info in msgspec.convert(raw["children"], list[P.ChildInfo]):
+    for info in children_of(raw):
         if info.kind == "supervisor" and info.state == "running":
             sub = _node(request, info.path, raws)
             sub["restarts"] = info.restarts
@@ -50,6 +51,11 @@ def _node(request: Request, path: str, raws: dict[str, dict[str, Any]]) -> dict[
             "circuit": info.circuit, "retry_at": info.retry_at, "reason": info.reason,
         })
     return node
+
+
+def children_of(raw: dict[str, Any]) -> list[P.ChildInfo]:
+    """The children listed in a raw `GetStatus` answer."""
+    return msgspec.convert(raw["children"], list[P.ChildInfo])
 
 
 def rss_mb(pid: int | None) -> float | None:

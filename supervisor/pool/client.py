@@ -256,12 +256,17 @@ class PoolClient:
         message, WorkerCrashed, EncodeError, ...). `cancel()` succeeds while the call is
         still queued in the client. No keyword is reserved.
         """
-        fut = PoolFuture()
+        return self.submit_to(PoolFuture(), method, args, kwargs)
+
+    def submit_to(self, sink: Any, method: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """`submit` with the outcome going to `sink`, anything with a Future's
+        ``set_running_or_notify_cancel``, ``set_result``, ``set_exception`` and
+        ``cancel`` (called on the pool's threads); returns `sink`."""
         if not self._members.started:
             self._members.start()
-        self._io.enqueue([Job(_method_name(method), args, kwargs or None, fut, -1,
+        self._io.enqueue([Job(_method_name(method), args, kwargs or None, sink, -1,
                                  self._tracker, self._pipeline)], force=False)
-        return fut
+        return sink
 
     def map(self, method: Any, *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
@@ -274,9 +279,16 @@ class PoolClient:
         items of a chunk after a failing one are not run (the iterator stops at the
         failure anyway), and a worker crash fails the whole chunk.
         """
+        end = None if timeout is None else time.monotonic() + timeout
+        results = self.schedule_map(method, iterables, chunksize, MapResults)
+        return _iterate(results, len(results.values), end)
+
+    def schedule_map(self, method: Any, iterables: tuple[Iterable[Any], ...], chunksize: int,
+                     table: type[MapResults]) -> MapResults:
+        """Queue the calls of a `map` (see there); their results go to a new `table`
+        (a MapResults, or a subclass that tells its reader in its own way)."""
         if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
-        end = None if timeout is None else time.monotonic() + timeout
         name = _method_name(method)
         tracker = self._tracker
         cap = self._pipeline
@@ -289,13 +301,13 @@ class PoolClient:
             jobs = []
             while chunk := list(islice(items, chunksize)):
                 jobs.append(Job(name, chunk, None, None, len(jobs), tracker, cap, kind))
-        results = MapResults(len(jobs))
+        results = table(len(jobs))
         for job in jobs:
             job.sink = results
         if not self._members.started:
             self._members.start()
         self._io.enqueue(jobs, force=True)
-        return _iterate(results, len(jobs), end)
+        return results
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Wait for this client's outstanding async calls (`wait`), after cancelling those

@@ -204,9 +204,27 @@ class PoolIO:
         `on_lost` is "reassign"), WorkerCrashed once the tree is gone.
         """
         state = self.state
+        got = self.checkout_nowait(session, limit, on_lost, cid, frame)
+        if type(got) is not Waiter:
+            return got
+        waiter = got
+        with state.lock:
+            try:
+                self._await_slot(waiter, deadline)
+            finally:
+                state.waiter_gives_up(waiter)
+        return waiter.slot, waiter.sent, waiter.sent is not None
+
+    def checkout_nowait(self, session: str | None, limit: int, on_lost: str, cid: int,
+                        frame: bytes, wake: Callable[[], None] | None = None
+                        ) -> tuple[Slot, tuple[Link, SyncCall] | None, bool] | Waiter:
+        """`checkout`'s first half: the slot (as `checkout` returns it), or the Waiter
+        queued for one (whose `slot`, `sent` or `error` is set before `wake()` or its
+        condition says so)."""
+        state = self.state
         fx = Effects()
         with state.lock:
-            got = state.checkout(session, limit, on_lost, cid, frame)
+            got = state.checkout(session, limit, on_lost, cid, frame, wake)
             if type(got) is not Waiter:
                 slot, sent = got
                 waiter = None
@@ -220,12 +238,7 @@ class PoolIO:
                 self.watcher.apply(sent[0])  # registered here: the watcher steps back
             return slot, sent, False
         self.run(fx)  # frames of callers served before us, an overflow start
-        with state.lock:
-            try:
-                self._await_slot(waiter, deadline)
-            finally:
-                state.waiter_gives_up(waiter)
-        return waiter.slot, waiter.sent, waiter.sent is not None
+        return waiter
 
     def _await_slot(self, waiter: Waiter, deadline: float) -> None:
         state = self.state
@@ -243,7 +256,7 @@ class PoolIO:
         self.decide(lambda fx: self.state.checkin(slot, fx))
 
     def register(self, link: Link, session: str | None, on_lost: str,
-                 cid: int) -> SyncCall | None:
+                 cid: int, wake: Callable[[], None] | None = None) -> SyncCall | None:
         """Register a blocking call on an open link before its frame is written; None when
         it must be dispatched again (the link is closing, the session moved). Raises
         SessionLost."""
@@ -253,17 +266,18 @@ class PoolIO:
                 return None
             if link.closed is not None or link.draining is not None:
                 return None
-            entry = state.register_sync(link, cid)  # before the write: replies are quick
+            entry = state.register_sync(link, cid, wake)  # before the write: replies are quick
         self.watcher.apply(link)
         return entry
 
-    def send_sync(self, link: Link, data: bytes, cid: int) -> bool:
-        """Write one registered frame; False when it never left (dispatch it again)."""
+    def send_sync(self, link: Link, data: bytes, cid: int, reader: bool = True) -> bool:
+        """Write one registered frame; False when it never left (dispatch it again).
+        `reader` is False for a caller on an event loop (see `SyncCall.wake`)."""
         try:
             status = link.write(data)
         except OSError as exc:
             why = f"send failed: {exc}"
-            self.decide(lambda fx: self.state.sync_not_sent(link, cid, why, fx))
+            self.decide(lambda fx: self.state.sync_not_sent(link, cid, why, fx, reader))
             self.watcher.apply(link)
             return False
         if status is BUFFERED:
@@ -310,7 +324,8 @@ class PoolIO:
 
             self.decide(lose)
 
-        return timed_out(method, link.slot.path, limit, link.policy, self.root, let_go)
+        return timed_out(method, link.slot.path, limit, link.policy, self.root.report_timeout,
+                         let_go)
 
     def presend(self, send: Presend) -> None:
         """Write a queued caller's frame for it (see `Waiter`)."""

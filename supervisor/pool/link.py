@@ -24,6 +24,7 @@ import enum
 import select
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -61,12 +62,17 @@ NOT_SENT = _NotSent.NOT_SENT  # a SyncCall's reply when its frame never left (se
 
 class SyncCall:
     """A blocking caller's place in a link's table: the reader files its reply here
-    (or NOT_SENT when another thread's write of its frame failed)."""
+    (or NOT_SENT when another thread's write of its frame failed).
 
-    __slots__ = ("reply",)
+    `wake` is set for a caller on an event loop: it never reads the link itself (the
+    watcher does), and `wake()` (thread-safe, called under the pool's lock) tells it to
+    look again whenever its reply is filed or the link dies."""
 
-    def __init__(self) -> None:
+    __slots__ = ("reply", "wake")
+
+    def __init__(self, wake: Callable[[], None] | None = None) -> None:
         self.reply: Any = None
+        self.wake = wake
 
 
 class Batch(enum.IntEnum):

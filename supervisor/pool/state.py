@@ -10,7 +10,10 @@ and does no I/O and no waiting. What must happen outside the lock (settling futu
 runs their callbacks; writing batches; timers; starting an overflow worker; closing a
 dead link's sockets) is returned as `Effects` for `PoolIO.run` to carry out. The lock is
 never held across blocking I/O or a request to the tree: the App's reader thread delivers
-the answers to those requests, and the pool's telemetry hook runs on that thread too.
+the answers to those requests, and the pool's telemetry hook runs on that thread too. The
+one thing done under it besides `notify` is its event-loop twin: a loop caller's `wake()`
+(Waiter, SyncCall), which only schedules a callback on that loop (``call_soon_threadsafe``:
+a non-blocking write to the loop's wake-up channel, no lock of the loop's taken).
 
 Busy. A blocking caller needs ``load < max_in_flight`` (1 by default: one caller per
 worker at a time, as in a classic checkout pool, so a long call never queues another
@@ -63,6 +66,7 @@ class Waiter:
     cond: threading.Condition
     cid: int
     frame: bytes
+    wake: Callable[[], None] | None = None  # a caller on an event loop (see SyncCall)
     slot: Slot | None = None
     sent: tuple[Link, SyncCall] | None = None
     error: BaseException | None = None
@@ -179,7 +183,8 @@ class PoolState:
 
     # ------------------------------------------------------------------ checkout
     def checkout(self, session: str | None, limit: int, on_lost: str, cid: int,
-                 frame: bytes) -> tuple[Slot, tuple[Link, SyncCall] | None] | Waiter:
+                 frame: bytes, wake: Callable[[], None] | None = None
+                 ) -> tuple[Slot, tuple[Link, SyncCall] | None] | Waiter:
         """A slot with room for one blocking call and, when its link is open, the entry
         registered there for `cid`; or, when the caller must queue, its Waiter (queued
         here; hand it to `serve`, then wait on its `cond`). Raises SessionLost."""
@@ -187,8 +192,9 @@ class PoolState:
             slot = self._pick(session, limit, on_lost)
             if slot is not None:
                 self._assign(slot, session)
-                return slot, self._register_on(slot, session, cid)
-        waiter = Waiter(session, limit, on_lost, threading.Condition(self.lock), cid, frame)
+                return slot, self._register_on(slot, session, cid, wake)
+        waiter = Waiter(session, limit, on_lost, threading.Condition(self.lock), cid, frame,
+                        wake)
         self.waiters.append(waiter)
         self.queued.notify_all()
         return waiter
@@ -211,12 +217,13 @@ class PoolState:
                 if slot is None:
                     continue
                 waiter.slot = self._assign(slot, waiter.session)
-                waiter.sent = self._register_on(slot, waiter.session, waiter.cid)
+                waiter.sent = self._register_on(slot, waiter.session, waiter.cid,
+                                                waiter.wake)
                 if waiter.sent is not None:
                     link, entry = waiter.sent
                     fx.add("presend", Presend(link, waiter.frame, waiter.cid, entry))
             self.waiters.remove(waiter)
-            waiter.cond.notify()
+            _notify(waiter)
 
     def exhausted(self, session: str | None) -> PoolExhausted:
         busy = sum(1 for s in self.slots if s.load and not s.retiring)
@@ -230,13 +237,13 @@ class PoolState:
             f"{len(self.waiters)} callers queued)",
             path=self.path, context={"session_id": session})
 
-    def _register_on(self, slot: Slot, session: str | None, cid: int
-                     ) -> tuple[Link, SyncCall] | None:
+    def _register_on(self, slot: Slot, session: str | None, cid: int,
+                     wake: Callable[[], None] | None) -> tuple[Link, SyncCall] | None:
         link = slot.link
         if link is None or link.closed is not None or link.draining is not None \
                 or not self.sessions.may_presend(session, link):
             return None  # the caller opens the link, or learns the session is lost
-        return link, self.register_sync(link, cid)
+        return link, self.register_sync(link, cid, wake)
 
     def _assign(self, slot: Slot, session: str | None) -> Slot:
         slot.load += 1
@@ -385,29 +392,39 @@ class PoolState:
         self.refresh(fx)
 
     # ------------------------------------------------------------------ blocking calls
-    def register_sync(self, link: Link, cid: int) -> SyncCall:
+    def register_sync(self, link: Link, cid: int,
+                      wake: Callable[[], None] | None = None) -> SyncCall:
         """A blocking caller's entry, before its frame is written. Until it leaves its
         wait, it reads the link itself: the link is disarmed in the watcher, or the
-        watcher would race that caller for its own reply (a hand-off for nothing)."""
-        entry = SyncCall()
+        watcher would race that caller for its own reply (a hand-off for nothing). A
+        caller on an event loop (`wake`) never reads: the watcher stays armed for it."""
+        entry = SyncCall(wake)
         link.waiting[cid] = entry
+        if wake is not None:
+            return entry
         link.readers += 1
         link.armed = False  # the caller applies it in the watcher once out of the lock
         return entry
 
-    def sync_not_sent(self, link: Link, cid: int, why: str, fx: Effects) -> None:
-        """A blocking caller's own write failed: its call never left."""
+    def sync_not_sent(self, link: Link, cid: int, why: str, fx: Effects,
+                      reader: bool = True) -> None:
+        """A blocking caller's own write failed: its call never left (`reader`: the
+        caller counted as one of the link's readers, as a thread does)."""
         link.waiting.pop(cid, None)
-        link.readers -= 1
+        if reader:
+            link.readers -= 1
         if not link.draining:
             self.lose_link(link, why, fx)
-        self.release(link, fx)
+        if reader:
+            self.release(link, fx)
         self.refresh(fx)
 
     def presend_failed(self, send: Presend, why: str, fx: Effects) -> None:
         """Writing a queued caller's frame for it failed: its caller dispatches it again."""
         if send.link.waiting.pop(send.cid, None) is send.entry:
             send.entry.reply = NOT_SENT
+            if send.entry.wake is not None:
+                send.entry.wake()
         if not send.link.draining:
             self.lose_link(send.link, why, fx)
         send.link.cond.notify_all()
@@ -438,6 +455,8 @@ class PoolState:
                 continue  # its caller gave up (timeout)
             if type(entry) is SyncCall:
                 entry.reply = msg
+                if entry.wake is not None:
+                    entry.wake()
                 continue
             link.async_count -= 1
             if not link.async_count:
@@ -486,6 +505,9 @@ class PoolState:
         self._in_flight_lost(link, why, error, row, fx)
         link.async_count = 0
         link.cond.notify_all()
+        for entry in link.waiting.values():
+            if type(entry) is SyncCall and entry.wake is not None:
+                entry.wake()  # a caller on an event loop sees `closed` when it looks
         fx.add("close", link)  # interrupts a reader blocked in poll; closed once unread
 
     def _in_flight_lost(self, link: Link, why: str, error: type, row: str,
@@ -523,7 +545,7 @@ class PoolState:
         self.sessions.lose(slot, pid, why)
         for waiter in self.waiters:
             if waiter.session is not None:
-                waiter.cond.notify()  # a caller queued for that worker must hear it
+                _notify(waiter)  # a caller queued for that worker must hear it
 
     def leaving(self, path: str, why: str, fx: Effects) -> int | None:
         """Its supervisor is stopping the worker at `path`: send it nothing new, as if it
@@ -623,7 +645,7 @@ class PoolState:
         jobs = list(self.pending)
         self.pending.clear()
         for waiter in self.waiters:
-            waiter.cond.notify()
+            _notify(waiter)
         for slot in self.slots:
             if slot.link is not None:
                 # Closed once no caller reads it; a reading caller is woken and lets go.
@@ -631,6 +653,12 @@ class PoolState:
         exc = WorkerCrashed("the tree is not running", path=self.path)
         fx.settled([(job, exc, self.path) for job in jobs])
         return True
+
+
+def _notify(waiter: Waiter) -> None:
+    waiter.cond.notify()
+    if waiter.wake is not None:
+        waiter.wake()
 
 
 def _load(slot: Slot) -> int:

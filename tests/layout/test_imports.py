@@ -7,7 +7,7 @@ Rooms and who may enter them:
     wire/      messages and framing: imported by every process; imports no other room
     tree/      supervisor processes (they fork workers, so they may import runtime/)
     runtime/   worker processes
-    client/, pool/, app   the caller's process: never tree/, runtime/ or service/
+    client/, pool/, aio/, app   the caller's process: never tree/, runtime/ or service/
     observe/   top, events, the HTTP server: talks to a tree as a client does (same rule)
     service/   the control socket and the service root (a supervisor process)
     strategies/  pure policy: imports nothing of supervisor/
@@ -120,7 +120,7 @@ def test_no_import_circle() -> None:
 
 CALLER_SIDE = [name for name in MODULES
                if _in(name, "supervisor.app", "supervisor.client", "supervisor.pool",
-                      "supervisor.observe")]
+                      "supervisor.observe", "supervisor.aio")]
 OTHER_PROCESSES = ("supervisor.tree", "supervisor.runtime", "supervisor.service")
 
 
