@@ -296,9 +296,10 @@ class App:
 
 
 class WorkerProxy:
-    """``app.worker(path).incr(5)``; ``.options(timeout=2)`` sets the reserved keywords."""
+    """``app.worker(path).incr(5)``; ``.options(timeout=2)`` sets the reserved keywords.
+    The asyncio App's proxy too (its `call` returns the coroutine to await)."""
 
-    def __init__(self, app: App, path: str, options: dict[str, Any]) -> None:
+    def __init__(self, app: Any, path: str, options: dict[str, Any]) -> None:
         self._app = app
         self._path = path
         self._options = options

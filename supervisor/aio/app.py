@@ -39,7 +39,6 @@ from .router import AsyncRouter, request
 __all__ = ["App", "start", "connect", "WorkerProxy"]
 
 ChildInfo = P.ChildInfo
-_RESERVED = ("timeout", "retry", "idempotent", "session")
 
 
 def start(spec: SupervisorSpec, *, timeout: float | None = 60.0,
@@ -328,27 +327,6 @@ def _kill_after(procs: list[psutil.Process], timeout: float) -> None:
         proc.kill()
 
 
-class WorkerProxy:
-    """``await app.worker(path).incr(5)``; ``.options(timeout=2)`` sets the reserved
-    keywords."""
-
-    def __init__(self, app: App, path: str, options: dict[str, Any]) -> None:
-        self._app = app
-        self._path = path
-        self._options = options
-
-    def options(self, **options: Any) -> WorkerProxy:
-        unknown = set(options) - set(_RESERVED)
-        if unknown:
-            raise TypeError(f"unknown call options {sorted(unknown)}; expected {_RESERVED}")
-        return WorkerProxy(self._app, self._path, {**self._options, **options})
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        def method(*args: Any, **kwargs: Any) -> Any:
-            return self._app.call(self._path, name, *args, **self._options, **kwargs)
-
-        method.__name__ = name
-        return method
+# `await app.worker(path).incr(5)`: the blocking App's proxy calls `app.call`, which here
+# returns the coroutine to await.
+WorkerProxy = blocking.WorkerProxy
