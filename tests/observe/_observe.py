@@ -9,32 +9,12 @@ import urllib.request
 from typing import Any
 
 from .._service import Service
+from ..cli.test_cli import TREE as CLI_TREE
 
-TREE = """
-[tree]
-id = "svc"
-max_restarts = 5
-max_seconds = 10
-
-[[tree.children]]
-id = "talker"
-worker = "tests.cli._workers:Talker"
-
-[[tree.children]]
-id = "jobs"
-type = "supervisor"
-
-  [[tree.children.children]]
-  id = "sleeper"
-  command = ["sleep", "300"]
-  shutdown = 1.0
-  start_seconds = 0  # reported started at once: the tests read the start order
-
-  [[tree.children.children]]
-  id = "calc"
-  worker = "tests.runtime._workers:Calc"
-  kwargs = { base = 40 }
-"""
+# The CLI tests' tree, its program reported started at once (start_seconds = 0): the
+# observe tests read the start order.
+TREE = CLI_TREE.replace('  shutdown = 1.0\n', '  shutdown = 1.0\n  start_seconds = 0\n', 1)
+assert TREE != CLI_TREE
 PATHS = ["", "talker", "jobs", "jobs/sleeper", "jobs/calc"]
 
 
