@@ -250,6 +250,18 @@ class App:
         restarting."""
         self._link.request(P.DeleteChild(id=0, path=path, child_id=child_id))
 
+    def signal_child(self, path: str, child_id: str, signum: int | str) -> int:
+        """Send a signal (a number or a name such as ``"SIGHUP"``) to the running child
+        `child_id` of the supervisor at `path`: a worker's process, or an external
+        program's whole process group. Returns its pid. What follows is the child's own
+        doing (one that dies is handled as any other exit). Raises ConfigError for an
+        unknown signal, WorkerError when the child is not running, NoSuchChild."""
+        from ._validate import check_signal
+
+        number = check_signal("signal", signum)
+        return self._link.request(P.SignalChild(id=0, path=path, child_id=child_id,
+                                                signal=number))
+
     def status(self) -> dict[str, Any]:
         """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB),
         circuit state and next trial, `reason` (why an abandoned child was abandoned,

@@ -6,6 +6,7 @@
     status [PATH]        the running tree (or one subtree): path, kind, state, pid, uptime,
                          restarts, RSS, circuit (and why, for an abandoned child)
     start|stop|restart PATH
+    signal PATH SIGNAL   a signal to a running child (a program: its process group)
     call PATH METHOD [JSON-ARGS]   (an array of arguments, or an object of keyword ones)
     shutdown
     top                  a live view of the running tree (needs the ui extra)
@@ -55,6 +56,8 @@ _HELP = {
     "call": ("call a worker's command; prints the result as JSON",
              "python -m supervisor call counter incr '[5]'\n"
              "  python -m supervisor call echo echo '{\"value\": \"hi\"}' --timeout 2"),
+    "signal": ("send a signal to a running child (a program: to its process group)",
+               "python -m supervisor signal jobs/sleeper SIGHUP"),
     "shutdown": ("stop the running tree (children in reverse order)",
                  "python -m supervisor shutdown"),
     "top": ("a live view of the running tree (needs the ui extra)", "python -m supervisor top"),
@@ -107,6 +110,9 @@ def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
                            "call that times out is CallTimeout, and with the default "
                            "on_timeout='restart' its worker is replaced: its state is "
                            "unknown after a call it did not finish")
+    sig = command("signal")
+    sig.add_argument("path", help="the child's path, e.g. jobs/sleeper")
+    sig.add_argument("signal", help="a signal name (SIGHUP, HUP) or number")
     command("shutdown")
     top = command("top")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
@@ -249,6 +255,23 @@ def _child_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _signal(args: argparse.Namespace) -> int:
+    from ._validate import check_signal
+
+    parent, child_id = _split(args.path)
+    number = check_signal("SIGNAL", args.signal)
+    with _connect(args) as app:
+        pid = app.signal_child(parent, child_id, number)
+    print(f"{args.path}: sent {signal_name(number)} (pid {pid})")
+    return EXIT_OK
+
+
+def signal_name(number: int) -> str:
+    import signal
+
+    return signal.Signals(number).name
+
+
 def _call(args: argparse.Namespace) -> int:
     expected = "a JSON array of arguments or a JSON object of keyword arguments"
     try:
@@ -354,6 +377,7 @@ _COMMANDS = {
     "stop": _child_command,
     "restart": _child_command,
     "call": _call,
+    "signal": _signal,
     "shutdown": _shutdown,
     "top": _top,
     "events": _events,

@@ -102,6 +102,9 @@ class ProcessLauncher:
         kill_quietly(slot.pid, signal.SIGKILL)
         return wait_exit(slot, None, on_message)
 
+    def signal(self, slot: ChildSlot, signum: int) -> None:
+        kill_quietly(slot.pid, signum)
+
     def reaped(self, slot: ChildSlot) -> None:
         """Its process was reaped (nothing of it to clean up here)."""
 
@@ -123,6 +126,9 @@ class ProgramLauncher:
 
     def stop(self, slot: ChildSlot, reason: str, on_message: OnMessage) -> int:
         return program.graceful(slot, lambda deadline: wait_exit(slot, deadline, on_message))
+
+    def signal(self, slot: ChildSlot, signum: int) -> None:
+        program.signal_group(slot, signum)  # the program and whatever it started
 
     def reaped(self, slot: ChildSlot) -> None:
         program.kill_group(slot.pid)  # what the program left behind in its process group

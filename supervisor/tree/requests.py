@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -65,7 +66,8 @@ class Requests:
             case P.OpenChannel() | P.GetMetrics():
                 self._route(msg, origin, fd, to_worker=True)
             case P.WhichChildren() | P.CountChildren() | P.GetStatus() | P.StartChild() | \
-                    P.TerminateChild() | P.RestartChild() | P.DeleteChild() | P.ReportFailure():
+                    P.TerminateChild() | P.RestartChild() | P.DeleteChild() | P.ReportFailure() | \
+                    P.SignalChild():
                 self._route(msg, origin, None, to_worker=False)
             case _:
                 if fd is not None:
@@ -259,6 +261,21 @@ class Requests:
     def _delete_child(self, msg: Any) -> None:
         self.children.remove(self._stopped_child(msg, "delete_child"))
 
+    def _signal_child(self, msg: Any) -> int:
+        """`python -m supervisor signal PATH SIGNAL`: what the child does with it is its
+        own business (a SIGKILL is noticed and handled as any other death)."""
+        slot = self._find(msg.child_id)
+        if slot.pid is None:
+            raise _Refused("NotRunning", f"{slot.path!r} is not running (state {slot.state})",
+                           path=slot.path, state=str(slot.state))
+        try:
+            valid = signal.Signals(msg.signal)
+        except ValueError:
+            raise _Refused("ConfigError", f"signal: no signal number {msg.signal}",
+                           field="signal") from None
+        slot.launcher.signal(slot, valid)
+        return slot.pid
+
     def _report_failure(self, msg: Any) -> None:
         slot = self._find(msg.child_id)
         if msg.category not in _CATEGORIES:
@@ -316,4 +333,5 @@ _LOCAL = {
     P.RestartChild: Requests._restart_child,
     P.DeleteChild: Requests._delete_child,
     P.ReportFailure: Requests._report_failure,
+    P.SignalChild: Requests._signal_child,
 }

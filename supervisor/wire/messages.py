@@ -331,6 +331,16 @@ class ReportFailure(_Message, tag="F"):
     reason: str
 
 
+class SignalChild(_Message, tag="i"):
+    """Send signal `signal` (a number) to child `child_id` of the supervisor at `path`: a
+    worker's process, or an external program's whole process group. Answered with the pid."""
+
+    id: int
+    path: str
+    child_id: str
+    signal: int
+
+
 class Response(_Message, tag="y"):
     """The successful answer to request `id`."""
 
@@ -375,6 +385,7 @@ ControlMessage = (
     | DeleteChild
     | Shutdown
     | ReportFailure
+    | SignalChild
     | Response
     | ErrorResponse
     | Event

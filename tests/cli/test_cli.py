@@ -489,3 +489,21 @@ def test_a_tree_file_resolves_its_workers_from_its_own_directory(tmp_path):
                          cwd="/", capture_output=True, text=True, timeout=30)
     assert (bad.returncode, bad.stderr) == (
         2, f"error: {missing}: tree.directory: {project / 'nowhere'} is not a directory\n")
+
+
+def test_signal_sends_a_signal_to_a_running_child(service):
+    svc = service()
+    svc.wait_line("is up")
+    before = json.loads(svc.cmd("status", "--json").stdout)["children"][0]
+    sent = svc.cmd("signal", "talker", "KILL")
+    assert (sent.returncode, sent.stdout) == (0, f"talker: sent SIGKILL (pid {before['pid']})\n")
+    svc.wait_line("child.restarted talker")  # a death like any other: restarted
+    after = json.loads(svc.cmd("status", "--json").stdout)["children"][0]
+    assert after["pid"] != before["pid"] and after["restarts"] == 1
+    bad = svc.cmd("signal", "talker", "SIGNOPE")
+    assert (bad.returncode, bad.stderr) == (
+        2, "error: SIGNAL: expected a signal name such as 'SIGTERM', got 'SIGNOPE'\n")
+    assert svc.cmd("stop", "jobs/sleeper").returncode == 0
+    stopped = svc.cmd("signal", "jobs/sleeper", "TERM")
+    assert stopped.returncode == 1
+    assert stopped.stderr.startswith("error: WorkerError: 'jobs/sleeper' is not running")

@@ -13,7 +13,8 @@ Two doors, both fuzzed with Hypothesis (bounded example counts, no example datab
   survives every one and logs no bug report.
 
 Requests that stop or change the tree on purpose when well formed (Stop, Shutdown, a
-ReportFailure with a real category) are left out: any same-uid client may send them.
+ReportFailure with a real category, a SignalChild with a real signal) are left out: any
+same-uid client may send them.
 """
 
 from __future__ import annotations
@@ -180,6 +181,9 @@ def control_requests():
         st.builds(P.ReportFailure, id=st.just(0), path=paths, child_id=child_ids,
                   category=st.text(max_size=12).filter(lambda c: c not in CATEGORIES),
                   reason=st.text(max_size=8)),
+        # No signal has a number this high: refused, never sent to a child.
+        st.builds(P.SignalChild, id=st.just(0), path=paths, child_id=child_ids,
+                  signal=st.integers(min_value=100, max_value=2**31)),
     )
 
 

@@ -69,6 +69,7 @@ CONTROL_SAMPLES = [
     p.DeleteChild(_int(), _path(), _word()),
     p.Shutdown(_int()),
     p.ReportFailure(_int(), _path(), _word(), "timeout_error", "timeout"),
+    p.SignalChild(_int(), _path(), _word(), 15),
     p.Response(_int(), [_payload(), fake.pyint()]),
     p.ErrorResponse(_int(), "NoSuchChild", fake.sentence(), {"path": _path()}),
     p.Event(["supervisor", "child", "restarted"], {"duration": fake.pyfloat()}, _payload()),
