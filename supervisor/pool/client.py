@@ -39,6 +39,8 @@ from concurrent.futures import Future
 from itertools import chain, islice
 from typing import Any
 
+import msgspec
+
 from ..client.channel import reply_value
 from ..client.link import RootLink
 from ..client.retry import Attempt, with_retries
@@ -135,13 +137,16 @@ class PoolClient:
         self._state.retire_after = float(seconds)
 
     def workers(self) -> list[dict[str, Any]]:
-        """The pool's workers as this client sees them: id, path, overflow, load (calls
-        checked out or in flight), pid (of its open channel, else None)."""
+        """The pool's workers: id, path, overflow, load (this client's calls checked out or
+        in flight on it) and pid (of the running worker process, as its supervisor reports
+        it; None while it is not running). Raises WorkerCrashed once the tree is gone."""
         self._members.start()
+        running = {info.id: info.pid for info in msgspec.convert(
+            self._link.request(P.WhichChildren(id=0, path=self.path)), list[P.ChildInfo])}
         state = self._state
         with state.lock:
             return [{"id": s.id, "path": s.path, "overflow": s.overflow, "load": s.load,
-                     "pid": s.link.pid if s.link is not None else None}
+                     "pid": running.get(s.id)}
                     for s in state.slots if not s.retiring]
 
     # ------------------------------------------------------------------ blocking calls

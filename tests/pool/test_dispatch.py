@@ -29,6 +29,16 @@ def test_a_busy_worker_sends_the_next_caller_to_its_sibling(start_tree, gate, ex
     assert [w["id"] for w in pool.workers()] == ["p-0", "p-1"]
 
 
+def test_workers_reports_the_pid_of_every_running_worker(start_tree):
+    # Also of a worker this client has not called yet (no channel open to it).
+    app = start_tree(Supervisor("root", children=[Pool("p", Py, size=2)]))
+    pool = app.pool("p")
+    expected = {info.id: info.pid for info in app.which_children("p")}
+    assert {w["id"]: w["pid"] for w in pool.workers()} == expected
+    assert all(isinstance(pid, int) for pid in expected.values())
+    assert pool.call("pid") in expected.values()
+
+
 def test_queued_callers_are_served_in_arrival_order(start_tree, gate, ex):
     app = start_tree(Supervisor("root", children=[Pool("p", Ordered, size=1)]))
     pool = app.pool("p")
