@@ -94,6 +94,8 @@ TABLES = Expect("an array of tables",
 SHUTDOWN = Expect("a number of seconds, 'brutal_kill' or 'infinity'",
                   lambda v: _is_number(v) or isinstance(v, str))
 SIGNAL = Expect("a signal name or number", lambda v: isinstance(v, str) or _is_integer(v))
+NAME_OR_ID = Expect("a name or a number", lambda v: isinstance(v, str) or _is_integer(v))
+UMASK = Expect("a umask (0o022, or '022')", lambda v: isinstance(v, str) or _is_integer(v))
 
 
 @attrs.frozen
@@ -159,7 +161,7 @@ PROGRAM = Kind(
     "program",
     {"id": STRING, "type": STRING, "command": STRINGS, "cwd": STRING, "env": TABLE,
      "stop_signal": SIGNAL, **_RESTART_OPTIONS, **_STABILITY, "start_seconds": NUMBER,
-     "autostart": BOOLEAN},
+     "autostart": BOOLEAN, "user": NAME_OR_ID, "group": NAME_OR_ID, "umask": UMASK},
     required=("id", "command"),
 )
 SUPERVISOR = Kind("supervisor", {"id": STRING, "type": STRING, **_SUPERVISOR_KEYS},

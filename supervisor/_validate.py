@@ -23,6 +23,7 @@ __all__ = [
     "check_integer",
     "check_bool",
     "check_env",
+    "check_umask",
     "check_id",
     "check_shutdown",
     "check_signal",
@@ -67,6 +68,20 @@ def check_bool(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"expected true or false, got {value!r}", field=field, value=value)
     return value
+
+
+def check_umask(field: str, value: Any) -> int:
+    """A umask: an integer 0..0o777 (TOML: ``0o022``) or its octal digits (``"022"``)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value, 8)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= 0o777:
+        raise ConfigError(f"expected a umask such as 0o022 or '022', got {value!r}",
+                          field=field, value=value)
+    return number
 
 
 def check_env(env: Any) -> None:

@@ -33,6 +33,7 @@ from ._validate import (
     check_shutdown,
     check_signal,
     check_significant,
+    check_umask,
     reject_unknown,
 )
 from .errors import ConfigError
@@ -175,6 +176,9 @@ class ProgramSpec:
     circuit_timeout: float = 60.0
     start_seconds: float = 1.0
     autostart: bool = True
+    user: str | int | None = None
+    group: str | int | None = None
+    umask: int | str | None = None
 
     kind = "worker"
 
@@ -190,6 +194,14 @@ class ProgramSpec:
             raise ConfigError(f"expected a path string, got {self.cwd!r}", field="cwd")
         check_env(self.env)
         check_bool("autostart", self.autostart)
+        for field in ("user", "group"):
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)
+                                      or value == ""):
+                raise ConfigError(f"expected a name or a number, got {value!r}", field=field,
+                                  value=value)
+        if self.umask is not None:
+            object.__setattr__(self, "umask", check_umask("umask", self.umask))
         check_signal("stop_signal", self.stop_signal)
         check_choice("restart", self.restart, tuple(RestartType))
         check_shutdown("shutdown", self.shutdown)
@@ -365,20 +377,25 @@ def program(id: str, command: Sequence[str], *, cwd: str | None = None,
             restart: str = "permanent", shutdown: float | str = 5.0,
             significant: bool = False, errors: Mapping[str, Any] | None = None,
             stable_after: float = 5.0, circuit_timeout: float = 60.0,
-            start_seconds: float = 1.0, autostart: bool = True, **unknown: Any) -> ProgramSpec:
+            start_seconds: float = 1.0, autostart: bool = True,
+            user: str | int | None = None, group: str | int | None = None,
+            umask: int | str | None = None, **unknown: Any) -> ProgramSpec:
     """An external program supervised like any child: ``program("db", ["redis-server"])``.
 
     `env` is added to the supervisor's environment; `stop_signal` goes to the program's
     process group on a graceful stop; the program is up once it has run `start_seconds`
-    (an earlier exit is a start failure; 0: up at exec). Raises ConfigError for any invalid
-    or unknown field.
+    (an earlier exit is a start failure; 0: up at exec). `user` / `group` (names or
+    numbers) and `umask` (``0o022`` or ``"022"``) are set in the program before exec
+    (changing user needs a supervisor running as root; a failure is a start failure).
+    Raises ConfigError for any invalid or unknown field.
     """
     reject_unknown(unknown, _PROGRAM_KEYS)
     return ProgramSpec(
         id=id, command=command, cwd=cwd, env=dict(env) if env is not None else None,
         stop_signal=stop_signal, restart=restart, shutdown=shutdown, significant=significant,
         errors=errors, stable_after=stable_after, circuit_timeout=circuit_timeout,
-        start_seconds=start_seconds, autostart=autostart,
+        start_seconds=start_seconds, autostart=autostart, user=user, group=group,
+        umask=umask,
     )
 
 

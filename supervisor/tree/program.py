@@ -42,10 +42,11 @@ def spawn(slot: ChildSlot, keep: list[int], capture: Capture | None) -> int:
         if capture is not None:  # (status_r is not in `keep`: fork_child closed it)
             capture.in_child()
         try:
+            _become(spec)
             if spec.cwd:
                 os.chdir(spec.cwd)
             os.execvpe(spec.command[0], list(spec.command), env)
-        except OSError as exc:
+        except (OSError, KeyError) as exc:
             os.write(status_w, f"{type(exc).__name__}: {exc}".encode())
         return 127
 
@@ -62,6 +63,34 @@ def spawn(slot: ChildSlot, keep: list[int], capture: Capture | None) -> int:
         pass  # the child already exec'd (EACCES) or died; it set its own group first
     slot.attach(pid, None)
     return status_r
+
+
+def _become(spec: Any) -> None:
+    """In the forked child, before exec: the program's group, user and umask. The group
+    goes first (a process that gave up root can no longer change it); the supplementary
+    groups become the user's own. Raises KeyError for an unknown name, PermissionError
+    when we may not change user (not root)."""
+    if spec.umask is not None:
+        os.umask(spec.umask)
+    if spec.user is None and spec.group is None:
+        return
+    import grp
+    import pwd
+
+    user = None
+    if spec.user is not None:
+        user = pwd.getpwnam(spec.user) if isinstance(spec.user, str) else pwd.getpwuid(spec.user)
+    if spec.group is not None:
+        gid = grp.getgrnam(spec.group).gr_gid if isinstance(spec.group, str) else spec.group
+    else:
+        gid = user.pw_gid
+    if user is not None:
+        os.initgroups(user.pw_name, gid)
+    else:
+        os.setgroups([gid])
+    os.setgid(gid)
+    if user is not None:
+        os.setuid(user.pw_uid)
 
 
 def await_exec(slot: ChildSlot, status_r: int) -> StartFailure | None:

@@ -96,7 +96,8 @@ def full_tree() -> SupervisorSpec:
         "sleeper", ["sleep", "1000"], cwd="/tmp", env={"LANG": "C", "MODE": "test"},
         stop_signal="SIGINT", restart="temporary", shutdown=2.5, significant=True,
         errors={"resource_error": {"severity": "warning", "recovery": "abandon"}},
-        stable_after=1, circuit_timeout=10, start_seconds=0.5, autostart=True,
+        stable_after=1, circuit_timeout=10, start_seconds=0.5, autostart=True, user=0,
+        group="root", umask="027",
     )
     jobs = full_jobs()
     workers = Supervisor("workers", [child("one", ECHO)], strategy="one_for_all", shutdown=60,

@@ -141,7 +141,7 @@ EXPECTED = {
     'unknown_key_program.toml':
         ": tree.children[0].args: unknown key 'args'; expected one of id, type, command, cwd, "
         'env, stop_signal, restart, shutdown, significant, errors, stable_after, '
-        'circuit_timeout, start_seconds, autostart',
+        'circuit_timeout, start_seconds, autostart, user, group, umask',
     'unknown_key_root.toml':
         ": tree.max_restart: unknown key 'max_restart'; expected one of id, children, "
         'strategy, max_restarts, max_seconds, restart, shutdown, template, max_children, '
