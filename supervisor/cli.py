@@ -11,6 +11,8 @@
     shutdown
     top                  a live view of the running tree (needs the ui extra)
     events [-f] [--json] the tree's telemetry events (-f: keep following)
+    completion SHELL     a completion script for bash, zsh or tcsh (needs the completion
+                         extra)
 
 `run --metrics HOST:PORT` (or a `[metrics]` table) serves Prometheus metrics, the status
 as JSON and a web page of the tree from a thread of the service root (see observe.web);
@@ -62,7 +64,15 @@ _HELP = {
                  "python -m supervisor shutdown"),
     "top": ("a live view of the running tree (needs the ui extra)", "python -m supervisor top"),
     "events": ("print the tree's telemetry events", "python -m supervisor events -f --json"),
+    "completion": ("print a shell completion script for otp-supervisor (needs the "
+                   "completion extra)",
+                   "python -m supervisor completion bash > "
+                   "~/.local/share/bash-completion/completions/otp-supervisor"),
 }
+
+_SHELLS = ("bash", "zsh", "tcsh")
+# The options whose value is a path: their completion offers files.
+_PATH_OPTIONS = ("tree", "socket", "metrics_token_file", "svg")
 
 
 def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
@@ -120,7 +130,10 @@ def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
     events.add_argument("-f", "--follow", action="store_true",
                         help="keep printing new events until the tree stops")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    command("completion").add_argument("shell", choices=_SHELLS, help="the shell")
     for cmd in sub.choices.values():
+        if cmd.prog.split()[-1] == "completion":
+            continue
         if cmd.prog.split()[-1] != "check":
             cmd.add_argument("--socket", default=None, help="the tree's control socket")
         if cmd.prog.split()[-1] not in ("check", "run"):
@@ -369,6 +382,33 @@ def _events(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
+def _completion(args: argparse.Namespace) -> int:
+    try:
+        import shtab
+    except ImportError:
+        print("error: completion needs the completion extra: "
+              "pip install 'otp-supervisor[completion]'", file=sys.stderr)
+        return EXIT_USAGE
+    # The script completes the console script's name, whichever way it was asked for.
+    parser = _parser("otp-supervisor")
+    for action in _actions(parser):
+        if action.dest in _PATH_OPTIONS:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+    print(shtab.complete(parser, shell=args.shell))
+    return EXIT_OK
+
+
+def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every action of the parser and of its subcommands."""
+    found = []
+    for action in parser._actions:
+        found.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_actions(sub))
+    return found
+
+
 _COMMANDS = {
     "run": _run,
     "check": _check,
@@ -381,4 +421,5 @@ _COMMANDS = {
     "shutdown": _shutdown,
     "top": _top,
     "events": _events,
+    "completion": _completion,
 }

@@ -507,3 +507,11 @@ def test_signal_sends_a_signal_to_a_running_child(service):
     stopped = svc.cmd("signal", "jobs/sleeper", "TERM")
     assert stopped.returncode == 1
     assert stopped.stderr.startswith("error: WorkerError: 'jobs/sleeper' is not running")
+
+
+def test_completion_without_its_extra_says_which_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "shtab", None)  # `import shtab` raises ImportError
+    assert cli.main(["completion", "bash"]) == 2
+    assert capsys.readouterr().err == (
+        "error: completion needs the completion extra: "
+        "pip install 'otp-supervisor[completion]'\n")
