@@ -102,21 +102,14 @@ class AsyncPool:
     async def end_session(self, session_id: str) -> bool:
         """As `PoolClient.end_session`: drop the session's state in its worker and
         forget its affinity; True when the worker held state for it."""
-        state = self._client._state
-        with state.lock:
-            sess = state.sessions.get(session_id)
-        if sess is None:
-            return False
-        try:
-            if sess.lost is not None:
+        with self._client.ending_session(session_id) as live:
+            if not live:
                 return False
-            return bool(await self._checked_out(P.END_SESSION, (), None, session_id, None,
-                                                True, False, "fail"))
-        except (SessionLost, WorkerCrashed):  # its worker is gone: so is the state
-            return False
-        finally:
-            with state.lock:
-                state.sessions.forget(session_id, sess)
+            try:
+                return bool(await self._checked_out(P.END_SESSION, (), None, session_id,
+                                                    None, True, False, "fail"))
+            except (SessionLost, WorkerCrashed):  # its worker is gone: so is the state
+                return False
 
     async def _blocking(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self._loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))

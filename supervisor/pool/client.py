@@ -33,6 +33,7 @@ the worker class, whose name is used).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -176,18 +177,28 @@ class PoolClient:
     def end_session(self, session_id: str) -> bool:
         """Drop the session's state in its worker and forget its affinity; True when the
         worker held state for it. A lost or unknown session just returns False."""
+        with self.ending_session(session_id) as live:
+            if not live:
+                return False
+            try:
+                return bool(self._call(P.END_SESSION, (), None, session_id, None, True,
+                                       False, "fail"))
+            except (SessionLost, WorkerCrashed):  # its worker is gone: so is the state
+                return False
+
+    @contextlib.contextmanager
+    def ending_session(self, session_id: str) -> Iterator[bool]:
+        """The bookkeeping of an end_session (blocking or awaited): yields whether the
+        session is bound to a live worker, which is then asked to drop its state; the
+        session's affinity is forgotten on the way out, whatever that worker answered."""
         state = self._state
         with state.lock:
             sess = state.sessions.get(session_id)
         if sess is None:
-            return False
+            yield False
+            return
         try:
-            if sess.lost is not None:
-                return False
-            return bool(self._call(P.END_SESSION, (), None, session_id, None, True, False,
-                                   "fail"))
-        except (SessionLost, WorkerCrashed):  # its worker is gone: so is the state
-            return False
+            yield sess.lost is None
         finally:
             with state.lock:
                 state.sessions.forget(session_id, sess)
