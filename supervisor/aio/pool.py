@@ -231,7 +231,7 @@ class AsyncPool:
                 with state.lock:
                     if entry.reply is not None:
                         return entry.reply
-                    if link.closed is not None:
+                    if link.closed is not None and not entry.unsent:
                         link.waiting.pop(cid, None)
                         raise WorkerCrashed(
                             f"worker {link.slot.path!r} (pid {link.pid}) died while the "

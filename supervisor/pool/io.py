@@ -295,7 +295,10 @@ class PoolIO:
             with state.lock:
                 try:
                     while entry.reply is None:
-                        if link.closed is not None:
+                        # A frame still being written for us (`unsent`) may never leave:
+                        # the writer then files NOT_SENT; a dead link says nothing yet.
+                        closed = link.closed is not None
+                        if closed and not entry.unsent:
                             link.waiting.pop(cid, None)
                             raise WorkerCrashed(
                                 f"worker {link.slot.path!r} (pid {link.pid}) died while the "
@@ -304,7 +307,7 @@ class PoolIO:
                         if remaining is not None and remaining <= 0:
                             link.waiting.pop(cid, None)
                             raise TimeoutError
-                        if link.reading:
+                        if link.reading or closed:
                             link.cond.wait(remaining)
                             continue
                         self._read_once(link, remaining)
@@ -337,6 +340,8 @@ class PoolIO:
             why = f"send failed: {exc}"
             self.decide(lambda fx: self.state.presend_failed(send, why, fx))
             return
+        with self.state.lock:
+            self.state.present(send)
         if status is BUFFERED:
             self.wake_io(link)
 

@@ -66,13 +66,19 @@ class SyncCall:
 
     `wake` is set for a caller on an event loop: it never reads the link itself (the
     watcher does), and `wake()` (thread-safe, called under the pool's lock) tells it to
-    look again whenever its reply is filed or the link dies."""
+    look again whenever its reply is filed or the link dies.
 
-    __slots__ = ("reply", "wake")
+    `unsent` is True while another thread still has to write the frame (a queued
+    caller's, see `state.Presend`). Until that write is done, a dead link says nothing
+    about the call: the worker may have closed the channel in a planned exit before the
+    frame went out, and then the call never ran (the write fails and files NOT_SENT)."""
+
+    __slots__ = ("reply", "wake", "unsent")
 
     def __init__(self, wake: Callable[[], None] | None = None) -> None:
         self.reply: Any = None
         self.wake = wake
+        self.unsent = False
 
 
 class Batch(enum.IntEnum):

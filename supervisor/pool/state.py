@@ -221,6 +221,7 @@ class PoolState:
                                                 waiter.wake)
                 if waiter.sent is not None:
                     link, entry = waiter.sent
+                    entry.unsent = True  # until `PoolIO.presend` has written it
                     fx.add("presend", Presend(link, waiter.frame, waiter.cid, entry))
             self.waiters.remove(waiter)
             _notify(waiter)
@@ -421,6 +422,7 @@ class PoolState:
 
     def presend_failed(self, send: Presend, why: str, fx: Effects) -> None:
         """Writing a queued caller's frame for it failed: its caller dispatches it again."""
+        send.entry.unsent = False
         if send.link.waiting.pop(send.cid, None) is send.entry:
             send.entry.reply = NOT_SENT
             if send.entry.wake is not None:
@@ -429,6 +431,15 @@ class PoolState:
             self.lose_link(send.link, why, fx)
         send.link.cond.notify_all()
         self.refresh(fx)
+
+    def present(self, send: Presend) -> None:
+        """A queued caller's frame was written for it: a dead link now means the worker
+        may have run the call (its caller stops waiting for the write, see `unsent`)."""
+        send.entry.unsent = False
+        if send.link.closed is not None:
+            send.link.cond.notify_all()
+            if send.entry.wake is not None:
+                send.entry.wake()
 
     def release(self, link: Link, fx: Effects) -> None:
         """Whoever stops reading a link hands it back to the watcher (or closes it)."""
