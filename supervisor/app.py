@@ -29,6 +29,7 @@ from .client.router import Router
 from .errors import (
     CallTimeout,
     ConfigError,
+    NoSuchChild,
     SupervisorError,
     WorkerCrashed,
 )
@@ -244,6 +245,62 @@ class App:
         to start."""
         return self._link.request(P.RestartChild(id=0, path=path, child_id=child_id),
                              timeout=None)
+
+    def rolling_restart(self, path: str = "") -> list[tuple[str, int, int]]:
+        """Replace every running worker under `path` (a supervisor, a pool or one worker;
+        "" is the whole tree) with a fresh process, one at a time, on freshly imported
+        code; returns ``(path, old pid, new pid)`` per worker replaced, in start order.
+
+        First every supervisor from the root down to `path`, and every one under it,
+        re-imports the modules that define its workers' classes (a class defined in
+        ``__main__`` cannot be re-imported and keeps its code), so any later start runs
+        the new code too. Then each running worker, depth first in start order: its
+        replacement is started and ready while it still serves; then it is asked to
+        leave (reason ``replaced``), finishes the call it is running and answers the
+        calls sent to it meanwhile NotRun, which callers send again to a live worker. So
+        pool callers (`call`, `submit`, `map`; sessions with ``on_lost="reassign"``) see
+        no failure. External programs are stopped, then started. Nothing counts toward
+        restart intensity, and siblings are not restarted whatever the strategy.
+
+        Raises NoSuchChild for an unknown path, ConfigError when a module cannot be
+        re-imported (nothing was replaced), StartError when a replacement fails to
+        start: the roll stops there and the worker it was to replace keeps serving.
+        """
+        path = path.strip("/")
+        parent, _, child_id = path.rpartition("/")
+        kind, pid = "supervisor", None
+        if path:
+            found = [c for c in self.which_children(parent) if c.id == child_id]
+            if not found:
+                raise NoSuchChild(f"no child {path!r}", path=path)
+            kind, pid = found[0].kind, found[0].pid
+        top = path if kind == "supervisor" else parent
+        route = [""] + ["/".join(top.split("/")[:n]) for n in range(1, top.count("/") + 2)
+                        if top]
+        for supervisor in route[:-1]:  # above the target: for their later restarts of it
+            self._link.request(P.RefreshCode(id=0, path=supervisor), timeout=None)
+        replaced: list[tuple[str, int, int]] = []
+        if kind == "supervisor":
+            self._roll(top, replaced)
+        else:
+            self._link.request(P.RefreshCode(id=0, path=top), timeout=None)
+            self._replace(parent, child_id, pid, replaced)
+        return replaced
+
+    def _roll(self, path: str, replaced: list[tuple[str, int, int]]) -> None:
+        self._link.request(P.RefreshCode(id=0, path=path), timeout=None)
+        for info in self.which_children(path):
+            if info.kind == "supervisor":
+                self._roll(info.path, replaced)
+            else:
+                self._replace(path, info.id, info.pid, replaced)
+
+    def _replace(self, path: str, child_id: str, old: int | None,
+                 replaced: list[tuple[str, int, int]]) -> None:
+        new = self._link.request(P.ReplaceChild(id=0, path=path, child_id=child_id),
+                                 timeout=None)
+        if new is not None and old is not None:
+            replaced.append((f"{path}/{child_id}" if path else child_id, old, new))
 
     def delete_child(self, path: str, child_id: str) -> None:
         """Forget a stopped child's spec. Raises WorkerError when it is running or

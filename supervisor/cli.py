@@ -6,6 +6,7 @@
     status [PATH]        the running tree (or one subtree): path, kind, state, pid, uptime,
                          restarts, RSS, circuit (and why, for an abandoned child)
     start|stop|restart PATH
+    restart --rolling PATH   replace the workers under PATH one at a time, on fresh code
     signal PATH SIGNAL   a signal to a running child (a program: its process group)
     call PATH METHOD [JSON-ARGS]   (an array of arguments, or an object of keyword ones)
     shutdown
@@ -54,7 +55,9 @@ _HELP = {
               "python -m supervisor start jobs/ticker"),
     "stop": ("stop a child; it stays listed, stopped (OTP's terminate_child)",
              "python -m supervisor stop jobs/ticker"),
-    "restart": ("stop a child, then start it again", "python -m supervisor restart echo"),
+    "restart": ("stop a child, then start it again; --rolling: replace the workers under "
+                "PATH one at a time, each new one ready before the old one leaves",
+                "python -m supervisor restart --rolling jobs"),
     "call": ("call a worker's command; prints the result as JSON",
              "python -m supervisor call counter incr '[5]'\n"
              "  python -m supervisor call echo echo '{\"value\": \"hi\"}' --timeout 2"),
@@ -107,8 +110,14 @@ def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
     status.add_argument("path", nargs="?", default="",
                         help="a supervisor's path, e.g. jobs (default: the whole tree)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    for name in ("start", "stop", "restart"):
+    for name in ("start", "stop"):
         command(name).add_argument("path", help="the child's path, e.g. jobs/sleeper")
+    restart = command("restart")
+    restart.add_argument("path", help="the child's path, e.g. jobs/sleeper; with --rolling "
+                         "also a supervisor or pool, or / for the whole tree")
+    restart.add_argument("--rolling", action="store_true",
+                         help="replace every running worker under PATH one at a time on "
+                              "freshly imported code, without failing a call")
     call = command("call")
     call.add_argument("path", help="the worker's path, e.g. jobs/job-1")
     call.add_argument("method", help="the command to run")
@@ -256,6 +265,8 @@ def _split(path: str) -> tuple[str, str]:
 
 def _child_command(args: argparse.Namespace) -> int:
     """start / stop / restart PATH: OTP's restart_child and terminate_child."""
+    if getattr(args, "rolling", False):
+        return _rolling_restart(args)
     parent, child_id = _split(args.path)
     with _connect(args) as app:
         if args.command in ("stop", "restart"):
@@ -265,6 +276,15 @@ def _child_command(args: argparse.Namespace) -> int:
             return EXIT_OK
         pid = app.restart_child(parent, child_id)
     print(f"{args.path}: {args.command}ed (pid {pid})")  # started / restarted
+    return EXIT_OK
+
+
+def _rolling_restart(args: argparse.Namespace) -> int:
+    with _connect(args) as app:
+        replaced = app.rolling_restart(args.path)
+    for path, old, new in replaced:
+        print(f"{path}: pid {old} -> {new}")
+    print(f"{args.path}: {len(replaced)} worker(s) replaced")
     return EXIT_OK
 
 

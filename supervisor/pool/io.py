@@ -16,6 +16,7 @@ lock, except where noted (a blocking caller waits on a condition of the lock).
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
@@ -65,6 +66,12 @@ class PoolIO:
     def run(self, fx: Effects) -> None:
         """Carry out what the state decided (never under the lock: settling runs the
         futures' callbacks, which may call back into the pool)."""
+        if fx.stop_writing:
+            # First: a leaving worker waits for our side to close before it exits, and its
+            # supervisor answers nothing (opening a link to its replacement, below) until
+            # it has.
+            for link in fx.stop_writing:
+                link.stop_writing()
         if fx.settle:
             settle_all(fx.settle)
         if fx.presend:
@@ -72,10 +79,14 @@ class PoolIO:
                 self.presend(send)
         if fx.send:
             for slot, jobs in fx.send:
-                self.send_jobs(slot, jobs)
-        if fx.stop_writing:
-            for link in fx.stop_writing:
-                link.stop_writing()
+                if slot.link is None and threading.current_thread() is self.watcher.thread:
+                    # Opening a link is a request to the tree, which may wait on a worker
+                    # that leaves (its supervisor answers once it exited); the watcher
+                    # must keep reading meanwhile (the leaving worker's last replies, the
+                    # other workers'), so the timers' thread opens it.
+                    self.timers.call_soon(lambda slot=slot, jobs=jobs: self.send_jobs(slot, jobs))
+                else:
+                    self.send_jobs(slot, jobs)
         if fx.close:
             for link in fx.close:
                 self._close(link)

@@ -5,6 +5,7 @@
                     as in OTP), then watch its control channel and pidfd
                     (a program is up once it has run its `start_seconds`: `on_up`)
     stop(slot)      per its `shutdown`, reaped before this returns
+    replace(slot)   a fresh process first, then the old one stopped (a rolling restart)
     reap()          every child that exited: released, reported, then handed to
                     `on_exit` (the supervisor's recovery) once the whole pass is recorded
     forward(...)    a request for a descendant or a worker, sent down its channel; the
@@ -187,6 +188,26 @@ class Children:
         slot.become(ChildState.STOPPED)
         self.uplink.emit("exited", slot, pid=pid, reason=why if slot.exit_msg else "shutdown",
                          category=None, detail=detail)
+
+    def replace(self, slot: ChildSlot) -> StartFailure | None:
+        """A rolling restart's step for a running worker: a fresh process of its spec is
+        started (and ready) while the old one still serves; the fresh one takes the old
+        one's place in the child list (new requests and channels go to it), then the old
+        one is stopped with reason ``replaced``: it tells its callers it is leaving,
+        answers what they sent meanwhile NotRun (they send it to a live worker) and
+        finishes what it was running. Neither process counts as a failure or a restart
+        of the strategy: the siblings are untouched. When the fresh process fails to
+        start, the old one keeps serving and the failure is returned."""
+        fresh = self.new_slot(slot.spec)
+        fresh.restarts = slot.restarts + 1
+        failure = self.start(fresh)
+        if failure is not None:
+            return failure
+        old_pid = slot.pid
+        self.slots[self.slots.index(slot)] = fresh
+        self.stop(slot, "replaced")
+        self.uplink.emit("replaced", fresh, old_pid=old_pid)
+        return None
 
     def stop_all(self) -> None:
         """The supervisor stops: every child in reverse start order, then the orphans."""

@@ -29,6 +29,7 @@ from ..wire import messages as P
 from .children import Children
 from .health import Monitors
 from .recovery import Recovery
+from .reimport import Reimport, ReimportError
 from .slot import ChildSlot, ChildState
 from .uplink import Uplink
 
@@ -67,7 +68,7 @@ class Requests:
                 self._route(msg, origin, fd, to_worker=True)
             case P.WhichChildren() | P.CountChildren() | P.GetStatus() | P.StartChild() | \
                     P.TerminateChild() | P.RestartChild() | P.DeleteChild() | P.ReportFailure() | \
-                    P.SignalChild():
+                    P.SignalChild() | P.ReplaceChild() | P.RefreshCode():
                 self._route(msg, origin, None, to_worker=False)
             case _:
                 if fd is not None:
@@ -261,6 +262,41 @@ class Requests:
     def _delete_child(self, msg: Any) -> None:
         self.children.remove(self._stopped_child(msg, "delete_child"))
 
+    def _replace_child(self, msg: Any) -> int | None:
+        """A rolling restart's step (see `Children.replace`): the new pid, or None for a
+        child that is not running (its next start uses its spec as it is now)."""
+        slot = self._find(msg.child_id)
+        if slot.kind == "supervisor":
+            raise _Refused("WorkerError", f"{slot.path!r} is a supervisor; a rolling restart "
+                           "replaces the workers under it one at a time", path=slot.path)
+        if slot.pid is None or slot.state is not ChildState.RUNNING:
+            return None
+        if slot.launcher.program:
+            # Two copies of a program may not run at once (a port, a lock file): it is
+            # stopped, then started, as `restart PATH` does.
+            self.children.stop(slot, "shutdown")
+            failure = self.children.start(slot)
+        else:
+            failure = self.children.replace(slot)
+        if failure is not None:
+            raise _start_refused(failure)
+        return self.children.find(msg.child_id).pid
+
+    def _refresh_code(self, msg: Any) -> list[list[str]]:
+        """Re-import the modules of the children's worker classes (nested specs too) and
+        start every child from now on with the new classes; nothing changes when one
+        module cannot be re-imported."""
+        fresh = Reimport()
+        try:
+            specs = [fresh.spec(slot.spec) for slot in self.children.slots]
+            own = fresh.spec(self.spec)
+        except ReimportError as exc:
+            raise _Refused("ConfigError", str(exc), path=self.path) from exc
+        for slot, spec in zip(self.children.slots, specs, strict=True):
+            slot.spec = spec
+        self.spec = own  # its templates: dynamic and overflow children
+        return [fresh.modules, sorted(fresh.kept)]
+
     def _signal_child(self, msg: Any) -> int:
         """`python -m supervisor signal PATH SIGNAL`: what the child does with it is its
         own business (a SIGKILL is noticed and handled as any other death)."""
@@ -334,4 +370,6 @@ _LOCAL = {
     P.DeleteChild: Requests._delete_child,
     P.ReportFailure: Requests._report_failure,
     P.SignalChild: Requests._signal_child,
+    P.ReplaceChild: Requests._replace_child,
+    P.RefreshCode: Requests._refresh_code,
 }

@@ -36,6 +36,8 @@ Control channel (`ControlMessage`, `CONTROL_CODEC`): supervisor <-> child, App <
     TerminateChild  t      "
     RestartChild    e      "
     DeleteChild     d      "
+    ReplaceChild    rc     "                       a rolling restart's step (see the class)
+    RefreshCode     rf     "                       re-import the workers' modules
     Shutdown        z    App -> root               stop the whole tree
     Response        y    supervisor -> App         the answer to request `id`
     ErrorResponse   Y    supervisor -> App         request `id` failed: error class name + fields
@@ -81,6 +83,8 @@ __all__ = [
     "TerminateChild",
     "RestartChild",
     "DeleteChild",
+    "ReplaceChild",
+    "RefreshCode",
     "Shutdown",
     "Response",
     "ErrorResponse",
@@ -341,6 +345,26 @@ class SignalChild(_Message, tag="i"):
     signal: int
 
 
+class ReplaceChild(_Message, tag="rc"):
+    """Replace the running worker `child_id` of supervisor `path` with a fresh process of
+    its spec: the new one is ready before the old one is asked to leave (a rolling
+    restart's step; an external program is stopped, then started). Answered with the new
+    pid, or None when the child was not running."""
+
+    id: int
+    path: str
+    child_id: str
+
+
+class RefreshCode(_Message, tag="rf"):
+    """Re-import, in the supervisor at `path`, the modules of its children's worker classes
+    and use the new classes for every later start. Answered with the modules re-imported
+    and the classes that stay as they were (defined in ``__main__``), as two lists."""
+
+    id: int
+    path: str
+
+
 class Response(_Message, tag="y"):
     """The successful answer to request `id`."""
 
@@ -383,6 +407,8 @@ ControlMessage = (
     | TerminateChild
     | RestartChild
     | DeleteChild
+    | ReplaceChild
+    | RefreshCode
     | Shutdown
     | ReportFailure
     | SignalChild
