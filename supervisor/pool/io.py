@@ -16,7 +16,6 @@ lock, except where noted (a blocking caller waits on a condition of the lock).
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
@@ -63,9 +62,15 @@ class PoolIO:
         self.on_retire_due: Callable[[Slot], None] = lambda slot: None
 
     # ------------------------------------------------------------------ effects
-    def run(self, fx: Effects) -> None:
+    def run(self, fx: Effects, reading: bool = False) -> None:
         """Carry out what the state decided (never under the lock: settling runs the
-        futures' callbacks, which may call back into the pool)."""
+        futures' callbacks, which may call back into the pool).
+
+        `reading`: we hold a link's reading role (or just read for the watcher). Then a
+        batch for a worker whose link is not open goes to the timers' thread: opening is a
+        request to the tree, which may wait on a leaving worker (its supervisor answers
+        once it exited), and that worker waits for its callers to read its Closing
+        notice, maybe on the very link we read."""
         if fx.stop_writing:
             # First: a leaving worker waits for our side to close before it exits, and its
             # supervisor answers nothing (opening a link to its replacement, below) until
@@ -79,11 +84,7 @@ class PoolIO:
                 self.presend(send)
         if fx.send:
             for slot, jobs in fx.send:
-                if slot.link is None and threading.current_thread() is self.watcher.thread:
-                    # Opening a link is a request to the tree, which may wait on a worker
-                    # that leaves (its supervisor answers once it exited); the watcher
-                    # must keep reading meanwhile (the leaving worker's last replies, the
-                    # other workers'), so the timers' thread opens it.
+                if reading and slot.link is None:
                     self.timers.call_soon(lambda slot=slot, jobs=jobs: self.send_jobs(slot, jobs))
                 else:
                     self.send_jobs(slot, jobs)
@@ -326,8 +327,8 @@ class PoolIO:
                     link.readers -= 1
                     state.release(link, fx)
         finally:
+            self.watcher.apply(link)  # before the effects: nobody else reads it till then
             self.run(fx)
-        self.watcher.apply(link)
         return entry.reply
 
     def timed_out(self, link: Link, method: str, limit: float) -> CallTimeout:
@@ -366,8 +367,8 @@ class PoolIO:
                 return
             self._read_once(link, 0)
             state.release(link, fx)
-        self.run(fx)
         self.watcher.apply(link)
+        self.run(fx, reading=True)
 
     def _read_once(self, link: Link, timeout: float | None) -> None:
         """Hold the reading role for one read, file what came, run the follow-ups
@@ -388,7 +389,7 @@ class PoolIO:
                 or fx.progress or fx.retire or fx.resend or fx.grow:
             lock.release()
             try:
-                self.run(fx)
+                self.run(fx, reading=True)
             finally:
                 lock.acquire()
 
