@@ -222,6 +222,13 @@ def test_restart_rolling_from_the_command_line(tmp_path, code):
         assert [line.split(":")[0] for line in lines[:-1]] == ["p/p-0", "p/p-1"]
         called = service.cmd("call", "p/p-1", "version")
         assert called.stdout.strip() == '"v2-cli"', called.stderr
+        code.write("v3-cli", init="raise RuntimeError('bad deploy')")
+        failed = service.cmd("restart", "--rolling", "p")
+        assert failed.returncode == 1 and "bad deploy" in failed.stderr, failed.stderr
+        code.write("v3", extra="\nthis is not python\n")
+        refused = service.cmd("restart", "--rolling", "/")
+        assert refused.returncode == 2 and "cannot re-import" in refused.stderr
+        assert service.cmd("call", "p/p-0", "version").stdout.strip() == '"v2-cli"'
 
 
 def test_errors_are_supervisor_errors(start_tree, code):
