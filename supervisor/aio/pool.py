@@ -63,12 +63,14 @@ class AsyncPool:
         return self._client.workers()
 
     # ------------------------------------------------------------------ calls
-    def submit(self, method: Any, /, *args: Any, **kwargs: Any) -> asyncio.Future:
+    def submit(self, method: Any, /, *args: Any, timeout: float | None = None,
+               **kwargs: Any) -> asyncio.Future:
         """Schedule ``method(*args, **kwargs)``; returns an asyncio future (await it).
         Cancelling it takes the call back while it is queued; once sent, the reply is
-        dropped when it comes. No keyword is reserved."""
+        dropped when it comes. `timeout` is the call's own limit once sent, as for the
+        blocking `submit` (it runs alone on its worker)."""
         fut = self._loop.create_future()
-        self._client.submit_to(_LoopSink(fut, self._inbox), method, args, kwargs)
+        self._client.submit_to(_LoopSink(fut, self._inbox), method, args, kwargs, timeout)
         return fut
 
     async def call(self, method: Any, *args: Any, timeout: float | None = None,
@@ -249,11 +251,7 @@ class AsyncPool:
         io, state = self._client._io, self._client._state
 
         def let_go() -> None:
-            def lose(fx: Any) -> None:
-                state.lose_link(link, "a call timed out; the worker is replaced", fx)
-                state.refresh(fx)
-
-            io.decide(lose)
+            io.decide(lambda fx: state.timed_out(link, fx))
 
         return timed_out(method, link.slot.path, limit, link.policy, self._report_timeout,
                          let_go)

@@ -34,6 +34,7 @@ the worker class, whose name is used).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -265,23 +266,33 @@ class PoolClient:
         return reply
 
     # ------------------------------------------------------------------ executor facade
-    def submit(self, method: Any, /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, method: Any, /, *args: Any, timeout: float | None = None,
+               **kwargs: Any) -> Future:
         """Schedule ``method(*args, **kwargs)`` on the pool; returns a Future.
 
         Its `result()` raises what `call` would (CommandError with the remote type in its
         message, WorkerCrashed, EncodeError, ...). `cancel()` succeeds while the call is
-        still queued in the client. No keyword is reserved.
+        still queued in the client. `timeout` (the one reserved keyword) is this call's
+        own limit in seconds from when it is sent to a worker: past it the future fails
+        with CallTimeout and, with the worker's default ``on_timeout="restart"``, that
+        worker is replaced. A call with a timeout runs alone on an idle worker (nothing is
+        pipelined with it), so no other call is lost with it; while it runs, that worker
+        takes no other call. Without it, the worker's `call_timeout` bounds the wait for
+        each reply of its pipelined calls.
         """
-        return self.submit_to(PoolFuture(), method, args, kwargs)
+        return self.submit_to(PoolFuture(), method, args, kwargs, timeout)
 
-    def submit_to(self, sink: Any, method: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+    def submit_to(self, sink: Any, method: Any, args: tuple, kwargs: dict[str, Any],
+                  timeout: float | None = None) -> Any:
         """`submit` with the outcome going to `sink`, anything with a Future's
         ``set_running_or_notify_cancel``, ``set_result``, ``set_exception`` and
         ``cancel`` (called on the pool's threads); returns `sink`."""
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
         if not self._members.started:
             self._members.start()
         self._io.enqueue([Job(_method_name(method), args, kwargs or None, sink, -1,
-                                 self._tracker, self._pipeline)], force=False)
+                              self._tracker, self._pipeline, timeout=timeout)], force=False)
         return sink
 
     def map(self, method: Any, *iterables: Iterable[Any], timeout: float | None = None,
@@ -363,3 +374,10 @@ def _method_name(method: Any) -> str:
     if callable(method) and isinstance(name, str):
         return name
     raise TypeError(f"expected a command name or a worker method, got {method!r}")
+
+
+def _check_timeout(timeout: Any) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)

@@ -333,11 +333,7 @@ class PoolIO:
 
     def timed_out(self, link: Link, method: str, limit: float) -> CallTimeout:
         def let_go() -> None:
-            def lose(fx: Effects) -> None:
-                self.state.lose_link(link, "a call timed out; the worker is replaced", fx)
-                self.state.refresh(fx)
-
-            self.decide(lose)
+            self.decide(lambda fx: self.state.timed_out(link, fx))
 
         return timed_out(method, link.slot.path, limit, link.policy, self.root.report_timeout,
                          let_go)

@@ -103,13 +103,17 @@ class Job:
     view's outstanding calls for ``shutdown(wait=True)``. A map chunk is one Job with
     `batch` set (ONE: `args` lists the items' single arguments; STAR: their argument
     tuples), run by the worker's `_batch` command from one frame and answered in one.
+    `timeout` (a submit's own) bounds the call once sent; such a call runs alone on its
+    worker (see `PoolState.plan`), so the worker replaced after it timed out takes no
+    other call with it.
     """
 
     __slots__ = ("method", "args", "kwargs", "sink", "index", "owner", "cap", "attempt",
-                 "started", "batch")
+                 "started", "batch", "timeout")
 
     def __init__(self, method: str, args: Any, kwargs: dict | None, sink: Any,
-                 index: int, owner: Any, cap: int, batch: Batch = Batch.NONE) -> None:
+                 index: int, owner: Any, cap: int, batch: Batch = Batch.NONE,
+                 timeout: float | None = None) -> None:
         self.method = method
         self.args = args
         self.kwargs = kwargs
@@ -120,6 +124,7 @@ class Job:
         self.attempt = 1
         self.started = False
         self.batch = batch
+        self.timeout = timeout
 
 
 @attrs.define(eq=False)
@@ -144,6 +149,9 @@ class Slot:
     retiring: bool = False
     idle_since: float = 0.0
     retire_timer: bool = False
+    # A call with its own timeout runs alone: while it is in flight (load > 0) the slot
+    # takes nothing else. Stale once the load is back to 0 (that call was the only one).
+    alone: bool = False
 
 
 class Link:
@@ -187,6 +195,7 @@ class Link:
         self.last_progress = 0.0  # monotonic time of the last async reply (or first send)
         self.progress_timer = False
         self.chunk = 1  # items in the largest map chunk in flight (replies come that far apart)
+        self.timed: float | None = None  # the own timeout of the call in flight alone, if any
         self.reader = FrameReader(P.CALL_CODEC)
         self.wlock = threading.Lock()
         self.outbuf = bytearray()

@@ -256,11 +256,11 @@ class PoolState:
         if session is not None:
             bound = self.sessions.bound_slot(session, on_lost)
             if bound is not None:
-                return bound if bound.load < limit else None
+                return bound if bound.load < limit and not _alone(bound) else None
         best = None
         for slot in self.slots:  # in index order: ties go to base workers, so overflow idles
             if slot.load < limit and (best is None or slot.load < best.load) \
-                    and self.usable(slot):
+                    and not _alone(slot) and self.usable(slot):
                 best = slot
         return best
 
@@ -320,8 +320,19 @@ class PoolState:
         jobs: list[Job] = []
         load = slot.load
         pending = self.pending
+        if _alone(slot):
+            return jobs
         while pending and (load < level or not load):
-            if load >= pending[0].cap:
+            head = pending[0]
+            if head.timeout is not None:
+                # A call with its own timeout runs alone on an idle worker (when it times
+                # out, that worker is replaced: nothing else may be lost with it).
+                if not load:
+                    jobs.append(pending.popleft())
+                    load = 1
+                    slot.alone = True
+                break
+            if load >= head.cap:
                 break
             jobs.append(pending.popleft())
             load += 1
@@ -369,6 +380,8 @@ class PoolState:
             waiting[cid] = job
             if job.batch and len(job.args) > link.chunk:
                 link.chunk = len(job.args)
+            if job.timeout is not None:
+                link.timed = job.timeout
         return True
 
     def after_send(self, link: Link, count: int, fx: Effects) -> None:
@@ -376,6 +389,9 @@ class PoolState:
         if not link.async_count:
             link.last_progress = time.monotonic()
             self.watch_progress(link, fx)
+            if link.timed is not None and link.progress_timer:
+                # A check armed earlier may be due later than this call's own timeout.
+                fx.add("progress", (link.last_progress + link.timed, link))
         link.async_count += count
 
     def not_sent(self, link: Link, calls: list[tuple[int, Job]], why: str,
@@ -472,6 +488,7 @@ class PoolState:
             link.async_count -= 1
             if not link.async_count:
                 link.chunk = 1
+                link.timed = None
             slot.load -= 1
             if type(msg) is P.NotRun:
                 again.append(entry)
@@ -571,7 +588,8 @@ class PoolState:
     # ------------------------------------------------------------------ progress
     def watch_progress(self, link: Link, fx: Effects) -> None:
         """Async calls went out on an idle link: check that they progress."""
-        if link.call_timeout is not None and not link.progress_timer:
+        if (link.call_timeout is not None or link.timed is not None) \
+                and not link.progress_timer:
             link.progress_timer = True
             fx.add("progress", (link.last_progress + _allowance(link), link))
 
@@ -582,13 +600,25 @@ class PoolState:
         if link.closed is not None or not link.async_count:
             return False
         allowance = _allowance(link)
+        if allowance is None:  # no call_timeout, and the call with its own is done
+            return False
         if link.last_progress + allowance > time.monotonic():
             self.watch_progress(link, fx)
             return False
         self.lose_link(link, f"no reply within {allowance:g}s", fx, error=CallTimeout,
                        row="timeout_error")
+        if link.policy.restarts_on_timeout:
+            self.mark_down(link.slot, link.generation)  # see `timed_out`
         self.refresh(fx)
         return True
+
+    def timed_out(self, link: Link, fx: Effects) -> None:
+        """A call on `link` timed out and its worker is being replaced: let go of the
+        link, and send nothing to that worker until its replacement's start is reported
+        (a link opened meanwhile would reach the old process, about to be killed)."""
+        self.lose_link(link, "a call timed out; the worker is replaced", fx)
+        self.mark_down(link.slot, link.generation)
+        self.refresh(fx)
 
     # ------------------------------------------------------------------ overflow
     def maybe_grow(self, fx: Effects) -> None:
@@ -676,6 +706,16 @@ def _load(slot: Slot) -> int:
     return slot.load
 
 
-def _allowance(link: Link) -> float:
-    # call_timeout is per call: a map chunk of k items answers once, after k calls.
-    return link.call_timeout * link.chunk
+def _alone(slot: Slot) -> bool:
+    """A call with its own timeout is in flight on the slot: it takes nothing else."""
+    if slot.alone and not slot.load:
+        slot.alone = False  # that call is done
+    return slot.alone
+
+
+def _allowance(link: Link) -> float | None:
+    # A call's own timeout (it runs alone), else call_timeout per call: a map chunk of k
+    # items answers once, after k calls.
+    if link.timed is not None:
+        return link.timed
+    return None if link.call_timeout is None else link.call_timeout * link.chunk
