@@ -168,7 +168,8 @@ class Reconfigure:
             self.uplink.emit("supervisor_updated", slot, group="reload", result=APPLIED,
                              **facts)
             return [Outcome(UPDATED, slot.path, APPLIED,
-                            message=f"{slot.state}: its next start uses the new spec")]
+                            message=f"not running ({slot.state}); its next start uses "
+                                    "the new spec")]
         below = self._apply_below(slot)
         failed = next((o for o in below if o.path == slot.path and o.result == FAILED), None)
         result = FAILED if failed is not None else APPLIED
