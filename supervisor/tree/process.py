@@ -223,6 +223,12 @@ class SupervisorProcess:
             return
         try:
             match msg:
+                case P.ApplySpec() if self.parent is None or origin is not self.parent:
+                    # Only a parent reconfigures its child: a control client's spec would
+                    # bypass the file (and its bytes are unpickled).
+                    self.uplink.reply_error(origin, msg.id, "ConfigError", "ApplySpec comes "
+                                            "only from a supervisor's parent; use reload",
+                                            field="spec")
                 case P.ApplySpec():
                     self.reconfigure.handle(msg, origin)
                 case P.Reload():
