@@ -326,3 +326,23 @@ def test_a_changed_error_matrix_reaches_the_children_of_an_unchanged_supervisor(
         assert time.monotonic() < deadline, x
         time.sleep(0.05)
     assert x["state"] == "abandoned"  # the old matrix restarted a killed worker
+
+
+def test_children_started_at_run_time_stay_and_a_new_template_applies_next(service):
+    def dyn(prefix: str) -> str:
+        return ("[[tree.children]]\nid = \"dyn\"\ntype = \"supervisor\"\n"
+                "strategy = \"simple_one_for_one\"\n\n  [tree.children.template]\n"
+                f"  id = \"job\"\n  worker = \"{ECHO}\"\n  kwargs = {{ prefix = \"{prefix}\" }}\n")
+
+    svc = service(tree(A, dyn("old ")))
+    with supervisor.connect(svc.socket) as app:
+        first = app.start_child("dyn")
+        before = pids(svc)
+        rewrite(svc, tree(A, dyn("new ")))
+        report = app.reload()
+        assert [(c.action, c.path, c.fields) for c in report.changes] == [
+            ("updated", "dyn", ["template"])]
+        assert pids(svc) == before  # the running child keeps its process and its spec
+        assert app.call(f"dyn/{first}", "echo", "x") == "old x"
+        second = app.start_child("dyn")
+        assert app.call(f"dyn/{second}", "echo", "x") == "new x"
