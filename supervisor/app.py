@@ -319,6 +319,19 @@ class App:
         return self._link.request(P.SignalChild(id=0, path=path, child_id=child_id,
                                                 signal=number))
 
+    def reload(self, *, dry_run: bool = False, timeout: float | None = None) -> Any:
+        """Ask a service (a tree run by ``python -m supervisor run TREE.toml``, reached
+        with `connect`) to read its file again and apply the difference; the same as
+        ``python -m supervisor reload``. Returns a `supervisor.wire.reload.ReloadReport`
+        once everything is applied (`dry_run`: only the plan, nothing changed). Raises
+        ConfigError, the tree unchanged, for a bad file (naming the file and the key), a
+        setting that cannot change while the tree runs, or a tree started from Python
+        (it has no file); CallTimeout past `timeout` (the reload goes on)."""
+        from .wire.reload import ReloadReport
+
+        value = self._link.request(P.Reload(id=0, dry_run=dry_run), timeout=timeout)
+        return msgspec.convert(value, ReloadReport)
+
     def status(self) -> dict[str, Any]:
         """The whole tree: per node its path, kind, state, pid, restarts, memory (RSS MiB),
         circuit state and next trial, `reason` (why an abandoned child was abandoned,

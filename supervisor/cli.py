@@ -1,7 +1,9 @@
 """The command line: ``python -m supervisor COMMAND`` (or ``otp-supervisor COMMAND``).
 
-    run TREE.toml        the tree in the foreground (SIGTERM / Ctrl-C / SIGHUP stop it
-                         gracefully; SIGHUP until configuration reload exists)
+    run TREE.toml        the tree in the foreground (SIGTERM / Ctrl-C stop it gracefully;
+                         SIGHUP reloads the file, as `reload` does)
+    reload [--dry-run]   re-read the running tree's file and apply the difference (added,
+                         removed, changed children; unchanged ones keep running)
     check TREE.toml      validate the file and print the tree, starting nothing
     status [PATH]        the running tree (or one subtree): path, kind, state, pid, uptime,
                          restarts, RSS, circuit (and why, for an abandoned child)
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,8 @@ _HELP = {
                  "python -m supervisor shutdown"),
     "top": ("a live view of the running tree (needs the ui extra)", "python -m supervisor top"),
     "events": ("print the tree's telemetry events", "python -m supervisor events -f --json"),
+    "reload": ("re-read the running tree's file and apply the difference (SIGHUP does "
+               "the same)", "python -m supervisor reload --dry-run"),
     "completion": ("print a shell completion script for otp-supervisor (needs the "
                    "completion extra)",
                    "python -m supervisor completion bash > "
@@ -139,6 +144,11 @@ def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
     events.add_argument("-f", "--follow", action="store_true",
                         help="keep printing new events until the tree stops")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    reload = command("reload")
+    reload.add_argument("--dry-run", action="store_true",
+                        help="print the plan (added, removed, changed, unchanged) and "
+                             "change nothing")
+    reload.add_argument("--json", action="store_true", help="print the report as JSON")
     command("completion").add_argument("shell", choices=_SHELLS, help="the shell")
     for cmd in sub.choices.values():
         if cmd.prog.split()[-1] == "completion":
@@ -209,9 +219,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .config import load_service
     from .observe.options import MetricsOptions
+    from .service.reload import TreeFile
     from .service.root import run_tree
 
     spec, metrics = load_service(args.tree)
+    file_metrics = metrics
     if args.metrics is not None:  # the command line wins over the file's [metrics]
         token_file = args.metrics_token_file or (metrics.token_file if metrics else None)
         metrics = MetricsOptions(address=args.metrics, token_file=token_file)
@@ -221,7 +233,8 @@ def _run(args: argparse.Namespace) -> int:
                               "table", field="metrics")
         metrics = MetricsOptions(address=metrics.address, token_file=args.metrics_token_file)
     _configure_logging(args.log_json)
-    return run_tree(spec, args.socket, metrics)
+    source = TreeFile(os.path.abspath(args.tree), file_metrics, args.metrics is None)
+    return run_tree(spec, args.socket, metrics, source)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -402,6 +415,37 @@ def _events(args: argparse.Namespace) -> int:
             return EXIT_OK
 
 
+def _reload(args: argparse.Namespace) -> int:
+    """reload [--dry-run] [--json]: exit 0 applied (or planned), 1 a child failed to
+    start (the rest is applied), 2 a bad file (nothing changed)."""
+    import msgspec
+
+    with _connect(args) as app:
+        report = app.reload(dry_run=args.dry_run)
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        print(_reload_text(report))
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _reload_text(report: Any) -> str:
+    if report.dry_run:
+        lines = [f"plan for {report.file} (dry run, nothing changed): {report.summary()}"]
+        lines += [f"  {c.action:<8} {c.path}" + (f" ({', '.join(c.fields)})" if c.fields
+                                                  else "") for c in report.changes]
+        return "\n".join(lines)
+    lines = [f"reloaded {report.file}: {report.summary()}"]
+    for outcome in report.outcomes:
+        line = f"  {outcome.action:<8} {outcome.path}: {outcome.result.replace('_', ' ')}"
+        if outcome.pid is not None:
+            line += f" (pid {outcome.pid})"
+        if outcome.message:
+            line += f": {outcome.message}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _completion(args: argparse.Namespace) -> int:
     try:
         import shtab
@@ -441,5 +485,6 @@ _COMMANDS = {
     "shutdown": _shutdown,
     "top": _top,
     "events": _events,
+    "reload": _reload,
     "completion": _completion,
 }

@@ -343,7 +343,8 @@ def error_from_wire(kind: str, message: str, **fields: Any) -> SupervisorError:
     """Rebuild an error a supervisor process reported by class name (unknown -> WorkerError)."""
     cls = _WIRE_ERRORS.get(kind, WorkerError)
     if cls is ConfigError:
-        return ConfigError(message, field=fields.get("field"))
+        return ConfigError(message, field=fields.get("field"), file=fields.get("file"),
+                           line=fields.get("line"))
     if cls is StartError:
         return StartError(
             message,

@@ -3,4 +3,5 @@ socket.
 
     root.py      run_tree: the service root
     control.py   ControlServer: the control socket's server side
+    reload.py    Reloader: `reload` and SIGHUP read the tree file again
 """

@@ -171,6 +171,7 @@ class ControlServer:
         self._paused_since = 0.0
         self._resume: Timer | None = None
         self.hub: Any = None  # the root's observe.hub.Hub: answers RecentEvents
+        self.reloader: Any = None  # the root's service.reload.Reloader: answers Reload
         directory = path.parent
         if explicit and os.path.lexists(directory):
             check_place(directory, Trust.of())  # shared or not, its mode stays as it is
@@ -273,6 +274,9 @@ class ControlServer:
             if isinstance(msg, P.RecentEvents):  # the service root's own record, not a tree's
                 kept = self.hub.since(msg.after) if self.hub is not None else []
                 self.send(conn, P.Response(id=msg.id, value=kept))
+                continue
+            if isinstance(msg, P.Reload) and self.reloader is not None:
+                self.reloader.request(msg, conn)  # answered once the plan is applied
                 continue
             self.sup.request(msg, conn, fd)
         for fd in fds:

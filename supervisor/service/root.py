@@ -2,8 +2,9 @@
 
 There is no App above this root. Its events go to the local telemetry handlers (the
 default reporter logs them) and to every client of the control socket; requests come from
-those clients. SIGTERM, SIGINT and SIGHUP stop the tree gracefully, children in reverse
-order (SIGHUP until configuration reload exists).
+those clients. SIGTERM and SIGINT stop the tree gracefully, children in reverse order;
+SIGHUP, like a client's Reload, re-reads the tree file and applies the difference
+(`service.reload`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,26 @@ from ..wire import messages as P
 from ..wire.trust import default_socket
 from .control import ControlServer
 from .notify import Notifier
+from .reload import Reloader, TreeFile
 
 __all__ = ["run_tree"]
 
 
-def run_tree(spec: Any, socket_path: str | None = None, metrics: Any = None) -> int:
+def run_tree(spec: Any, socket_path: str | None = None, metrics: Any = None,
+             source: TreeFile | None = None) -> int:
     """Run `spec` until it stops; the exit status (0 clean stop, 1 the root gave up or a
     child failed to start). `metrics` (an `observe.options.MetricsOptions`) starts the HTTP
-    server (metrics, status, web page) in a thread of this process. Raises ConfigError
+    server (metrics, status, web page) in a thread of this process. `source` is the file
+    `spec` was read from: `reload` and SIGHUP read it again. Raises ConfigError
     (TreeRunning) when the socket is live or the token file is refused, OSError when the
     metrics address cannot be bound."""
     path = Path(socket_path) if socket_path else default_socket(spec.id)
     sup = SupervisorProcess(spec, "", None, root=True)
     sup.uplink.control = control = ControlServer(sup, path, explicit=socket_path is not None)
     control.hub = hub = Hub()  # fed on this (the loop's) thread, read by the HTTP server's
+    if source is not None:
+        control.reloader = reloader = Reloader(sup, source)
+        sup.on_hangup = reloader.hangup
     telemetry.attach_default_reporter()
     notifier = Notifier()  # systemd's Type=notify, when NOTIFY_SOCKET is set
     server = None

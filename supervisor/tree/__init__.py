@@ -8,5 +8,7 @@
     health.py    heartbeats and memory limits (Monitors)
     requests.py  OTP's child-management calls and routing down the tree
     uplink.py    what goes up: to the parent, or to a requester
+    reload.py    reload plans: the difference of two spec trees (pure)
+    reconfigure.py  a reload applied inside one supervisor, recursively
     loop.py, proc.py, output.py, logsink.py, boot.py  the loop and process plumbing
 """

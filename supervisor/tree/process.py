@@ -17,6 +17,7 @@ and hands each what it needs.
     Monitors    heartbeats and memory limits                          (health.py)
     Recovery    what an exit leads to: the matrix's steps, intensity  (recovery.py)
     Requests    what a requester asks: OTP's child-management calls  (requests.py)
+    Reconfigure a reload: the new spec applied step by step           (reconfigure.py)
 
 Children start in list order, each waiting for the previous one's Ready; they stop in
 reverse order. A child's exit is noticed through its pidfd (or SIGCHLD) and handled step
@@ -59,6 +60,7 @@ from .launch import ProcessLauncher
 from .logsink import stderr_sink
 from .loop import Loop
 from .proc import raise_fd_limit, set_subreaper, set_title
+from .reconfigure import Reconfigure
 from .recovery import Recovery
 from .requests import Requests
 from .slot import ChildSlot, StartFailure
@@ -93,6 +95,8 @@ class SupervisorProcess:
         # Called with the exit detail when the supervisor starts stopping (the service
         # root tells systemd); before any child is stopped.
         self.on_stopping: list[Callable[[str], None]] = []
+        # What SIGHUP does at the service root: `service.reload` makes it a reload.
+        self.on_hangup: Callable[[], None] = self._hangup
         self.loop = Loop(on_error=self._handler_failed)
         self.uplink = Uplink(path, parent)
         self.monitors = Monitors(self.loop, self.uplink)
@@ -104,6 +108,8 @@ class SupervisorProcess:
         self.children.on_exit = self.recovery.handle_exit
         self.requests = Requests(spec, path, self.children, self.uplink, self.recovery,
                                  self.monitors, self.shutdown)
+        self.reconfigure = Reconfigure(path, self.children, self.recovery, self.uplink,
+                                       adopt=self.adopt, current=lambda: self.spec)
         for child_spec in spec.children:
             self.children.add(self.children.new_slot(child_spec))
 
@@ -127,7 +133,7 @@ class SupervisorProcess:
         self.loop.add_signal(signal.SIGTERM, lambda _: self.shutdown("normal"))
         if self.parent is None:  # the service root: Ctrl-C is a graceful stop
             self.loop.add_signal(signal.SIGINT, lambda _: self.shutdown("normal"))
-            self.loop.add_signal(signal.SIGHUP, lambda _: self._hangup())
+            self.loop.add_signal(signal.SIGHUP, lambda _: self.on_hangup())
         else:
             self.parent.setblocking(True)
         gc.freeze()  # forked children share our heap without copy-on-write faults at GC
@@ -163,12 +169,18 @@ class SupervisorProcess:
         return None
 
     def _hangup(self) -> None:
-        # SIGHUP conventionally asks a daemon to reload its configuration. Until reload
-        # exists it is a graceful stop like SIGTERM: never the abrupt death that its default
-        # action is (no terminate(), a stale socket), also when a terminal closes.
-        logger.info("SIGHUP: configuration reload does not exist yet; stopping the tree "
-                    "gracefully")
-        self.shutdown("normal")
+        # A root with no file to read again (the service root replaces this with a
+        # reload): SIGHUP's default action would kill it abruptly, so it is ignored.
+        logger.warning("SIGHUP: this tree has no file to reload; ignored")
+
+    def adopt(self, spec: Any, matrix: Any) -> None:
+        """A reload: `spec` (same id and kind) is this supervisor's spec from now on. Its
+        strategy, intensity limits (the restarts already counted stay counted, as in
+        OTP), template and error matrix (over the base `matrix`) take effect at once."""
+        self.spec = self.requests.spec = self.recovery.spec = spec
+        self.recovery.intensity.max_restarts = spec.max_restarts
+        self.recovery.intensity.max_seconds = float(spec.max_seconds)
+        self.children.matrix = child_matrix(matrix, spec)
 
     def shutdown(self, detail: str) -> None:
         """Stop every child in reverse start order, then leave the loop."""
@@ -210,7 +222,23 @@ class SupervisorProcess:
                                     category="resource_error", path=msg.path)
             return
         try:
-            self.requests.handle(msg, origin, fd)
+            match msg:
+                case P.ApplySpec() if self.parent is None or origin is not self.parent:
+                    # Only a parent reconfigures its child: a control client's spec would
+                    # bypass the file (and its bytes are unpickled).
+                    self.uplink.reply_error(origin, msg.id, "ConfigError", "ApplySpec comes "
+                                            "only from a supervisor's parent; use reload",
+                                            field="spec")
+                case P.ApplySpec():
+                    self.reconfigure.handle(msg, origin)
+                case P.Reload():
+                    # The service root's control server answers these itself.
+                    self.uplink.reply_error(origin, msg.id, "ConfigError", "reload needs a "
+                                            "tree run from a file (python -m supervisor run "
+                                            "TREE.toml); this one was started from Python",
+                                            field="reload")
+                case _:
+                    self.requests.handle(msg, origin, fd)
         except Exception as exc:
             # A bug, not a refusal (those are answered by the handlers): the requester gets
             # a classified error and the loop goes on serving everyone else.

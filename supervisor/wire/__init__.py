@@ -6,4 +6,5 @@
     policy.py    a worker's CallPolicy, sent with every call channel it accepts
     trust.py     where a tree's control socket lives, and whom either side trusts on it
     wakeup.py    the one wake-up channel of every poll loop
+    reload.py    the records of a reload's answer (plan, outcomes)
 """

@@ -39,6 +39,8 @@ Control channel (`ControlMessage`, `CONTROL_CODEC`): supervisor <-> child, App <
     ReplaceChild    rc     "                       a rolling restart's step (see the class)
     RefreshCode     rf     "                       re-import the workers' modules
     Shutdown        z    App -> root               stop the whole tree
+    Reload          H    client -> service root    re-read the tree file, apply the difference
+    ApplySpec       U    supervisor -> child sup.  a reload: the child supervisor's new spec
     Response        y    supervisor -> App         the answer to request `id`
     ErrorResponse   Y    supervisor -> App         request `id` failed: error class name + fields
     Event           E    child/supervisor -> App   telemetry, forwarded up the tree
@@ -86,6 +88,8 @@ __all__ = [
     "ReplaceChild",
     "RefreshCode",
     "Shutdown",
+    "Reload",
+    "ApplySpec",
     "Response",
     "ErrorResponse",
     "Event",
@@ -324,6 +328,26 @@ class Shutdown(_Message, tag="z"):
     id: int
 
 
+class Reload(_Message, tag="H"):
+    """Re-read the tree file the service root was started with and apply the difference
+    (`dry_run`: only plan it). Answered, once applied, with a `wire.reload.ReloadReport`;
+    a bad file is a ConfigError answer and changes nothing."""
+
+    id: int
+    dry_run: bool = False
+
+
+class ApplySpec(_Message, tag="U"):
+    """A reload, from a supervisor to one of its child supervisors: `spec` is the pickle of
+    (its new SupervisorSpec, its base error matrix as a dict); `paths` are sys.path entries
+    to add before unpickling (a tree's `directory`). Answered with a list of
+    `wire.reload.Outcome` maps once the difference is applied inside it."""
+
+    id: int
+    spec: bytes
+    paths: list[str] = msgspec.field(default_factory=list)
+
+
 class ReportFailure(_Message, tag="F"):
     """A caller saw child `child_id` of the supervisor at `path` fail (a timed-out call):
     the supervisor kills it and handles the exit as `category`."""
@@ -410,6 +434,8 @@ ControlMessage = (
     | ReplaceChild
     | RefreshCode
     | Shutdown
+    | Reload
+    | ApplySpec
     | ReportFailure
     | SignalChild
     | Response

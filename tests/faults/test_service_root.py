@@ -6,9 +6,9 @@
 - Partial control frames of all clients together are bounded (PARTIAL_BUDGET): past it,
   the client holding the most is dropped. Ten clients each sending 63 MiB of a frame once
   made the root hold 662 MiB.
-- SIGHUP (a closed terminal, or `kill -HUP`) is a graceful stop like SIGTERM until
-  configuration reload exists. It once killed the root at once: no terminate(), exit 129,
-  a stale socket.
+- SIGHUP (`kill -HUP`, or a closed terminal) reloads the tree file: with the file
+  unchanged, nothing is stopped and the tree runs on. It once killed the root at once: no
+  terminate(), exit 129, a stale socket; later it stopped the tree gracefully.
 """
 
 from __future__ import annotations
@@ -159,25 +159,35 @@ def test_partial_frames_of_all_clients_together_are_bounded(service):
         assert app.call("w", "ping") == "pong"
 
 
-def test_sighup_stops_run_gracefully(service, tmp_path):
+def _pids(svc) -> list[int]:
+    with supervisor.connect(svc.socket) as app:
+        return [info.pid for info in app.which_children()]
+
+
+def test_sighup_reloads_and_the_tree_runs_on(service, tmp_path):
     record = tmp_path / "terminated"
     svc = service(FAREWELL_TREE.format(record=record))
+    before = _pids(svc)
     start = len(svc.lines)
     svc.proc.send_signal(signal.SIGHUP)
-    assert svc.finish(30) == 0, "\n".join(svc.lines[-20:])
-    svc.wait_line("SIGHUP: configuration reload does not exist yet; stopping the tree "
-                  "gracefully", start=start)
-    svc.wait_line("tree 'hangup' stopped: normal", start=start)
-    assert record.read_text() == "second shutdown\nfirst shutdown\n"  # reverse order
+    line = svc.lines[svc.wait_line("reloaded ", start=start)]
+    assert line.endswith("0 added, 0 removed, 0 changed, 0 updated, 2 unchanged"), line
+    assert _pids(svc) == before and not record.exists()  # nothing was stopped
+    assert svc.stop() == 0  # SIGTERM: the graceful stop, in reverse order
+    assert record.read_text() == "second shutdown\nfirst shutdown\n"
     assert not os.path.exists(svc.socket)
 
 
-def test_a_terminal_hangup_stops_the_whole_group_gracefully(service, tmp_path):
+def test_a_terminal_hangup_reloads_and_the_workers_ignore_it(service, tmp_path):
     """A terminal that closes sends SIGHUP to its whole foreground process group: the
-    workers ignore it (as they ignore Ctrl-C) and are stopped by the root, in order."""
+    workers ignore it (as they ignore Ctrl-C), the root reloads its file."""
     record = tmp_path / "terminated"
     svc = service(FAREWELL_TREE.format(record=record), own_group=True)
+    before = _pids(svc)
+    start = len(svc.lines)
     svc.signal_group(signal.SIGHUP)
-    assert svc.finish(30) == 0, "\n".join(svc.lines[-20:])
+    svc.wait_line("reloaded ", start=start)
+    assert _pids(svc) == before and not record.exists()
+    assert svc.stop() == 0
     assert record.read_text() == "second shutdown\nfirst shutdown\n"
     assert not os.path.exists(svc.socket)

@@ -68,6 +68,8 @@ CONTROL_SAMPLES = [
     p.RestartChild(_int(), _path(), _word()),
     p.DeleteChild(_int(), _path(), _word()),
     p.Shutdown(_int()),
+    p.Reload(_int(), True),
+    p.ApplySpec(_int(), fake.binary(length=32), [_path()]),
     p.ReportFailure(_int(), _path(), _word(), "timeout_error", "timeout"),
     p.SignalChild(_int(), _path(), _word(), 15),
     p.Response(_int(), [_payload(), fake.pyint()]),
