@@ -36,8 +36,8 @@ Control channel (`ControlMessage`, `CONTROL_CODEC`): supervisor <-> child, App <
     TerminateChild  t      "
     RestartChild    e      "
     DeleteChild     d      "
-    ReplaceChild    rc     "                       a rolling restart's step (see the class)
-    RefreshCode     rf     "                       re-import the workers' modules
+    ReplaceChild    b      "                       a rolling restart's step (see the class)
+    RefreshCode     j      "                       re-import the workers' modules
     Shutdown        z    App -> root               stop the whole tree
     Reload          H    client -> service root    re-read the tree file, apply the difference
     ApplySpec       U    supervisor -> child sup.  a reload: the child supervisor's new spec
@@ -369,7 +369,7 @@ class SignalChild(_Message, tag="i"):
     signal: int
 
 
-class ReplaceChild(_Message, tag="rc"):
+class ReplaceChild(_Message, tag="b"):
     """Replace the running worker `child_id` of supervisor `path` with a fresh process of
     its spec: the new one is ready before the old one is asked to leave (a rolling
     restart's step; an external program is stopped, then started). Answered with the new
@@ -380,7 +380,7 @@ class ReplaceChild(_Message, tag="rc"):
     child_id: str
 
 
-class RefreshCode(_Message, tag="rf"):
+class RefreshCode(_Message, tag="j"):
     """Re-import, in the supervisor at `path`, the modules of its children's worker classes
     and use the new classes for every later start. Answered with the modules re-imported
     and the classes that stay as they were (defined in ``__main__``), as two lists."""

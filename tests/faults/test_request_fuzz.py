@@ -184,6 +184,9 @@ def control_requests():
         # No signal has a number this high: refused, never sent to a child.
         st.builds(P.SignalChild, id=st.just(0), path=paths, child_id=child_ids,
                   signal=st.integers(min_value=100, max_value=2**31)),
+        # A replacement is a rolling restart's step: the child keeps running (a new pid).
+        st.builds(P.ReplaceChild, id=st.just(0), path=paths, child_id=child_ids),
+        st.builds(P.RefreshCode, id=st.just(0), path=paths),
         # The file is unchanged: a reload is nothing to do. ApplySpec is a parent's only.
         st.builds(P.Reload, id=st.just(0), dry_run=st.booleans()),
         st.builds(P.ApplySpec, id=st.just(0), spec=spec_blobs.filter(lambda b: b is not None),

@@ -66,6 +66,8 @@ CONTROL_SAMPLES = [
     p.StartChild(_int(), _path(), fake.binary(length=32), [fake.pyint(), fake.word()], {"x": 1}),
     p.TerminateChild(_int(), _path(), _word()),
     p.RestartChild(_int(), _path(), _word()),
+    p.ReplaceChild(_int(), _path(), _word()),
+    p.RefreshCode(_int(), _path()),
     p.DeleteChild(_int(), _path(), _word()),
     p.Shutdown(_int()),
     p.Reload(_int(), True),
