@@ -215,7 +215,7 @@ class AsyncChannel:
                 sent = 0
             except OSError as exc:
                 self.outbox.append([cid, memoryview(frame)])  # never left: NotSent
-                self.close_because(f"send failed: {exc}")
+                self._write_failed(f"send failed: {exc}")
                 return
             if sent == len(frame):
                 return
@@ -252,7 +252,7 @@ class AsyncChannel:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
-                self.close_because(f"send failed: {exc}")
+                self._write_failed(f"send failed: {exc}")
                 return
             self.outbox_bytes -= sent
             full = sent == size
@@ -323,6 +323,16 @@ class AsyncChannel:
             self.sock.shutdown(socket.SHUT_WR)  # tells the worker we saw the notice
         except OSError:  # already disconnected
             pass
+
+    def _write_failed(self, why: str) -> None:
+        """The worker stopped reading (it is leaving, or dead): what waits in the outbox
+        never left (NotSent); calls sent before are still answered, read to the end of
+        the channel (which fails whatever is left unanswered)."""
+        if self.draining is None:
+            self.draining = why
+        self._fail_outbox(NotSent(why))
+        if not self.replies and not self.abandoned:
+            self.close_because(why)  # nothing more to read for
 
     def _fail_outbox(self, exc: BaseException) -> None:
         if self.writer_on:

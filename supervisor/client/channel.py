@@ -62,6 +62,7 @@ class CallChannel:
         self.rcvtimeo = float("inf")  # the SO_RCVTIMEO in force, in seconds
         self.closed: str | None = None  # why the channel is dead, once it is
         self.draining: str | None = None  # set once the worker said it is leaving
+        self.retired = False  # let go by the router: closed once no call waits on it
         self._ids = itertools.count(1)
 
     def send(self, msg_for_id: Any, expect_reply: bool = True) -> int:
@@ -77,15 +78,39 @@ class CallChannel:
             with self.send_lock:
                 self.sock.sendall(frame)
         except OSError as exc:
-            self._mark_closed(f"send failed: {exc}")
+            # The worker stopped reading (it is leaving, or dead): this frame never left
+            # whole. Calls sent before may still be answered: they are read to the end.
             with self.cond:
                 self.waiting.discard(cid)
+                if self.draining is None:
+                    self.draining = f"send failed: {exc}"
             raise NotSent(str(exc)) from exc
         return cid
+
+    def retire(self) -> None:
+        """Take no new call; close once no call waits on the channel any more (the
+        replies of calls in flight, or NotRun, are still read for their callers)."""
+        with self.cond:
+            self.retired = True
+            if self.draining is None:
+                self.draining = "let go by the caller"
+            idle = not self.waiting
+        if idle:
+            self.close()
 
     def wait(self, cid: int, deadline: float | None) -> Any:
         """The reply for `cid`: a Reply or Fail message. Raises WorkerCrashed on EOF,
         TimeoutError past the deadline (the caller turns it into CallTimeout)."""
+        try:
+            return self._wait(cid, deadline)
+        finally:
+            if self.retired:
+                with self.cond:
+                    idle = not self.waiting
+                if idle:
+                    self.close()
+
+    def _wait(self, cid: int, deadline: float | None) -> Any:
         with self.cond:
             while True:
                 reply = self.results.pop(cid, None)
@@ -178,7 +203,8 @@ class CallChannel:
 
     def close(self) -> None:
         self._mark_closed("closed by the caller")
-        self.sock.close()
+        with self.send_lock:  # never close a socket another thread is sending on
+            self.sock.close()
 
 
 def screen(msgs: list[Any], pickle_ok: bool) -> tuple[list[Any], str | None]:

@@ -131,10 +131,12 @@ class Router:
 
     # ------------------------------------------------------------------ channels
     def drop(self, chan: CallChannel) -> None:
+        """Stop using `chan`; calls still in flight on it (another thread's) keep it
+        open until their replies are in (see `CallChannel.retire`)."""
         with self.lock:
             if self.channels.get(chan.path) is chan:
                 del self.channels[chan.path]
-        chan.close()
+        chan.retire()
 
     def close_all(self) -> None:
         with self.lock:

@@ -404,9 +404,17 @@ class PoolState:
         link.slot.load -= len(mine)
         if mine:
             self.requeue(mine)
-        if not link.draining:
-            self.lose_link(link, why, fx)
+        self.write_failed(link, why, fx)
         self.refresh(fx)
+
+    def write_failed(self, link: Link, why: str, fx: Effects) -> None:
+        """A write to `link` failed: the worker stopped reading (it is leaving, or dead).
+        Nothing more is sent on it; what it answered before is still read, to the end
+        of the channel, which fails whatever is left unanswered (see `file`)."""
+        if link.draining is None and link.closed is None:
+            self.drain(link, why, fx)
+            if not link.waiting:
+                self.lose_link(link, why, fx)
 
     # ------------------------------------------------------------------ blocking calls
     def register_sync(self, link: Link, cid: int,
@@ -430,8 +438,7 @@ class PoolState:
         link.waiting.pop(cid, None)
         if reader:
             link.readers -= 1
-        if not link.draining:
-            self.lose_link(link, why, fx)
+        self.write_failed(link, why, fx)
         if reader:
             self.release(link, fx)
         self.refresh(fx)
@@ -443,8 +450,7 @@ class PoolState:
             send.entry.reply = NOT_SENT
             if send.entry.wake is not None:
                 send.entry.wake()
-        if not send.link.draining:
-            self.lose_link(send.link, why, fx)
+        self.write_failed(send.link, why, fx)
         send.link.cond.notify_all()
         self.refresh(fx)
 

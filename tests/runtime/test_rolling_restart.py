@@ -235,3 +235,50 @@ def test_errors_are_supervisor_errors(start_tree, code):
     app = start_tree(Supervisor("root", children=[child("w", code.worker)]))
     with pytest.raises(SupervisorError):
         app.rolling_restart("w/x")
+
+
+def test_threads_calling_one_worker_directly_lose_nothing_when_it_is_replaced(start_tree,
+                                                                               code):
+    """Several threads share the App's one channel to a worker. When it is replaced, the
+    thread that reads NotRun first lets the channel go; the others' replies (or NotRun)
+    are still read for them, never turned into WorkerCrashed."""
+    app = start_tree(Supervisor("root", children=[child("w", code.worker)]))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    counts = [0] * 4
+    progress = threading.Condition()
+
+    def loop(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                assert app.call("w", "echo", (i, n)) == [i, n]
+            except BaseException as exc:
+                with progress:
+                    failures.append(exc)
+                    progress.notify_all()
+                return
+            with progress:
+                counts[i] += 1
+                progress.notify_all()
+
+    def went_round(since: list[int]) -> None:
+        with progress:
+            assert progress.wait_for(
+                lambda: failures or all(c > s for c, s in zip(counts, since, strict=True)),
+                timeout=60)
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            went_round(list(counts))
+            app.rolling_restart("w")
+        went_round(list(counts))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not failures, failures
