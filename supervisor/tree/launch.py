@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProtocolError
+from ..runtime.log import prepare as prepare_log
 from ..runtime.log import to_supervisor as log_to_supervisor
 from ..runtime.process import serve  # imported here, before forking: children share it
 from ..wire import messages as P
@@ -55,6 +56,8 @@ class ProcessLauncher:
             def run() -> int:
                 return self.run_supervisor(spec, path, theirs, matrix)
         else:
+            prepare_log()  # once: the worker's log handler, added before fork
+
             def run() -> int:
                 set_title(f"worker: {path}")
                 if spec.env:
