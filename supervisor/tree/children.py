@@ -72,6 +72,7 @@ class Children:
         self.captures: set[Capture] = set()  # children's output pipes, read until EOF
         self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
         self._ids = itertools.count(1)
+        self._scan_due = False  # a scan for orphans is scheduled (see `_forget`)
 
     # ------------------------------------------------------------------ the slots
     def new_slot(self, spec: Any) -> ChildSlot:
@@ -218,8 +219,17 @@ class Children:
         if slot.pid is not None:
             slot.launcher.reaped(slot)
         slot.release()
-        if scan:  # orphans the child left (its subprocesses) were reparented to us
-            kill_strays(self.running_pids())
+        if scan and not self._scan_due:
+            # Orphans the child left (its subprocesses) were reparented to us. Scanned from
+            # the loop, after the handler that reaped it: a restart the exit leads to is
+            # decided and started first (the scan is off its critical path); the loop's
+            # timers run after that batch of events, in the same turn.
+            self._scan_due = True
+            self.loop.call_soon(self._kill_strays)
+
+    def _kill_strays(self) -> None:
+        self._scan_due = False
+        kill_strays(self.running_pids())
 
     # ------------------------------------------------------------------ child events
     def _on_channel(self, slot: ChildSlot) -> None:
