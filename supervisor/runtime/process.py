@@ -6,12 +6,15 @@
     caller     ◀──call──── worker         Reply, Fail
 
 Threads:
-- the control thread reads the control channel: it answers heartbeats (so a missed
-  heartbeat means the process is wedged, not busy), hands new call channels to the serving
-  loop and turns a Stop into a flag plus a wake-up;
 - the serving loop reads the call channels, runs the commands in order and writes all the
   replies of a batch with one `sendall`. It runs in the main thread, unless the worker has
-  `run()`: then `run()` has the main thread and the serving loop gets its own.
+  `run()`: then `run()` has the main thread and the serving loop gets its own;
+- the control thread reads the control channel: it answers heartbeats (so a missed
+  heartbeat means the process is wedged, not busy), hands new call channels to the serving
+  loop and turns a Stop into a flag plus a wake-up.
+
+The supervisor computes a worker's command table and call policy once, before it forks
+(`plan`), not in every child: a fresh child pays copy-on-write faults for all it builds.
 
 A command that raises becomes a `Fail` reply and the worker keeps serving. A frame that does
 not decode means the channel can no longer be trusted: the worker exits with reason
@@ -26,22 +29,43 @@ import sys
 import threading
 from typing import Any
 
+import attrs
+import msgspec
+
 from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
-from ..wire.policy import call_policy
+from ..wire.policy import CallPolicy, call_policy
 from ..worker import command_table
 from .callers import Callers, describe
 from .meter import CallMeter
 
-__all__ = ["serve"]
+__all__ = ["serve", "plan", "WorkerPlan"]
 
 
 CLOSE_GRACE = 2.0  # seconds a leaving worker waits for its callers to see its notice
 
 
+@attrs.frozen
+class WorkerPlan:
+    """What every process of one worker spec shares, computed by its supervisor before
+    fork: the names of its commands, its call policy (the pid is the child's own, set
+    there), and whether it needs a control thread (heartbeats)."""
+
+    commands: tuple[str, ...]
+    policy: CallPolicy
+    control_thread: bool
+
+
+def plan(spec: Any, matrix: Any = None) -> WorkerPlan:
+    """The plan of a worker built from `spec` under `matrix` (see `WorkerPlan`)."""
+    table = command_table(spec.worker_class)
+    return WorkerPlan(commands=tuple(table), policy=call_policy(spec, table, matrix, 0),
+                      control_thread=bool(getattr(spec, "heartbeat", None)))
+
+
 def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
-          matrix: Any = None) -> int:
+          matrix: Any = None, worker_plan: WorkerPlan | None = None) -> int:
     """Run a worker child to completion; returns the process exit code."""
     ctrl.setblocking(True)
     worker = spec.worker_class()
@@ -56,7 +80,7 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
             P.StartFailed(path=path, category="initialization_error", type=kind,
                           message=message, traceback=tb)))
         return 1
-    runtime = WorkerRuntime(worker, spec, ctrl, matrix)
+    runtime = WorkerRuntime(worker, spec, ctrl, worker_plan or plan(spec, matrix))
     send_frame(ctrl, P.CONTROL_CODEC.encode(P.Ready(pid=os.getpid())))
     threading.Thread(target=runtime.control_loop, name="worker-control", daemon=True).start()
     if callable(getattr(worker, "run", None)):
@@ -69,13 +93,15 @@ class WorkerRuntime:
     """One worker process: its control channel (its own thread) and, through `callers`,
     its callers' channels."""
 
-    def __init__(self, worker: Any, spec: Any, ctrl: socket.socket, matrix: Any) -> None:
+    def __init__(self, worker: Any, spec: Any, ctrl: socket.socket,
+                 worker_plan: WorkerPlan) -> None:
         self.worker = worker
         self.spec = spec
         self.ctrl = ctrl
         self.ctrl_lock = threading.Lock()
-        self.commands = {name: getattr(worker, name) for name in command_table(type(worker))}
-        self.policy = call_policy(spec, self.commands, matrix, os.getpid())
+        self.plan = worker_plan
+        self.commands = {name: getattr(worker, name) for name in worker_plan.commands}
+        self.policy = msgspec.structs.replace(worker_plan.policy, pid=os.getpid())
         self.health = getattr(worker, "health", None)
         self.stopping = worker.stopping
         self.meter = CallMeter()  # written by the serving loop, read by the control thread
@@ -92,21 +118,26 @@ class WorkerRuntime:
             send_frame(self.ctrl, P.CONTROL_CODEC.encode(msg))
 
     def control_loop(self) -> None:
+        """The control thread: read the control channel until the process ends."""
         reader = FrameReader(P.CONTROL_CODEC)
         while True:
-            try:
-                msgs, fds, eof = recv_some(self.ctrl, reader, maxfds=16)
-            except (ProtocolError, OSError):
-                # Garbage from our own supervisor, or the channel broke: nothing on it can
-                # be trusted, and without it we cannot be supervised.
-                os._exit(3)
-            if eof:
-                os._exit(2)  # the supervisor is gone (PR_SET_PDEATHSIG may not exist here)
-            fds = list(fds)
-            for msg in msgs:
-                self._on_control(msg, fds)
-            for fd in fds:  # fds that no message claimed must not leak
-                os.close(fd)
+            self.read_control(reader)
+
+    def read_control(self, reader: FrameReader) -> None:
+        """One read of the control channel, its messages handled."""
+        try:
+            msgs, fds, eof = recv_some(self.ctrl, reader, maxfds=16)
+        except (ProtocolError, OSError):
+            # Garbage from our own supervisor, or the channel broke: nothing on it can
+            # be trusted, and without it we cannot be supervised.
+            os._exit(3)
+        if eof:
+            os._exit(2)  # the supervisor is gone (PR_SET_PDEATHSIG may not exist here)
+        fds = list(fds)
+        for msg in msgs:
+            self._on_control(msg, fds)
+        for fd in fds:  # fds that no message claimed must not leak
+            os.close(fd)
 
     def _on_control(self, msg: Any, fds: list[int]) -> None:
         match msg:

@@ -20,13 +20,14 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProtocolError
 from ..runtime.log import prepare as prepare_log
 from ..runtime.log import to_supervisor as log_to_supervisor
-from ..runtime.process import serve  # imported here, before forking: children share it
+from ..runtime.process import WorkerPlan, plan, serve  # imported before forking: shared
 from ..wire import messages as P
 from ..wire.framing import recv_some, send_frame
 from . import program
@@ -47,6 +48,9 @@ class ProcessLauncher:
 
     def __init__(self, run_supervisor: Callable[[Any, str, socket.socket, Any], int]) -> None:
         self.run_supervisor = run_supervisor
+        # Each worker slot's plan, for the spec and matrix it was made from (see `_plan`).
+        self._plans: weakref.WeakKeyDictionary[ChildSlot, tuple[Any, Any, WorkerPlan]] = \
+            weakref.WeakKeyDictionary()
 
     def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None) -> None:
         spec, path, restarts, matrix = slot.spec, slot.path, slot.restarts, slot.matrix
@@ -56,6 +60,7 @@ class ProcessLauncher:
             def run() -> int:
                 return self.run_supervisor(spec, path, theirs, matrix)
         else:
+            worker_plan = self._plan(slot)
             prepare_log()  # once: the worker's log handler, added before fork
 
             def run() -> int:
@@ -65,7 +70,7 @@ class ProcessLauncher:
                 capture.in_child()
                 log_to_supervisor()  # self.log records go up whole: one stamp, one level
                 sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
-                return serve(spec, path, restarts, theirs, matrix)
+                return serve(spec, path, restarts, theirs, matrix, worker_plan)
         try:
             pid = fork_child(run, keep)
         except OSError:
@@ -74,6 +79,21 @@ class ProcessLauncher:
         finally:
             theirs.close()
         slot.attach(pid, mine)
+
+    def _plan(self, slot: ChildSlot) -> WorkerPlan | None:
+        """The slot's worker plan, made once per spec and matrix (restarts reuse it)."""
+        cached = self._plans.get(slot)
+        if cached is not None and cached[0] is slot.spec and cached[1] is slot.matrix:
+            return cached[2]
+        try:
+            made = plan(slot.spec, slot.matrix)
+        except Exception:  # noqa: BLE001 - the user's class, inspected: the child says why
+            # A class whose attributes raise when read (a descriptor that fails on the
+            # class): the child builds its plan itself and fails to start with the error,
+            # as it did before plans were made here; the supervisor must not.
+            return None
+        self._plans[slot] = (slot.spec, slot.matrix, made)
+        return made
 
     def await_start(self, slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:
         return await_ready(slot, on_message)
