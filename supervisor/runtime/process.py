@@ -9,9 +9,12 @@ Threads:
 - the serving loop reads the call channels, runs the commands in order and writes all the
   replies of a batch with one `sendall`. It runs in the main thread, unless the worker has
   `run()`: then `run()` has the main thread and the serving loop gets its own;
-- the control thread reads the control channel: it answers heartbeats (so a missed
-  heartbeat means the process is wedged, not busy), hands new call channels to the serving
-  loop and turns a Stop into a flag plus a wake-up.
+- the control channel (new call channels, Stop, GetMetrics) is read by the serving loop
+  too, between commands: one poll for both, and no thread to start, which is most of what
+  a fresh worker costs in time and memory (a thread's start, its 8 MiB stack, a malloc
+  arena, the pages it dirties). A worker with heartbeats or with `run()` reads it from a
+  control thread instead: a heartbeat must be answered while a command runs (a missed one
+  means the process is wedged, not busy), and `run()` has the main thread.
 
 The supervisor computes a worker's command table and call policy once, before it forks
 (`plan`), not in every child: a fresh child pays copy-on-write faults for all it builds.
@@ -24,6 +27,7 @@ not decode means the channel can no longer be trusted: the worker exits with rea
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 import threading
@@ -39,6 +43,7 @@ from ..wire.policy import CallPolicy, call_policy
 from ..worker import command_table
 from .callers import Callers, describe
 from .meter import CallMeter
+from .poller import READ
 
 __all__ = ["serve", "plan", "WorkerPlan"]
 
@@ -82,8 +87,13 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
         return 1
     runtime = WorkerRuntime(worker, spec, ctrl, worker_plan or plan(spec, matrix))
     send_frame(ctrl, P.CONTROL_CODEC.encode(P.Ready(pid=os.getpid())))
-    threading.Thread(target=runtime.control_loop, name="worker-control", daemon=True).start()
-    if callable(getattr(worker, "run", None)):
+    has_run = callable(getattr(worker, "run", None))
+    if has_run or runtime.plan.control_thread:
+        threading.Thread(target=runtime.control_loop, name="worker-control",
+                         daemon=True).start()
+    else:
+        runtime.control_on_loop()
+    if has_run:
         return runtime.run_service()
     runtime.loop()
     return runtime.finish()
@@ -122,6 +132,10 @@ class WorkerRuntime:
         reader = FrameReader(P.CONTROL_CODEC)
         while True:
             self.read_control(reader)
+
+    def control_on_loop(self) -> None:
+        """Have the serving loop read the control channel (no control thread)."""
+        _ControlOnLoop(self).install(self.callers)
 
     def read_control(self, reader: FrameReader) -> None:
         """One read of the control channel, its messages handled."""
@@ -252,3 +266,45 @@ class WorkerRuntime:
         self.loop()
         # The loop left because of a stop request or a protocol error: make run() see it.
         self.worker.stopping.set()
+
+
+class _ControlOnLoop:
+    """The control channel, read by the serving loop in place of its wake-up channel.
+
+    The serving loop polls its wake-up channel and, when it is readable, calls `drain()`
+    and then takes the channels `accept` queued. Standing in for it, this reads the
+    control channel there: an OpenChannel is accepted and registered in the same turn, a
+    Stop sets the flags the loop checks next. Nothing needs waking (`set` does nothing):
+    everything that would wake the loop now happens on its own thread. The control
+    channel stays blocking for the sends; a read happens only once a poll says it would
+    not block (the loop also drains at times it has not polled, when it starts to close).
+    """
+
+    __slots__ = ("runtime", "reader", "ready")
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
+        self.reader = FrameReader(P.CONTROL_CODEC)
+        self.ready = select.poll()  # no descriptor of its own, unlike epoll
+        self.ready.register(runtime.ctrl.fileno(), select.POLLIN)
+
+    def install(self, callers: Callers) -> None:
+        wake = callers.wake
+        callers.poller.unregister(wake.fileno())
+        wake.close()
+        callers.wake = self
+        callers.poller.register(self.fileno(), READ, None)
+
+    def fileno(self) -> int:
+        return self.runtime.ctrl.fileno()
+
+    def set(self) -> None:
+        """Nothing to wake: the loop's own thread queued whatever is new."""
+
+    def drain(self) -> bytes:
+        if self.ready.poll(0):
+            self.runtime.read_control(self.reader)
+        return b""
+
+    def close(self) -> None:
+        """The control channel is the runtime's to close (at exit)."""
