@@ -70,9 +70,13 @@ def plan(spec: Any, matrix: Any = None) -> WorkerPlan:
 
 
 def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
-          matrix: Any = None, worker_plan: WorkerPlan | None = None) -> int:
-    """Run a worker child to completion; returns the process exit code."""
+          matrix: Any = None, worker_plan: WorkerPlan | None = None,
+          hold: bool = False) -> int:
+    """Run a worker child to completion; returns the process exit code. With `hold` (it
+    was forked ahead of its turn), `init` waits for the supervisor's `Begin`."""
     ctrl.setblocking(True)
+    if hold and not _await_begin(ctrl):
+        return 0  # let go of before its turn: it never ran init, nothing to report
     worker = spec.worker_class()
     worker.id = spec.id
     worker.path = path
@@ -97,6 +101,21 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
         return runtime.run_service()
     runtime.loop()
     return runtime.finish()
+
+
+def _await_begin(ctrl: socket.socket) -> bool:
+    """Wait for `Begin`; False when the channel ends (or says anything else) first."""
+    reader = FrameReader(P.CONTROL_CODEC)
+    while True:
+        try:
+            msgs, _, eof = recv_some(ctrl, reader)
+        except (ProtocolError, OSError):
+            return False
+        if msgs:
+            # Nothing but Begin is sent to a child that has not reported Ready.
+            return type(msgs[0]) is P.Begin
+        if eof:
+            return False
 
 
 class WorkerRuntime:

@@ -52,7 +52,9 @@ class ProcessLauncher:
         self._plans: weakref.WeakKeyDictionary[ChildSlot, tuple[Any, Any, WorkerPlan]] = \
             weakref.WeakKeyDictionary()
 
-    def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None) -> None:
+    def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None,
+             hold: bool = False) -> None:
+        """Fork the child; `hold` (a worker only): it waits for `Begin` before its `init`."""
         spec, path, restarts, matrix = slot.spec, slot.path, slot.restarts, slot.matrix
         mine, theirs = socket.socketpair()
         keep.append(theirs.fileno())
@@ -70,7 +72,7 @@ class ProcessLauncher:
                 capture.in_child()
                 log_to_supervisor()  # self.log records go up whole: one stamp, one level
                 sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
-                return serve(spec, path, restarts, theirs, matrix, worker_plan)
+                return serve(spec, path, restarts, theirs, matrix, worker_plan, hold)
         try:
             pid = fork_child(run, keep)
         except OSError:
@@ -140,8 +142,9 @@ class ProgramLauncher:
     def __init__(self) -> None:
         self._exec_status: dict[int, int] = {}  # pid -> read end of its exec-status pipe
 
-    def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None) -> None:
-        status_r = program.spawn(slot, keep, capture)
+    def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None,
+             hold: bool = False) -> None:
+        status_r = program.spawn(slot, keep, capture)  # (never held: see Children.fork_ahead)
         self._exec_status[slot.pid] = status_r
 
     def await_start(self, slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:

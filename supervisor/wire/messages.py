@@ -66,6 +66,7 @@ __all__ = [
     "BATCH",
     "RESERVED_METHODS",
     "Ready",
+    "Begin",
     "StartFailed",
     "Stop",
     "Exit",
@@ -198,6 +199,11 @@ class StartFailed(_Message, tag="S"):
     type: str
     message: str
     traceback: str = ""
+
+
+class Begin(_Message, tag="b"):
+    """A worker forked ahead of its turn may run `init` now (a pipelined start: it was
+    forked while its elder sibling ran `init`, and waited for this)."""
 
 
 class Stop(_Message, tag="s"):
@@ -369,6 +375,7 @@ class Event(_Message, tag="E"):
 ControlMessage = (
     Ready
     | StartFailed
+    | Begin
     | Stop
     | Exit
     | Ping
