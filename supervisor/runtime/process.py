@@ -45,7 +45,7 @@ from .callers import Callers, describe
 from .meter import CallMeter
 from .poller import READ
 
-__all__ = ["serve", "plan", "WorkerPlan"]
+__all__ = ["serve", "plan", "plan_key", "WorkerPlan"]
 
 
 CLOSE_GRACE = 2.0  # seconds a leaving worker waits for its callers to see its notice
@@ -67,6 +67,13 @@ def plan(spec: Any, matrix: Any = None) -> WorkerPlan:
     table = command_table(spec.worker_class)
     return WorkerPlan(commands=tuple(table), policy=call_policy(spec, table, matrix, 0),
                       control_thread=bool(getattr(spec, "heartbeat", None)))
+
+
+def plan_key(spec: Any, matrix: Any = None) -> tuple[Any, ...]:
+    """Everything `plan` reads (the matrix by identity): specs with equal keys share one
+    plan, so a thousand workers of one class cost one."""
+    return (spec.worker_class, spec.call_timeout, spec.on_timeout, spec.fallback,
+            spec.serializer, bool(getattr(spec, "heartbeat", None)), id(matrix))
 
 
 def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,

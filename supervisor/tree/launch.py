@@ -20,14 +20,13 @@ import signal
 import socket
 import sys
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProtocolError
 from ..runtime.log import prepare as prepare_log
 from ..runtime.log import to_supervisor as log_to_supervisor
-from ..runtime.process import WorkerPlan, plan, serve  # imported before forking: shared
+from ..runtime.process import WorkerPlan, plan, plan_key, serve  # imported before fork
 from ..wire import messages as P
 from ..wire.framing import recv_some, send_frame
 from . import program
@@ -39,6 +38,8 @@ __all__ = ["ProcessLauncher", "ProgramLauncher", "launcher_for", "drain"]
 
 OnMessage = Callable[[ChildSlot, Any], None]
 
+_MAX_PLANS = 256  # worker plans a launcher keeps (see `ProcessLauncher._plan`)
+
 
 class ProcessLauncher:
     """Workers and child supervisors. `run_supervisor(spec, path, sock, matrix)` runs a
@@ -48,9 +49,9 @@ class ProcessLauncher:
 
     def __init__(self, run_supervisor: Callable[[Any, str, socket.socket, Any], int]) -> None:
         self.run_supervisor = run_supervisor
-        # Each worker slot's plan, for the spec and matrix it was made from (see `_plan`).
-        self._plans: weakref.WeakKeyDictionary[ChildSlot, tuple[Any, Any, WorkerPlan]] = \
-            weakref.WeakKeyDictionary()
+        # Worker plans by `plan_key`, with the matrix each was made under (kept alive, so
+        # its id in the key stays its own). See `_plan`.
+        self._plans: dict[tuple[Any, ...], tuple[Any, WorkerPlan]] = {}
 
     def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None,
              hold: bool = False) -> None:
@@ -83,10 +84,12 @@ class ProcessLauncher:
         slot.attach(pid, mine)
 
     def _plan(self, slot: ChildSlot) -> WorkerPlan | None:
-        """The slot's worker plan, made once per spec and matrix (restarts reuse it)."""
-        cached = self._plans.get(slot)
-        if cached is not None and cached[0] is slot.spec and cached[1] is slot.matrix:
-            return cached[2]
+        """The slot's worker plan, made once per class, matrix and call options (restarts
+        and siblings of one class reuse it)."""
+        key = plan_key(slot.spec, slot.matrix)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] is slot.matrix:
+            return cached[1]
         try:
             made = plan(slot.spec, slot.matrix)
         except Exception:  # noqa: BLE001 - the user's class, inspected: the child says why
@@ -94,7 +97,9 @@ class ProcessLauncher:
             # class): the child builds its plan itself and fails to start with the error,
             # as it did before plans were made here; the supervisor must not.
             return None
-        self._plans[slot] = (slot.spec, slot.matrix, made)
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()  # dynamic children with matrices of their own: stay small
+        self._plans[key] = (slot.matrix, made)
         return made
 
     def await_start(self, slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:
