@@ -1,6 +1,6 @@
 """A worker process: `init`, then serving its callers until it is stopped.
 
-    process.py   WorkerRuntime: init, the control thread, leaving cleanly
+    process.py   WorkerRuntime: init, the control channel, leaving cleanly
     callers.py   Callers: the call channels, served from one poll loop
-    poller.py    a minimal epoll poller for that loop
+    poller.py    a minimal poll(2) poller for that loop
 """

@@ -15,18 +15,58 @@ import json
 import os
 from typing import Any
 
-__all__ = ["MARK", "to_supervisor", "parse"]
+__all__ = ["MARK", "prepare", "to_supervisor", "parse"]
 
 MARK = "\x1e"
+
+# The worker's handler, added once in the supervisor (see `prepare`), and whether this
+# process is a worker (the handler passes records only then).
+_handler: int | None = None
+_in_worker = False
+
+
+def _only_in_worker(record: Any) -> bool:
+    return _in_worker
+
+
+def prepare() -> None:
+    """Add the workers' handler in the supervisor, once, before it forks any worker.
+
+    loguru's `add` costs 4-9 ms (it builds an exception formatter, which reads every
+    sysconfig path); paid in each forked worker it was most of a restart. Added here, it
+    passes nothing in the supervisor and is switched on by `to_supervisor` in the child.
+    """
+    global _handler
+    from loguru import logger
+
+    if _handler is None or _handler not in _handler_ids(logger):  # none yet, or removed
+        _handler = logger.add(_emit, level="DEBUG", format="{message}",
+                              filter=_only_in_worker, backtrace=False, diagnose=False)
 
 
 def to_supervisor() -> None:
     """Send this process's loguru records to its supervisor (call in the worker, once
-    its stderr is the supervisor's pipe)."""
+    its stderr is the supervisor's pipe): the handler `prepare` added is switched on,
+    every other handler (the supervisor's own) removed."""
+    global _in_worker
     from loguru import logger
 
-    logger.remove()
-    logger.add(_emit, level="DEBUG", format="{message}", backtrace=False, diagnose=False)
+    # Not `remove()`: it would take ours too, and a new `add` is the cost avoided.
+    handlers = _handler_ids(logger)
+    if _handler is None or _handler not in handlers:
+        logger.remove()
+        logger.add(_emit, level="DEBUG", format="{message}", backtrace=False, diagnose=False)
+        return
+    _in_worker = True
+    for handler in handlers:
+        if handler != _handler:
+            logger.remove(handler)
+
+
+def _handler_ids(logger: Any) -> list[int]:
+    # loguru has no public list of its handlers: read its core's (an empty list if that
+    # ever changes, and `to_supervisor` then takes the slow way, remove all and add).
+    return list(getattr(getattr(logger, "_core", None), "handlers", None) or ())
 
 
 def _emit(message: Any) -> None:

@@ -6,12 +6,18 @@
     caller     ◀──call──── worker         Reply, Fail
 
 Threads:
-- the control thread reads the control channel: it answers heartbeats (so a missed
-  heartbeat means the process is wedged, not busy), hands new call channels to the serving
-  loop and turns a Stop into a flag plus a wake-up;
 - the serving loop reads the call channels, runs the commands in order and writes all the
   replies of a batch with one `sendall`. It runs in the main thread, unless the worker has
-  `run()`: then `run()` has the main thread and the serving loop gets its own.
+  `run()`: then `run()` has the main thread and the serving loop gets its own;
+- the control channel (new call channels, Stop, GetMetrics) is read by the serving loop
+  too, between commands: one poll for both, and no thread to start, which is most of what
+  a fresh worker costs in time and memory (a thread's start, its 8 MiB stack, a malloc
+  arena, the pages it dirties). A worker with heartbeats or with `run()` reads it from a
+  control thread instead: a heartbeat must be answered while a command runs (a missed one
+  means the process is wedged, not busy), and `run()` has the main thread.
+
+The supervisor computes a worker's command table and call policy once, before it forks
+(`plan`), not in every child: a fresh child pays copy-on-write faults for all it builds.
 
 A command that raises becomes a `Fail` reply and the worker keeps serving. A frame that does
 not decode means the channel can no longer be trusted: the worker exits with reason
@@ -21,29 +27,63 @@ not decode means the channel can no longer be trusted: the worker exits with rea
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 import threading
 from typing import Any
 
+import attrs
+import msgspec
+
 from ..errors import ProtocolError
 from ..wire import messages as P
 from ..wire.framing import FrameReader, recv_some, send_frame
-from ..wire.policy import call_policy
+from ..wire.policy import CallPolicy, call_policy
 from ..worker import command_table
 from .callers import Callers, describe
 from .meter import CallMeter
+from .poller import READ
 
-__all__ = ["serve"]
+__all__ = ["serve", "plan", "plan_key", "WorkerPlan"]
 
 
 CLOSE_GRACE = 2.0  # seconds a leaving worker waits for its callers to see its notice
 
 
+@attrs.frozen
+class WorkerPlan:
+    """What every process of one worker spec shares, computed by its supervisor before
+    fork: the names of its commands, its call policy (the pid is the child's own, set
+    there), and whether it needs a control thread (heartbeats)."""
+
+    commands: tuple[str, ...]
+    policy: CallPolicy
+    control_thread: bool
+
+
+def plan(spec: Any, matrix: Any = None) -> WorkerPlan:
+    """The plan of a worker built from `spec` under `matrix` (see `WorkerPlan`)."""
+    table = command_table(spec.worker_class)
+    return WorkerPlan(commands=tuple(table), policy=call_policy(spec, table, matrix, 0),
+                      control_thread=bool(getattr(spec, "heartbeat", None)))
+
+
+def plan_key(spec: Any, matrix: Any = None) -> tuple[Any, ...]:
+    """Everything `plan` reads (the matrix by identity): specs with equal keys share one
+    plan, so a thousand workers of one class cost one."""
+    return (spec.worker_class, spec.call_timeout, spec.on_timeout, spec.fallback,
+            spec.serializer, bool(getattr(spec, "heartbeat", None)), id(matrix))
+
+
 def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
-          matrix: Any = None) -> int:
-    """Run a worker child to completion; returns the process exit code."""
+          matrix: Any = None, worker_plan: WorkerPlan | None = None,
+          hold: bool = False) -> int:
+    """Run a worker child to completion; returns the process exit code. With `hold` (it
+    was forked ahead of its turn), `init` waits for the supervisor's `Begin`."""
     ctrl.setblocking(True)
+    if hold and not _await_begin(ctrl):
+        return 0  # let go of before its turn: it never ran init, nothing to report
     worker = spec.worker_class()
     worker.id = spec.id
     worker.path = path
@@ -56,26 +96,48 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
             P.StartFailed(path=path, category="initialization_error", type=kind,
                           message=message, traceback=tb)))
         return 1
-    runtime = WorkerRuntime(worker, spec, ctrl, matrix)
+    runtime = WorkerRuntime(worker, spec, ctrl, worker_plan or plan(spec, matrix))
     send_frame(ctrl, P.CONTROL_CODEC.encode(P.Ready(pid=os.getpid())))
-    threading.Thread(target=runtime.control_loop, name="worker-control", daemon=True).start()
-    if callable(getattr(worker, "run", None)):
+    has_run = callable(getattr(worker, "run", None))
+    if has_run or runtime.plan.control_thread:
+        threading.Thread(target=runtime.control_loop, name="worker-control",
+                         daemon=True).start()
+    else:
+        runtime.control_on_loop()
+    if has_run:
         return runtime.run_service()
     runtime.loop()
     return runtime.finish()
+
+
+def _await_begin(ctrl: socket.socket) -> bool:
+    """Wait for `Begin`; False when the channel ends (or says anything else) first."""
+    reader = FrameReader(P.CONTROL_CODEC)
+    while True:
+        try:
+            msgs, _, eof = recv_some(ctrl, reader)
+        except (ProtocolError, OSError):
+            return False
+        if msgs:
+            # Nothing but Begin is sent to a child that has not reported Ready.
+            return type(msgs[0]) is P.Begin
+        if eof:
+            return False
 
 
 class WorkerRuntime:
     """One worker process: its control channel (its own thread) and, through `callers`,
     its callers' channels."""
 
-    def __init__(self, worker: Any, spec: Any, ctrl: socket.socket, matrix: Any) -> None:
+    def __init__(self, worker: Any, spec: Any, ctrl: socket.socket,
+                 worker_plan: WorkerPlan) -> None:
         self.worker = worker
         self.spec = spec
         self.ctrl = ctrl
         self.ctrl_lock = threading.Lock()
-        self.commands = {name: getattr(worker, name) for name in command_table(type(worker))}
-        self.policy = call_policy(spec, self.commands, matrix, os.getpid())
+        self.plan = worker_plan
+        self.commands = {name: getattr(worker, name) for name in worker_plan.commands}
+        self.policy = msgspec.structs.replace(worker_plan.policy, pid=os.getpid())
         self.health = getattr(worker, "health", None)
         self.stopping = worker.stopping
         self.meter = CallMeter()  # written by the serving loop, read by the control thread
@@ -92,21 +154,30 @@ class WorkerRuntime:
             send_frame(self.ctrl, P.CONTROL_CODEC.encode(msg))
 
     def control_loop(self) -> None:
+        """The control thread: read the control channel until the process ends."""
         reader = FrameReader(P.CONTROL_CODEC)
         while True:
-            try:
-                msgs, fds, eof = recv_some(self.ctrl, reader, maxfds=16)
-            except (ProtocolError, OSError):
-                # Garbage from our own supervisor, or the channel broke: nothing on it can
-                # be trusted, and without it we cannot be supervised.
-                os._exit(3)
-            if eof:
-                os._exit(2)  # the supervisor is gone (PR_SET_PDEATHSIG may not exist here)
-            fds = list(fds)
-            for msg in msgs:
-                self._on_control(msg, fds)
-            for fd in fds:  # fds that no message claimed must not leak
-                os.close(fd)
+            self.read_control(reader)
+
+    def control_on_loop(self) -> None:
+        """Have the serving loop read the control channel (no control thread)."""
+        _ControlOnLoop(self).install(self.callers)
+
+    def read_control(self, reader: FrameReader) -> None:
+        """One read of the control channel, its messages handled."""
+        try:
+            msgs, fds, eof = recv_some(self.ctrl, reader, maxfds=16)
+        except (ProtocolError, OSError):
+            # Garbage from our own supervisor, or the channel broke: nothing on it can
+            # be trusted, and without it we cannot be supervised.
+            os._exit(3)
+        if eof:
+            os._exit(2)  # the supervisor is gone (PR_SET_PDEATHSIG may not exist here)
+        fds = list(fds)
+        for msg in msgs:
+            self._on_control(msg, fds)
+        for fd in fds:  # fds that no message claimed must not leak
+            os.close(fd)
 
     def _on_control(self, msg: Any, fds: list[int]) -> None:
         match msg:
@@ -221,3 +292,45 @@ class WorkerRuntime:
         self.loop()
         # The loop left because of a stop request or a protocol error: make run() see it.
         self.worker.stopping.set()
+
+
+class _ControlOnLoop:
+    """The control channel, read by the serving loop in place of its wake-up channel.
+
+    The serving loop polls its wake-up channel and, when it is readable, calls `drain()`
+    and then takes the channels `accept` queued. Standing in for it, this reads the
+    control channel there: an OpenChannel is accepted and registered in the same turn, a
+    Stop sets the flags the loop checks next. Nothing needs waking (`set` does nothing):
+    everything that would wake the loop now happens on its own thread. The control
+    channel stays blocking for the sends; a read happens only once a poll says it would
+    not block (the loop also drains at times it has not polled, when it starts to close).
+    """
+
+    __slots__ = ("runtime", "reader", "ready")
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
+        self.reader = FrameReader(P.CONTROL_CODEC)
+        self.ready = select.poll()  # no descriptor of its own, unlike epoll
+        self.ready.register(runtime.ctrl.fileno(), select.POLLIN)
+
+    def install(self, callers: Callers) -> None:
+        wake = callers.wake
+        callers.poller.unregister(wake.fileno())
+        wake.close()
+        callers.wake = self
+        callers.poller.register(self.fileno(), READ, None)
+
+    def fileno(self) -> int:
+        return self.runtime.ctrl.fileno()
+
+    def set(self) -> None:
+        """Nothing to wake: the loop's own thread queued whatever is new."""
+
+    def drain(self) -> bytes:
+        if self.ready.poll(0):
+            self.runtime.read_control(self.reader)
+        return b""
+
+    def close(self) -> None:
+        """The control channel is the runtime's to close (at exit)."""

@@ -34,7 +34,7 @@ from .health import Monitors
 from .launch import ProcessLauncher, ProgramLauncher, drain, launcher_for
 from .loop import Loop
 from .output import Capture
-from .proc import kill_strays
+from .proc import kill_quietly, kill_strays
 from .slot import ChildSlot, ChildState, StartFailure, reason_of
 from .uplink import Uplink
 
@@ -73,6 +73,7 @@ class Children:
         self.captures: set[Capture] = set()  # children's output pipes, read until EOF
         self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
         self._ids = itertools.count(1)
+        self._scan_due = False  # a scan for orphans is scheduled (see `_forget`)
 
     # ------------------------------------------------------------------ the slots
     def new_slot(self, spec: Any) -> ChildSlot:
@@ -105,6 +106,10 @@ class Children:
         `start_seconds` after exec (supervisord's startsecs): until then `slot.settling`
         is set and the loop is not held up; `started` is reported (and `on_up` called) when
         that time has passed, and an exit before it is a start failure (`_record_exit`)."""
+        return self.launch(slot) or self.finish_start(slot)
+
+    def launch(self, slot: ChildSlot) -> StartFailure | None:
+        """The first half of `start`: fork (a failure to fork is returned)."""
         slot.become(ChildState.STARTING)
         try:
             self._fork(slot)
@@ -114,6 +119,41 @@ class Children:
             return self._start_failed(slot, StartFailure(
                 slot.path, "resource_error", type(exc).__name__,
                 f"cannot start the process: {exc}"))
+        return None
+
+    # A pipelined start (`SupervisorProcess` starting its children): the next worker is
+    # forked while the one before it runs `init`, and waits; `begin` lets it run its own
+    # `init` once the one before is ready, so inits still run one at a time, in order.
+    def fork_ahead(self, slot: ChildSlot) -> bool:
+        """Fork worker `slot` to wait before its `init`; False (nothing forked) if it is
+        not a worker or cannot be forked now (its own start will then say why)."""
+        if slot.kind != "worker" or slot.launcher is not self.processes:
+            return False
+        slot.become(ChildState.STARTING)
+        try:
+            self._fork(slot, hold=True)
+        except OSError:
+            slot.become(ChildState.STOPPED)
+            return False
+        return True
+
+    def begin(self, slot: ChildSlot) -> None:
+        """Let a worker forked ahead run its `init` (`finish_start` waits for it)."""
+        try:
+            send_frame(slot.ctrl, P.CONTROL_CODEC.encode(P.Begin()))
+        except OSError:  # it died waiting: its start fails with its exit
+            pass
+
+    def discard(self, slot: ChildSlot) -> None:
+        """A worker forked ahead whose turn does not come (a sibling's start failed): it
+        never ran `init`, so it is killed, reaped and forgotten without a word."""
+        kill_quietly(slot.pid)
+        os.waitpid(slot.pid, 0)
+        slot.release()
+        slot.become(ChildState.STOPPED)
+
+    def finish_start(self, slot: ChildSlot) -> StartFailure | None:
+        """The second half of `start`: wait for the forked child to be up."""
         failure = slot.launcher.await_start(slot, self.on_message)
         if failure is not None:
             return self._start_failed(slot, failure)
@@ -150,14 +190,14 @@ class Children:
                          message=failure.message)
         return failure
 
-    def _fork(self, slot: ChildSlot) -> None:
+    def _fork(self, slot: ChildSlot, hold: bool = False) -> None:
         # Workers' and programs' output is captured; a child supervisor's own log lines
         # go straight to our stderr (capturing them would wrap every line twice).
         capture = Capture(slot.path) if slot.kind == "worker" else None
         self.captures = {c for c in self.captures if c.partial}  # forget finished pipes
         keep = capture.child_fds() if capture is not None else []
         try:
-            slot.launcher.fork(slot, keep, capture)
+            slot.launcher.fork(slot, keep, capture, hold)
         except OSError:
             if capture is not None:
                 capture.discard()
@@ -239,8 +279,17 @@ class Children:
         if slot.pid is not None:
             slot.launcher.reaped(slot)
         slot.release()
-        if scan:  # orphans the child left (its subprocesses) were reparented to us
-            kill_strays(self.running_pids())
+        if scan and not self._scan_due:
+            # Orphans the child left (its subprocesses) were reparented to us. Scanned from
+            # the loop, after the handler that reaped it: a restart the exit leads to is
+            # decided and started first (the scan is off its critical path); the loop's
+            # timers run after that batch of events, in the same turn.
+            self._scan_due = True
+            self.loop.call_soon(self._kill_strays)
+
+    def _kill_strays(self) -> None:
+        self._scan_due = False
+        kill_strays(self.running_pids())
 
     # ------------------------------------------------------------------ child events
     def _on_channel(self, slot: ChildSlot) -> None:

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProtocolError
+from ..runtime.log import prepare as prepare_log
 from ..runtime.log import to_supervisor as log_to_supervisor
-from ..runtime.process import serve  # imported here, before forking: children share it
+from ..runtime.process import WorkerPlan, plan, plan_key, serve  # imported before fork
 from ..wire import messages as P
 from ..wire.framing import recv_some, send_frame
 from . import program
@@ -37,6 +38,8 @@ __all__ = ["ProcessLauncher", "ProgramLauncher", "launcher_for", "drain"]
 
 OnMessage = Callable[[ChildSlot, Any], None]
 
+_MAX_PLANS = 256  # worker plans a launcher keeps (see `ProcessLauncher._plan`)
+
 
 class ProcessLauncher:
     """Workers and child supervisors. `run_supervisor(spec, path, sock, matrix)` runs a
@@ -46,8 +49,13 @@ class ProcessLauncher:
 
     def __init__(self, run_supervisor: Callable[[Any, str, socket.socket, Any], int]) -> None:
         self.run_supervisor = run_supervisor
+        # Worker plans by `plan_key`, with the matrix each was made under (kept alive, so
+        # its id in the key stays its own). See `_plan`.
+        self._plans: dict[tuple[Any, ...], tuple[Any, WorkerPlan]] = {}
 
-    def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None) -> None:
+    def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None,
+             hold: bool = False) -> None:
+        """Fork the child; `hold` (a worker only): it waits for `Begin` before its `init`."""
         spec, path, restarts, matrix = slot.spec, slot.path, slot.restarts, slot.matrix
         mine, theirs = socket.socketpair()
         keep.append(theirs.fileno())
@@ -55,6 +63,9 @@ class ProcessLauncher:
             def run() -> int:
                 return self.run_supervisor(spec, path, theirs, matrix)
         else:
+            worker_plan = self._plan(slot)
+            prepare_log()  # once: the worker's log handler, added before fork
+
             def run() -> int:
                 set_title(f"worker: {path}")
                 if spec.env:
@@ -62,7 +73,7 @@ class ProcessLauncher:
                 capture.in_child()
                 log_to_supervisor()  # self.log records go up whole: one stamp, one level
                 sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
-                return serve(spec, path, restarts, theirs, matrix)
+                return serve(spec, path, restarts, theirs, matrix, worker_plan, hold)
         try:
             pid = fork_child(run, keep)
         except OSError:
@@ -71,6 +82,25 @@ class ProcessLauncher:
         finally:
             theirs.close()
         slot.attach(pid, mine)
+
+    def _plan(self, slot: ChildSlot) -> WorkerPlan | None:
+        """The slot's worker plan, made once per class, matrix and call options (restarts
+        and siblings of one class reuse it)."""
+        key = plan_key(slot.spec, slot.matrix)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] is slot.matrix:
+            return cached[1]
+        try:
+            made = plan(slot.spec, slot.matrix)
+        except Exception:  # noqa: BLE001 - the user's class, inspected: the child says why
+            # A class whose attributes raise when read (a descriptor that fails on the
+            # class): the child builds its plan itself and fails to start with the error,
+            # as it did before plans were made here; the supervisor must not.
+            return None
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()  # dynamic children with matrices of their own: stay small
+        self._plans[key] = (slot.matrix, made)
+        return made
 
     def await_start(self, slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:
         return await_ready(slot, on_message)
@@ -117,8 +147,9 @@ class ProgramLauncher:
     def __init__(self) -> None:
         self._exec_status: dict[int, int] = {}  # pid -> read end of its exec-status pipe
 
-    def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None) -> None:
-        status_r = program.spawn(slot, keep, capture)
+    def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None,
+             hold: bool = False) -> None:
+        status_r = program.spawn(slot, keep, capture)  # (never held: see Children.fork_ahead)
         self._exec_status[slot.pid] = status_r
 
     def await_start(self, slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:

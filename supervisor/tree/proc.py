@@ -8,6 +8,7 @@ supervisor loop learns of exits through SIGCHLD.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -91,6 +92,10 @@ def fork_child(run: Callable[[], int], keep: Iterable[int] = ()) -> int:
     if pid:
         return pid
     code = 70
+    # What we inherited is never collected here: our collector then never walks it,
+    # which would write to every object's header and copy each page it touches. (Frozen
+    # in the child only: in the supervisor, frozen garbage would never be freed.)
+    gc.freeze()
     try:
         set_parent_death_signal()
         # The race: the parent may have died between fork and prctl, in which case

@@ -156,12 +156,28 @@ class SupervisorProcess:
         return EXIT_CODES.get(detail, 1)
 
     def _start_all(self) -> StartFailure | None:
+        """Start the children in order, each `init` returning before the next one's
+        starts (OTP). Pipelined: the next worker is forked while the one before runs its
+        `init` and waits for its turn, so a fork and a child's setup (closing what it
+        inherited, its logging) overlap an `init` instead of adding to it."""
         started: list[ChildSlot] = []
-        for slot in self.children.slots:
-            if not getattr(slot.spec, "autostart", True):
-                continue  # declared, stopped, until `restart_child` (`start PATH`)
-            failure = self.children.start(slot)
+        # declared, stopped, until `restart_child` (`start PATH`)
+        slots = [s for s in self.children.slots if getattr(s.spec, "autostart", True)]
+        ahead: ChildSlot | None = None  # forked, waiting for its turn
+        for index, slot in enumerate(slots):
+            if ahead is slot:
+                self.children.begin(slot)
+                failure = None
+            else:
+                failure = self.children.launch(slot)
+            ahead = None
+            if failure is None:
+                if index + 1 < len(slots) and self.children.fork_ahead(slots[index + 1]):
+                    ahead = slots[index + 1]
+                failure = self.children.finish_start(slot)
             if failure is not None:
+                if ahead is not None:
+                    self.children.discard(ahead)
                 for done in reversed(started):
                     self.children.stop(done, "shutdown")
                 return failure

@@ -70,6 +70,7 @@ __all__ = [
     "BATCH",
     "RESERVED_METHODS",
     "Ready",
+    "Begin",
     "StartFailed",
     "Stop",
     "Exit",
@@ -206,6 +207,11 @@ class StartFailed(_Message, tag="S"):
     type: str
     message: str
     traceback: str = ""
+
+
+class Begin(_Message, tag="b"):
+    """A worker forked ahead of its turn may run `init` now (a pipelined start: it was
+    forked while its elder sibling ran `init`, and waited for this)."""
 
 
 class Stop(_Message, tag="s"):
@@ -417,6 +423,7 @@ class Event(_Message, tag="E"):
 ControlMessage = (
     Ready
     | StartFailed
+    | Begin
     | Stop
     | Exit
     | Ping

@@ -52,6 +52,7 @@ CALL_SAMPLES = [
 CONTROL_SAMPLES = [
     p.Ready(_int()),
     p.StartFailed(_path(), "initialization_error", "RuntimeError", fake.sentence(), fake.text()),
+    p.Begin(),
     p.Stop(_word()),
     p.Exit("normal"),
     p.Exit("python_error", "python_error", "KeyError", fake.sentence(), fake.text()),

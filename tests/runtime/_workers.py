@@ -34,6 +34,17 @@ class Noted(Worker):
         self._note(f"terminate {self.id} {reason}")
 
 
+class SlowInit(Worker):
+    """Notes when its `init` begins and ends, taking `seconds` in between."""
+
+    def init(self, notes: str, seconds: float) -> None:
+        with open(notes, "a") as fh:
+            fh.write(f"begin {self.id}\n")
+        time.sleep(seconds)  # an init that takes a while, for overlaps to show
+        with open(notes, "a") as fh:
+            fh.write(f"end {self.id}\n")
+
+
 class Stubborn(Worker):
     """Ignores SIGTERM and never finishes terminate: only SIGKILL stops it."""
 

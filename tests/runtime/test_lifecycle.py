@@ -112,3 +112,34 @@ def test_stop_is_idempotent_and_wait_reports_normal(start_tree):
     assert app.wait() == "normal"
     assert app.wait(timeout=0) == "normal"
     assert app not in live_apps
+
+
+def test_a_plain_worker_runs_one_thread_and_holds_only_its_channels(start_tree):
+    # No control thread (the serving loop reads the control channel), no wake-up pair, no
+    # epoll descriptor: stdio, the control channel and one channel per caller.
+    import psutil
+
+    from supervisor import Supervisor, child
+    from workers.echo import Echo
+
+    app = start_tree(Supervisor("root", children=[child("w", Echo)]))
+    assert app.call("w", "echo", 1) == 1
+    (info,) = app.which_children("")
+    proc = psutil.Process(info.pid)
+    assert proc.num_threads() == 1
+    assert proc.num_fds() <= 5, os.listdir(f"/proc/{info.pid}/fd")
+    app.stop()  # the Stop, read by the serving loop
+    assert app.wait(timeout=10) == "normal"
+
+
+def test_a_worker_with_heartbeats_keeps_its_control_thread(start_tree):
+    # A Ping must be answered while a command runs: that takes a thread of its own.
+    import psutil
+
+    from supervisor import Supervisor, child
+    from workers.echo import Echo
+
+    app = start_tree(Supervisor("root", children=[child("w", Echo, heartbeat=5.0)]))
+    assert app.call("w", "echo", 1) == 1
+    (info,) = app.which_children("")
+    assert psutil.Process(info.pid).num_threads() == 2

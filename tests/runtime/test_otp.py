@@ -12,7 +12,7 @@ from supervisor import ChildAbandoned, StartError, Supervisor, child
 from workers.echo import Echo
 
 from .._procs import wait_gone
-from ._workers import Noted, Stubborn
+from ._workers import Noted, SlowInit, Stubborn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -44,6 +44,18 @@ def test_children_start_in_order_and_stop_in_reverse(start_as, events, tmp_path)
     ]
     assert [m["path"] for m in events.named("exited")] == ["c", "b", "a"]
     assert app.wait(timeout=5) == "normal"
+
+
+def test_inits_never_overlap_although_the_next_worker_is_forked_ahead(start_tree, tmp_path):
+    # Starting is pipelined (the next worker is forked while the one before runs init),
+    # but each init returns before the next one begins, as in OTP.
+    notes = tmp_path / "notes"
+    tree = Supervisor("root", children=[
+        child(cid, SlowInit, kwargs={"notes": str(notes), "seconds": 0.2}) for cid in "abc"
+    ])
+    start_tree(tree)
+    assert notes.read_text().splitlines() == [
+        "begin a", "end a", "begin b", "end b", "begin c", "end c"]
 
 
 def test_start_failure_rolls_back_and_names_the_child(start_tree, tmp_path):
