@@ -36,7 +36,7 @@ Control channel (`ControlMessage`, `CONTROL_CODEC`): supervisor <-> child, App <
     TerminateChild  t      "
     RestartChild    e      "
     DeleteChild     d      "
-    ReplaceChild    b      "                       a rolling restart's step (see the class)
+    ReplaceChild    q      "                       a rolling restart's step (see the class)
     RefreshCode     j      "                       re-import the workers' modules
     Shutdown        z    App -> root               stop the whole tree
     Reload          H    client -> service root    re-read the tree file, apply the difference
@@ -375,7 +375,7 @@ class SignalChild(_Message, tag="i"):
     signal: int
 
 
-class ReplaceChild(_Message, tag="b"):
+class ReplaceChild(_Message, tag="q"):
     """Replace the running worker `child_id` of supervisor `path` with a fresh process of
     its spec: the new one is ready before the old one is asked to leave (a rolling
     restart's step; an external program is stopped, then started). Answered with the new
