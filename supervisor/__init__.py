@@ -26,6 +26,7 @@ __all__ = [
     "connect",
     "App",
     "ChildInfo",
+    "LogOptions",
     "errors",
     "telemetry",
     "aio",
@@ -60,6 +61,7 @@ _WHERE = {
     "connect": "app",
     "App": "app",
     "ChildInfo": "app",
+    "LogOptions": "tree.logfiles",
 }
 _ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crashed", "Open",
                                                        "Lost", "Exhausted", "Child", "Abandoned"))}
@@ -67,6 +69,7 @@ _ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crash
 if TYPE_CHECKING:
     from . import aio, errors, telemetry
     from .app import App, ChildInfo, connect, start
+    from .tree.logfiles import LogOptions
     from .errors import (
         CallTimeout,
         ChildAbandoned,

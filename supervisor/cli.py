@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -439,6 +440,9 @@ def _logs(args: argparse.Namespace) -> int:
             print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
+            return EXIT_OK
+        except BrokenPipeError:  # `logs -f | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
 
 

@@ -276,8 +276,28 @@ def _file_sink(path: Path, options: LogOptions) -> Any:
     # loguru's that it does not export; its constructor is the one `logger.add` calls.
     from loguru._file_sink import FileSink
 
+    settings = options.sink_options()
+    if settings.get("compression"):
+        settings["compression"] = _compressor(FileSink, settings["compression"],
+                                              options.file_mode)
     return FileSink(str(path), mode="a", buffering=1, encoding="utf-8",
-                    opener=_opener(options.file_mode), **options.sink_options())
+                    opener=_opener(options.file_mode), **settings)
+
+
+def _compressor(sink_class: Any, ext: str, mode: int) -> Any:
+    """loguru's compression for `ext`, then the archive given the log files' mode (the
+    compressor creates it under the process umask)."""
+    compress = sink_class._make_compression_function(ext)
+
+    def run(path: str) -> None:
+        compress(path)
+        try:
+            # In our own directory, which nobody else can write: no link to fear.
+            os.chmod(f"{path}.{ext}", mode)
+        except FileNotFoundError:  # the compressor wrote nothing
+            pass
+
+    return run
 
 
 class ChildFile:
