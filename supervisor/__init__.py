@@ -61,7 +61,7 @@ _WHERE = {
     "connect": "app",
     "App": "app",
     "ChildInfo": "app",
-    "LogOptions": "tree.logfiles",
+    "LogOptions": "logoptions",
 }
 _ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crashed", "Open",
                                                        "Lost", "Exhausted", "Child", "Abandoned"))}
@@ -69,7 +69,6 @@ _ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crash
 if TYPE_CHECKING:
     from . import aio, errors, telemetry
     from .app import App, ChildInfo, connect, start
-    from .tree.logfiles import LogOptions
     from .errors import (
         CallTimeout,
         ChildAbandoned,
@@ -86,6 +85,7 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkerError,
     )
+    from .logoptions import LogOptions
     from .specs import (
         ChildSpec,
         Pool,

@@ -56,7 +56,7 @@ def start(spec: SupervisorSpec, *, timeout: float | None = 60.0, logs: Any = Non
     if not isinstance(spec, SupervisorSpec):
         raise TypeError(f"start() expects a Supervisor(...) spec, got {type(spec).__name__}")
     if logs is not None:
-        from .tree.logfiles import LogOptions, prepare_dir
+        from .logoptions import LogOptions, prepare_dir
 
         if not isinstance(logs, LogOptions):
             raise TypeError(f"logs= expects a LogOptions(...), got {type(logs).__name__}")

@@ -249,7 +249,7 @@ def _log_options(args: argparse.Namespace) -> Any:
     import attrs
 
     from .config import load_logs
-    from .tree.logfiles import LogOptions
+    from .logoptions import LogOptions
 
     logs = load_logs(args.tree)
     given = {key: value for key, value in (("dir", args.log_dir), ("file", args.log_file))

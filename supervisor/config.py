@@ -97,13 +97,13 @@ def load_service(path: str | os.PathLike) -> tuple[SupervisorSpec, MetricsOption
 
 
 def load_logs(path: str | os.PathLike) -> Any:
-    """The file's ``[logs]`` table as a `tree.logfiles.LogOptions` (None when it has none);
+    """The file's ``[logs]`` table as a `supervisor.LogOptions` (None when it has none);
     relative paths in it are taken from the file's directory.
 
     Raises ConfigError (with `file` set) for a bad table: an unknown key, a wrong type, a
     bad size, compression or format.
     """
-    from .tree.logfiles import LogOptions
+    from .logoptions import LogOptions
 
     file = os.fsdecode(path)
     table = _parse(_read(file), file).get("logs")

@@ -21,8 +21,7 @@ import msgspec
 
 from .. import telemetry
 from ..errors import CallTimeout, NoSuchChild, WorkerCrashed, WorkerError
-from ..tree.childlog import PARK_SECONDS
-from ..tree.logfiles import format_line
+from ..logoptions import format_line
 from ..wire import messages as P
 
 __all__ = ["show", "dropped_marker"]
@@ -40,7 +39,7 @@ def dropped_marker(count: int, as_json: bool, path: str) -> str:
 
 
 def _ask(app: Any, msg: P.Logs) -> P.LogChunk:
-    value = app.link.request(msg, timeout=PARK_SECONDS + 30.0)
+    value = app.link.request(msg, timeout=P.LOGS_WAIT + 30.0)
     return msgspec.convert(value, P.LogChunk)
 
 

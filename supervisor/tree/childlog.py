@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from ..logoptions import LogOptions, prepare_dir
 from ..wire import messages as P
-from .logfiles import ChildFile, LogOptions, add_supervisor_file, prepare_dir
+from .logfiles import ChildFile, add_supervisor_file
 
 if TYPE_CHECKING:
     import socket
 
-    from .children import Children
     from .loop import Loop, Timer
     from .uplink import Uplink
 
@@ -48,7 +48,7 @@ __all__ = ["ChildLog", "ChildLogs", "configure", "install", "options", "route",
 
 TAIL_LINES = 500  # lines kept per child for `logs` (the most `-n` can show)
 TAIL_BYTES = 256 * 1024  # ... and at most this much text
-PARK_SECONDS = 25.0  # a waiting reader is answered (empty) after this long without a line
+PARK_SECONDS = P.LOGS_WAIT  # a waiting reader is answered (empty) after this long
 MAX_PARKED = 16  # waiting readers per child; the oldest is answered empty past this
 CHUNK_BYTES = 64 * 1024  # text in one answer
 
@@ -235,9 +235,10 @@ class ChildLogs:
             log.close()
 
 
-def route(children: Children, uplink: Uplink, msg: P.Logs, origin: socket.socket) -> None:
-    """A `Logs` request at this supervisor: answered here for one of its workers or
-    programs, forwarded to the child supervisor on the way otherwise."""
+def route(children: Any, uplink: Uplink, msg: P.Logs, origin: socket.socket) -> None:
+    """A `Logs` request at this supervisor (`children`: its `children.Children`, which
+    holds `logs`): answered here for one of its workers or programs, forwarded to the
+    child supervisor on the way otherwise."""
     first, _, rest = msg.path.strip("/").partition("/")
     slot = children.find(first) if first else None
     full = "/".join(p for p in (children.path, msg.path.strip("/")) if p)

@@ -29,8 +29,8 @@ from strategies.matrix import override_matrix
 
 from ..wire import messages as P
 from ..wire.framing import send_frame
-from .health import Monitors
 from .childlog import ChildLogs
+from .health import Monitors
 from .launch import ProcessLauncher, ProgramLauncher, drain, launcher_for
 from .loop import Loop
 from .output import Capture

@@ -88,6 +88,7 @@ __all__ = [
     "ErrorResponse",
     "Event",
     "Logs",
+    "LOGS_WAIT",
     "ControlMessage",
     "ChildInfo",
     "LogLine",
@@ -371,6 +372,10 @@ class Event(_Message, tag="E"):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+LOGS_WAIT = 25.0
+"""Seconds a `Logs` request with `wait` is held at most before it is answered empty."""
+
+
 class Logs(_Message, tag="L"):
     """The output kept of the worker or program at `path` (relative to the receiver),
     answered with a `LogChunk` by the supervisor that captures it.
@@ -378,8 +383,8 @@ class Logs(_Message, tag="L"):
     `after` < 0: the last `lines` lines. Otherwise the lines numbered `after` and later
     (`after` is the `next` of the previous chunk) of the kept output `epoch` names; a
     different epoch (the capturing supervisor was restarted) reads from its start. With
-    `wait`, an answer that would be empty waits for the next line (at most ~25 s, then
-    it is sent empty and the reader asks again)."""
+    `wait`, an answer that would be empty waits for the next line (at most `LOGS_WAIT`
+    seconds, then it is sent empty and the reader asks again)."""
 
     id: int
     path: str
