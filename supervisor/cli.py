@@ -262,9 +262,10 @@ def _log_options(args: argparse.Namespace) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .config import format_tree, load_service
+    from .config import format_tree, load_logs, load_service
 
     spec, _ = load_service(args.tree)
+    load_logs(args.tree)  # a bad [logs] table is reported here too
     if not args.graph and args.svg is None:  # --svg FILE implies --graph
         print(format_tree(spec))
         return EXIT_OK

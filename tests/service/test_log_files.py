@@ -197,6 +197,36 @@ def test_the_supervisors_own_log_goes_to_a_file_too(service, tmp_path):
     assert (_mode(log.parent), _mode(log)) == (0o700, 0o600)
 
 
+def test_log_dir_on_the_command_line_and_streams_on_the_trees_log(service, tmp_path):
+    plain = CRASHY.replace('[logs]\ndir = "logs"\nsplit = true\nformat = "json"\n'
+                           'echo = true\n', "")
+    svc = service(plain, "--log-dir", str(tmp_path / "cli-logs"))
+    svc.wait_line("is up")
+    svc.cmd("call", "talker", "die_loudly")
+    svc.wait_line("child.restarted talker")
+    assert svc.cmd("shutdown").returncode == 0
+    assert svc.finish() == 0
+    lines = _text_lines(tmp_path / "cli-logs" / "talker.log")
+    assert ("INFO", "stdout", "about to die") in lines
+    assert ("INFO", "stderr", "last words") in lines
+    # Without echo the tree's log has none of the children's lines.
+    assert not any("[talker]" in line for line in svc.lines)
+
+
+def test_the_trees_text_log_tells_stdout_from_stderr(service):
+    plain = CRASHY.replace('[logs]\ndir = "logs"\nsplit = true\nformat = "json"\n'
+                           'echo = true\n', "")
+    svc = service(plain)
+    svc.wait_line("is up")
+    svc.cmd("call", "talker", "die_loudly")
+    out = svc.lines[svc.wait_line("[talker] about to die")]
+    err = svc.lines[svc.wait_line("[talker] last words")]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \| INFO    \| stdout \| \[talker\] about to die",
+                        out)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \| INFO    \| stderr \| \[talker\] last words",
+                        err)
+
+
 def test_group_readable_files_and_directories(tmp_path):
     spec = Supervisor("app", children=[child("talker", Talker)])
     logs = LogOptions(dir=str(tmp_path / "logs"), group_readable=True)
