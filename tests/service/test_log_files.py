@@ -181,18 +181,38 @@ def test_the_output_of_a_child_that_failed_to_start_is_in_its_file(service, tmp_
     assert not any("loading the model" in line for line in svc.lines)
 
 
+NESTED = """
+[tree]
+id = "nested"
+
+[[tree.children]]
+id = "talker"
+worker = "tests.cli._workers:Talker"
+
+[[tree.children]]
+id = "jobs"
+type = "supervisor"
+
+  [[tree.children.children]]
+  id = "hello"
+  start_seconds = 0
+  command = ["sh", "-c", "echo nested hello; exec sleep 600"]
+"""
+
+
 def test_the_supervisors_own_log_goes_to_a_file_too(service, tmp_path):
-    svc = service(CRASHY.replace('[logs]\ndir = "logs"\nsplit = true\nformat = "json"\n'
-                                 'echo = true\n', ""),
-                  "--log-file", str(tmp_path / "sup" / "tree.log"))
-    svc.wait_line("is up")
+    svc = service(NESTED, "--log-file", str(tmp_path / "sup" / "tree.log"))
+    svc.wait_line("[jobs/hello] nested hello")
     assert svc.cmd("shutdown").returncode == 0
     assert svc.finish() == 0
     log = tmp_path / "sup" / "tree.log"
     text = log.read_text()
-    assert "tree 'crashy' is up" in text and "tree 'crashy' stopped: normal" in text
-    # Children's lines (no per-child files here) carry their stream there too.
+    assert "tree 'nested' is up" in text and "tree 'nested' stopped: normal" in text
+    # Children's lines (no per-child files here) carry their stream there too, also the
+    # lines a child supervisor logged (it appends to the root's file).
     assert re.search(r"^\S+ \S+ \| INFO    \| stdout \| \[talker\] talker talker up$", text,
+                     re.M)
+    assert re.search(r"^\S+ \S+ \| INFO    \| stdout \| \[jobs/hello\] nested hello$", text,
                      re.M)
     assert (_mode(log.parent), _mode(log)) == (0o700, 0o600)
 
