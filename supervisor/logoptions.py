@@ -228,20 +228,30 @@ def _check_own_dir(directory: Path, mode: int, field: str, *, created: bool) -> 
 
 # ---------------------------------------------------------------------- lines
 # ---------------------------------------------------------------------- the files
+_second: list[Any] = [None, "", "", ""]  # the last whole second formatted: sec, text, iso, tz
+
+
+def _stamps(when: float) -> tuple[str, str, str, int]:
+    """(``2026-12-06 10:43:06``, ``2026-12-06T10:43:06``, ``+00:00``, milliseconds) for
+    `when`; the whole second is formatted once (a chatty child writes thousands a second)."""
+    sec = int(when // 1)
+    if _second[0] != sec:
+        iso = datetime.datetime.fromtimestamp(sec).astimezone().isoformat()
+        _second[:] = [sec, iso[:10] + " " + iso[11:19], iso[:19], iso[19:]]
+    return _second[1], _second[2], _second[3], min(999, int((when - sec) * 1000))
+
+
 def format_line(fmt: str, path: str, when: float, stream: str, level: str, message: str,
                 extra: Mapping[str, Any] | None = None) -> str:
     """One line of a child's log file (and of `python -m supervisor logs`), with its
     newline: ``2026-12-06 10:43:06.123 | INFO    | stdout | message`` or one JSON object
     with `time`, `child`, `stream`, `level`, `message` (and `extra`: a worker's bound
     fields)."""
-    stamp = datetime.datetime.fromtimestamp(when).astimezone()
+    text, iso, tz, ms = _stamps(when)
     if fmt == "json":
-        record: dict[str, Any] = {"time": stamp.isoformat(timespec="milliseconds"),
-                                  "child": path, "stream": stream, "level": level,
-                                  "message": message}
+        record: dict[str, Any] = {"time": f"{iso}.{ms:03d}{tz}", "child": path,
+                                  "stream": stream, "level": level, "message": message}
         if extra:
             record["extra"] = dict(extra)
         return json.dumps(record, default=repr) + "\n"
-    return (f"{stamp:%Y-%m-%d %H:%M:%S}.{stamp.microsecond // 1000:03d} | {level: <7} | "
-            f"{stream: <6} | {message}\n")
-
+    return f"{text}.{ms:03d} | {level: <7} | {stream: <6} | {message}\n"

@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from loguru import logger
 
 from ..logoptions import LogOptions, prepare_dir
@@ -258,8 +259,6 @@ def route(children: Any, uplink: Uplink, msg: P.Logs, origin: socket.socket) -> 
         uplink.reply_error(origin, msg.id, error[0], error[1], path=full)
         return
     if rest:
-        import msgspec
-
         children.forward(slot, msgspec.structs.replace(msg, path=rest), origin, msg.id)
         return
     children.logs.get(slot.path).answer(msg, origin, uplink)
