@@ -72,8 +72,10 @@ def show(app: Any, path: str, *, lines: int, follow: bool, as_json: bool,
                                          epoch=chunk.epoch))
             except CallTimeout:  # the parked request outlived its bound: ask again
                 continue
-            except WorkerCrashed:  # the connection ended: the tree stopped
-                if app.wait(0) is not None:
+            except WorkerCrashed:
+                # The connection ended: the tree stopped. The link fails what waits before
+                # it records the end, so give it a moment to do that.
+                if app.wait(5.0) is not None:
                     return 0
                 raise
             except NoSuchChild as exc:  # deleted meanwhile (a dynamic child)

@@ -127,8 +127,8 @@ def test_logs_f_follows_a_live_child_and_ends_with_the_tree(service, follow):
     follower.wait_line(rf"\| stdout +\| tick {start + 3}$")
     follower.wait_line(rf"\| stderr +\| tock {start + 3}$")
     assert svc.cmd("shutdown").returncode == 0
-    assert follower.proc.wait(30) == 0  # the tree stopped: `logs -f` ends cleanly
-    assert follower.proc.stderr.read() == ""
+    code = follower.proc.wait(30)
+    assert (code, follower.proc.stderr.read()) == (0, "")  # the tree stopped: a clean end
 
 
 def test_logs_f_json_lines_parse_and_carry_the_fields(service, follow):
