@@ -120,6 +120,12 @@ class LogOptions:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"expected true or false, got {getattr(self, name)!r}",
                                   field=f"logs.{name}", value=getattr(self, name))
+        if self.dir is not None and self.file is not None:
+            inside = Path(os.path.abspath(self.file)).is_relative_to(os.path.abspath(self.dir))
+            if inside:  # a child's file could have its name
+                raise ConfigError(f"the supervisor's log {self.file} is inside the children's "
+                                  f"directory {self.dir}; put it elsewhere", field="logs.file",
+                                  value=self.file)
 
     @property
     def file_mode(self) -> int:

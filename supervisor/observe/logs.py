@@ -31,6 +31,7 @@ RETRY_WAIT = 30.0  # seconds a follower waits for a child event before asking ag
 
 
 def dropped_marker(count: int, as_json: bool, path: str) -> str:
+    """The line that stands for `count` lines a reader missed."""
     if as_json:
         import json
 

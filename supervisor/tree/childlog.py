@@ -65,6 +65,7 @@ def configure(opts: LogOptions | None) -> None:
 
 
 def options() -> LogOptions | None:
+    """The options `configure` set in this process (or a parent it was forked from)."""
     return _options
 
 

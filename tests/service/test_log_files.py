@@ -327,6 +327,9 @@ def test_a_link_planted_at_a_childs_file_is_not_followed(tmp_path):
     ({"compression": "rar"}, r"^logs\.compression: expected one of gz, bz2, xz, zip"),
     ({"format": "xml"}, r"^logs\.format: expected one of text, json"),
     ({"split": "yes"}, r"^logs\.split: expected true or false"),
+    ({"dir": "/var/log/t", "file": "/var/log/t/tree.log"},
+     r"^logs\.file: the supervisor's log /var/log/t/tree.log is inside the children's "
+     r"directory /var/log/t; put it elsewhere$"),
 ])
 def test_bad_log_options_name_the_field(options, message):
     with pytest.raises(ConfigError, match=message):
