@@ -55,15 +55,9 @@ def start(spec: SupervisorSpec, *, timeout: float | None = 60.0, logs: Any = Non
     """
     if not isinstance(spec, SupervisorSpec):
         raise TypeError(f"start() expects a Supervisor(...) spec, got {type(spec).__name__}")
-    if logs is not None:
-        from .logoptions import LogOptions, prepare_dir
+    from .logoptions import prepare
 
-        if not isinstance(logs, LogOptions):
-            raise TypeError(f"logs= expects a LogOptions(...), got {type(logs).__name__}")
-        for directory in (logs.dir, logs.file and os.path.dirname(os.path.abspath(logs.file))):
-            if directory:  # refused here, in the caller, rather than by the root as it boots
-                prepare_dir(directory, logs.dir_mode,
-                            field="logs.dir" if directory == logs.dir else "logs.file")
+    prepare(logs)  # refused here, in the caller, rather than by the root as it boots
     telemetry.attach_default_reporter(thread=True)  # its log must not hold up the tree
     app = App(spec)
     app._boot(timeout, logs)

@@ -39,8 +39,8 @@ import attrs
 from .errors import ConfigError, UntrustedServer
 from .wire.trust import Trust, check_place, describe_uid
 
-__all__ = ["LogOptions", "child_file", "prepare_dir", "format_line", "parse_size",
-           "COMPRESSIONS", "FORMATS"]
+__all__ = ["LogOptions", "child_file", "prepare_dir", "prepare", "format_line",
+           "parse_size", "COMPRESSIONS", "FORMATS"]
 
 COMPRESSIONS = ("gz", "bz2", "xz", "zip")
 FORMATS = ("text", "json")
@@ -196,6 +196,21 @@ def prepare_dir(directory: str | os.PathLike, mode: int = 0o700,
     if not missing:
         _check_own_dir(target, mode, field, created=False)
     return target
+
+
+def prepare(logs: Any) -> None:
+    """The caller's check of `start(spec, logs=...)` (blocking or asyncio), before the
+    root boots: raises TypeError for something that is not a LogOptions, ConfigError when
+    `logs.dir` or the directory of `logs.file` is refused."""
+    if logs is None:
+        return
+    if not isinstance(logs, LogOptions):
+        raise TypeError(f"logs= expects a LogOptions(...), got {type(logs).__name__}")
+    if logs.dir is not None:
+        prepare_dir(logs.dir, logs.dir_mode)
+    if logs.file is not None:
+        prepare_dir(os.path.dirname(os.path.abspath(logs.file)), logs.dir_mode,
+                    field="logs.file")
 
 
 def _check_own_dir(directory: Path, mode: int, field: str, *, created: bool) -> None:

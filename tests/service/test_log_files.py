@@ -257,6 +257,28 @@ def test_group_readable_files_and_directories(tmp_path):
     assert (_mode(tmp_path / "logs"), _mode(tmp_path / "logs" / "talker.log")) == (0o750, 0o640)
 
 
+def test_the_asyncio_start_takes_the_same_logs_option(tmp_path):
+    import asyncio
+
+    from supervisor import aio
+
+    spec = Supervisor("app", children=[child("talker", Talker)])
+
+    async def main() -> None:
+        async with aio.start(spec, logs=LogOptions(dir=str(tmp_path / "logs"))) as app:
+            assert await app.call("talker", "say", "from asyncio") == "from asyncio"
+
+    asyncio.run(main())
+    assert _text_lines(tmp_path / "logs" / "talker.log")[-1] == (
+        "INFO", "stdout", "from asyncio")
+
+
+def test_start_refuses_what_is_not_log_options():
+    spec = Supervisor("app", children=[child("talker", Talker)])
+    with pytest.raises(TypeError, match=r"^logs= expects a LogOptions\(\.\.\.\), got dict$"):
+        supervisor.start(spec, logs={"dir": "/tmp"})
+
+
 # ---------------------------------------------------------------------- trust
 def test_a_symlink_in_place_of_the_log_dir_is_refused(tmp_path):
     (tmp_path / "elsewhere").mkdir()
