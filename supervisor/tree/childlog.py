@@ -100,7 +100,6 @@ class ChildLog:
         opts = _options
         self.echo = opts is None or opts.dir is None or opts.echo
         self.file: ChildFile | None = None
-        self.file_failed = False
         if opts is not None and opts.dir is not None:
             self._open(opts)
 
@@ -112,8 +111,12 @@ class ChildLog:
 
     def _file_broken(self, exc: Exception) -> None:
         # The child runs on; its lines go to the tree's log instead, and this is said once.
-        self.file = None
-        self.file_failed = self.echo = True
+        broken, self.file, self.echo = self.file, None, True
+        if broken is not None:
+            try:
+                broken.close()
+            except OSError:  # the same fault again (a full disk): the descriptor is closed
+                pass
         logger.bind(child=self.path).error(
             "[{}] cannot write its log file: {}; its output goes to this log instead",
             self.path, exc)

@@ -95,9 +95,13 @@ class ChildFile:
             directory = directory / part
             prepare_dir(directory, options.dir_mode)
         if options.split:
-            self.sinks = {"stdout": _file_sink(base.with_name(base.name + ".out"), options)}
-            self.sinks["stderr"] = self.sinks["log"] = _file_sink(
-                base.with_name(base.name + ".err"), options)
+            out = _file_sink(base.with_name(base.name + ".out"), options)
+            try:
+                err = _file_sink(base.with_name(base.name + ".err"), options)
+            except BaseException:
+                out.stop()  # no half-open pair: the caller gets neither
+                raise
+            self.sinks = {"stdout": out, "stderr": err, "log": err}
         else:
             one = _file_sink(base.with_name(base.name + ".log"), options)
             self.sinks = {"stdout": one, "stderr": one, "log": one}
