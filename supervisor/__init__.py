@@ -26,6 +26,7 @@ __all__ = [
     "connect",
     "App",
     "ChildInfo",
+    "LogOptions",
     "errors",
     "telemetry",
     "aio",
@@ -60,6 +61,7 @@ _WHERE = {
     "connect": "app",
     "App": "app",
     "ChildInfo": "app",
+    "LogOptions": "logoptions",
 }
 _ERRORS = {name for name in __all__ if name.endswith(("Error", "Timeout", "Crashed", "Open",
                                                        "Lost", "Exhausted", "Child", "Abandoned"))}
@@ -83,6 +85,7 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkerError,
     )
+    from .logoptions import LogOptions
     from .specs import (
         ChildSpec,
         Pool,

@@ -29,6 +29,7 @@ __all__ = [
     "ROOT",
     "TEMPLATE",
     "METRICS",
+    "LOGS",
     "CHILD_TYPES",
     "TOP_LEVEL_KEYS",
     "check_table",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 CHILD_TYPES = ("worker", "supervisor", "pool")
-TOP_LEVEL_KEYS = ("tree", "errors", "metrics")
+TOP_LEVEL_KEYS = ("tree", "errors", "metrics", "logs")
 
 # TOML's own names for the Python values tomllib returns; bool before int (bool is an int).
 _TOML_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
@@ -182,6 +183,12 @@ TEMPLATE = Kind("worker", {k: v for k, v in WORKER.keys.items() if k not in ("ty
 
 # [metrics]: the service root's HTTP server (`run --metrics` / `--metrics-token-file`).
 METRICS = Kind("metrics", {"address": STRING, "token_file": STRING}, required=("address",))
+# [logs]: per-child log files and the supervisor's own (`run --log-dir` / `--log-file`).
+SIZE = Expect("a size (bytes, or a string such as '10 MB')",
+              lambda v: _is_integer(v) or isinstance(v, str))
+LOGS = Kind("logs", {"dir": STRING, "file": STRING, "split": BOOLEAN, "rotation": SIZE,
+                     "retention": INTEGER, "compression": STRING, "format": STRING,
+                     "group_readable": BOOLEAN, "echo": BOOLEAN})
 
 
 def check_table(table: Mapping[str, Any], kind: Kind, path: str) -> None:

@@ -45,17 +45,23 @@ _RESERVED = ("timeout", "retry", "idempotent", "session")
 live_apps: weakref.WeakSet = weakref.WeakSet()
 
 
-def start(spec: SupervisorSpec, *, timeout: float | None = 60.0) -> App:
+def start(spec: SupervisorSpec, *, timeout: float | None = 60.0, logs: Any = None) -> App:
     """Start `spec` as a tree of processes; returns once every child's `init` returned.
 
-    Raises StartError (naming the child path, the category and the remote
+    `logs` (a `LogOptions`, as the ``[logs]`` table of a tree file) writes each worker's
+    and program's output to its own file below `logs.dir`, and the root's log to
+    `logs.file`. Raises StartError (naming the child path, the category and the remote
     ``Type: message``) when a child fails to start; no process is left behind then.
+    ConfigError when a log directory is refused (another user's, a symlink).
     """
     if not isinstance(spec, SupervisorSpec):
         raise TypeError(f"start() expects a Supervisor(...) spec, got {type(spec).__name__}")
+    from .logoptions import prepare
+
+    prepare(logs)  # refused here, in the caller, rather than by the root as it boots
     telemetry.attach_default_reporter(thread=True)  # its log must not hold up the tree
     app = App(spec)
-    app._boot(timeout)
+    app._boot(timeout, logs)
     return app
 
 
@@ -121,8 +127,8 @@ class App:
         """The root supervisor's pid (None before it started)."""
         return self._link.pid
 
-    def _boot(self, timeout: float | None) -> None:
-        self._link.boot(self.spec, timeout)
+    def _boot(self, timeout: float | None, logs: Any = None) -> None:
+        self._link.boot(self.spec, timeout, logs)
         live_apps.add(self)
 
     # ------------------------------------------------------------------ start / stop

@@ -14,6 +14,7 @@
     shutdown
     top                  a live view of the running tree (needs the ui extra)
     events [-f] [--json] the tree's telemetry events (-f: keep following)
+    logs PATH [-n N] [-f] [--json]   one child's output (-f: keep following)
     completion SHELL     a completion script for bash, zsh or tcsh (needs the completion
                          extra)
 
@@ -72,6 +73,8 @@ _HELP = {
     "events": ("print the tree's telemetry events", "python -m supervisor events -f --json"),
     "reload": ("re-read the running tree's file and apply the difference (SIGHUP does "
                "the same)", "python -m supervisor reload --dry-run"),
+    "logs": ("print the last lines of one worker's or program's output, and follow it",
+             "python -m supervisor logs jobs/job-1 -n 100 -f"),
     "completion": ("print a shell completion script for otp-supervisor (needs the "
                    "completion extra)",
                    "python -m supervisor completion bash > "
@@ -80,7 +83,7 @@ _HELP = {
 
 _SHELLS = ("bash", "zsh", "tcsh")
 # The options whose value is a path: their completion offers files.
-_PATH_OPTIONS = ("tree", "socket", "metrics_token_file", "svg")
+_PATH_OPTIONS = ("tree", "socket", "metrics_token_file", "svg", "log_dir", "log_file")
 
 
 def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
@@ -100,6 +103,12 @@ def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
     run = command("run")
     run.add_argument("tree", help="the tree's TOML file")
     run.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    run.add_argument("--log-dir", default=None, metavar="DIR",
+                     help="write each worker's and program's output to DIR/<path>.log "
+                          "(the [logs] table's dir)")
+    run.add_argument("--log-file", default=None, metavar="FILE",
+                     help="write the supervisor's own log to FILE too (the [logs] "
+                          "table's file)")
     run.add_argument("--metrics", default=None, metavar="HOST:PORT",
                      help="serve /metrics, /api/status and a web page of the tree there")
     run.add_argument("--metrics-token-file", default=None, metavar="PATH",
@@ -149,6 +158,14 @@ def _parser(prog: str = "python -m supervisor") -> argparse.ArgumentParser:
                         help="print the plan (added, removed, changed, unchanged) and "
                              "change nothing")
     reload.add_argument("--json", action="store_true", help="print the report as JSON")
+    logs = command("logs")
+    logs.add_argument("path", help="the worker's or program's path, e.g. jobs/job-1")
+    logs.add_argument("-n", "--lines", type=_count, default=50, metavar="N",
+                      help="how many of the last lines to print (default 50; at most the "
+                           "500 the supervisor keeps)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing new lines until the tree stops")
+    logs.add_argument("--json", action="store_true", help="one JSON object per line")
     command("completion").add_argument("shell", choices=_SHELLS, help="the shell")
     for cmd in sub.choices.values():
         if cmd.prog.split()[-1] == "completion":
@@ -182,9 +199,16 @@ def _uid(text: str) -> int:
         raise argparse.ArgumentTypeError(f"no such user: {text!r}") from None
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of lines >= 0, got {text!r}")
+    return int(text)
+
+
 def _configure_logging(json_lines: bool) -> None:
     from loguru import logger
 
+    from .tree.logfiles import text_format
     from .tree.logsink import stderr_sink
 
     # Not sys.stderr: a write there waits for the reader, and the tree's loop with it.
@@ -193,8 +217,8 @@ def _configure_logging(json_lines: bool) -> None:
     if json_lines:
         logger.add(sink, serialize=True, level="INFO")
     else:
-        logger.add(sink, level="INFO", colorize=sink.isatty(),
-                   format="{time:HH:mm:ss.SSS} | {level: <7} | {message}")
+        # A child's stdout and stderr lines carry their stream after the level.
+        logger.add(sink, level="INFO", colorize=sink.isatty(), format=text_format())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,15 +256,37 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--metrics-token-file needs --metrics ADDR or a [metrics] "
                               "table", field="metrics")
         metrics = MetricsOptions(address=metrics.address, token_file=args.metrics_token_file)
+    logs = _log_options(args)
     _configure_logging(args.log_json)
+    from .tree.childlog import install
+
+    install(logs)  # before any child starts: they inherit it
     source = TreeFile(os.path.abspath(args.tree), file_metrics, args.metrics is None)
     return run_tree(spec, args.socket, metrics, source)
 
 
+def _log_options(args: argparse.Namespace) -> Any:
+    """The [logs] table, with --log-dir, --log-file and --log-json on top."""
+    import attrs
+
+    from .config import load_logs
+    from .logoptions import LogOptions
+
+    logs = load_logs(args.tree)
+    given = {key: value for key, value in (("dir", args.log_dir), ("file", args.log_file))
+             if value is not None}
+    if given:
+        logs = attrs.evolve(logs or LogOptions(), **given)
+    if args.log_json and logs is not None:
+        logs = attrs.evolve(logs, format="json")
+    return logs
+
+
 def _check(args: argparse.Namespace) -> int:
-    from .config import format_tree, load_service
+    from .config import format_tree, load_logs, load_service
 
     spec, _ = load_service(args.tree)
+    load_logs(args.tree)  # a bad [logs] table is reported here too
     if not args.graph and args.svg is None:  # --svg FILE implies --graph
         print(format_tree(spec))
         return EXIT_OK
@@ -446,6 +492,24 @@ def _reload_text(report: Any) -> str:
     return "\n".join(lines)
 
 
+def _logs(args: argparse.Namespace) -> int:
+    from .errors import NoSuchChild
+    from .observe.logs import show
+
+    with _connect(args) as app:
+        try:
+            return show(app, args.path, lines=args.lines, follow=args.follow,
+                        as_json=args.json)
+        except NoSuchChild as exc:  # a typo in PATH, or a supervisor's path: usage
+            print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return EXIT_OK
+        except BrokenPipeError:  # `logs -f | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
+
+
 def _completion(args: argparse.Namespace) -> int:
     try:
         import shtab
@@ -486,5 +550,6 @@ _COMMANDS = {
     "top": _top,
     "events": _events,
     "reload": _reload,
+    "logs": _logs,
     "completion": _completion,
 }

@@ -28,6 +28,7 @@ from strategies.matrix import DEFAULT_MATRIX, MatrixError, override_matrix
 
 from ._config_schema import (
     CHILD_TYPES,
+    LOGS,
     METRICS,
     POOL,
     PROGRAM,
@@ -54,7 +55,7 @@ from .specs import (
     resolve_worker,
 )
 
-__all__ = ["load", "load_service", "loads", "format_tree"]
+__all__ = ["load", "load_service", "load_logs", "loads", "format_tree"]
 
 # tomllib ends its messages with the position: " (at line 3, column 12)" or, when the
 # parser ran off the end, " (at end of document)".
@@ -91,6 +92,30 @@ def load_service(path: str | os.PathLike) -> tuple[SupervisorSpec, MetricsOption
             raise ConfigError(f"expected a table, got {describe(table)}", field="metrics")
         check_table(table, METRICS, "metrics")
         return spec, MetricsOptions(**table)
+    except ConfigError as exc:
+        raise ConfigError(_message(exc), field=exc.field, value=exc.value, file=file) from exc
+
+
+def load_logs(path: str | os.PathLike) -> Any:
+    """The file's ``[logs]`` table as a `supervisor.LogOptions` (None when it has none);
+    relative paths in it are taken from the file's directory.
+
+    Raises ConfigError (with `file` set) for a bad table: an unknown key, a wrong type, a
+    bad size, compression or format.
+    """
+    from .logoptions import LogOptions
+
+    file = os.fsdecode(path)
+    table = _parse(_read(file), file).get("logs")
+    if table is None:
+        return None
+    try:
+        if not isinstance(table, dict):
+            raise ConfigError(f"expected a table, got {describe(table)}", field="logs")
+        check_table(table, LOGS, "logs")
+        base = os.path.dirname(os.path.abspath(file))
+        where = {key: os.path.join(base, table[key]) for key in ("dir", "file") if key in table}
+        return LogOptions(**{**table, **where})
     except ConfigError as exc:
         raise ConfigError(_message(exc), field=exc.field, value=exc.value, file=file) from exc
 

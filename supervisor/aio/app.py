@@ -42,18 +42,22 @@ ChildInfo = P.ChildInfo
 
 
 def start(spec: SupervisorSpec, *, timeout: float | None = 60.0,
-          calls_in_flight: int = CALLS_IN_FLIGHT) -> _Opening:
+          calls_in_flight: int = CALLS_IN_FLIGHT, logs: Any = None) -> _Opening:
     """Start `spec` as a tree of processes from a running event loop.
 
     ``async with start(spec) as app:`` stops the tree when the block ends;
     ``app = await start(spec)`` leaves that to ``await app.stop()``. Returns once every
     child's `init` returned; raises StartError as `supervisor.start` does (no process is
     left behind then). `calls_in_flight` is the limit per worker channel (backpressure).
+    `logs`: per-child log files, as for `supervisor.start` (the same errors).
     """
+    from ..logoptions import prepare
+
     if not isinstance(spec, SupervisorSpec):
         raise TypeError(f"start() expects a Supervisor(...) spec, got {type(spec).__name__}")
     _check_limit(calls_in_flight)
-    return _Opening(lambda: _start(spec, timeout, calls_in_flight))
+    prepare(logs)
+    return _Opening(lambda: _start(spec, timeout, calls_in_flight, logs))
 
 
 def connect(path: str | os.PathLike | None = None, *, timeout: float = 5.0,
@@ -91,13 +95,14 @@ class _Opening:
         await self._app.close()
 
 
-async def _start(spec: SupervisorSpec, timeout: float | None, limit: int) -> App:
+async def _start(spec: SupervisorSpec, timeout: float | None, limit: int,
+                 logs: Any = None) -> App:
     loop = asyncio.get_running_loop()
     telemetry.attach_default_reporter(thread=True)  # its log must not hold up the tree
     sync = blocking.App(spec)
     app = App(sync, loop, limit)
     link = sync._link
-    ready = link.launch(spec)
+    ready = link.launch(spec, logs)
     try:
         await asyncio.wait_for(asyncio.wrap_future(ready), timeout)
     except TimeoutError:

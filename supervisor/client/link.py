@@ -104,9 +104,9 @@ class RootLink:
         self._kill_asked = False  # `kill_root` was called (maybe before the root existed)
 
     # ------------------------------------------------------------------ the root
-    def boot(self, spec: Any, timeout: float | None) -> None:
+    def boot(self, spec: Any, timeout: float | None, logs: Any = None) -> None:
         """Start the root for `spec` and wait until the tree is up. Raises StartError."""
-        self.launch(spec)
+        self.launch(spec, logs)
         try:
             self._ready.result(timeout)
         except FutureTimeout:
@@ -117,11 +117,12 @@ class RootLink:
             self.wait_gone()
             raise
 
-    def launch(self, spec: Any) -> Future:
+    def launch(self, spec: Any, logs: Any = None) -> Future:
         """Start the root for `spec` without waiting: the returned future is set once the
-        tree is up, or fails with StartError (`boot` waits on it; so can an event loop)."""
+        tree is up, or fails with StartError (`boot` waits on it; so can an event loop).
+        `logs`: the tree's `LogOptions` (None: children's output goes to stderr)."""
         blob = pickle.dumps(spec)
-        boot = pickle.dumps({"prep": _prep_data(blob), "spec": blob})
+        boot = pickle.dumps({"prep": _prep_data(blob), "spec": blob, "logs": logs})
         self._thread = threading.Thread(target=self._run_reader, args=(boot,),
                                         name=f"supervisor-app-{self.name}", daemon=True)
         self._thread.start()

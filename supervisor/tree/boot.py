@@ -62,7 +62,10 @@ def main() -> int:
 
         multiprocessing.spawn.prepare(boot["prep"])
     spec = pickle.loads(boot["spec"])
+    from .childlog import install
     from .process import SupervisorProcess
+
+    install(boot.get("logs"))  # before any child starts: they inherit it
 
     return SupervisorProcess(spec, "", sock, root=True).main()
 

@@ -30,6 +30,7 @@ from strategies.matrix import override_matrix
 
 from ..wire import messages as P
 from ..wire.framing import send_frame
+from .childlog import ChildLogs
 from .health import Monitors
 from .launch import ProcessLauncher, ProgramLauncher, drain, launcher_for
 from .loop import Loop
@@ -71,6 +72,7 @@ class Children:
         self.on_up: Callable[[ChildSlot], None] = lambda slot: None
         self.closing = False  # set once the supervisor stops: exits are no longer decided
         self.captures: set[Capture] = set()  # children's output pipes, read until EOF
+        self.logs = ChildLogs(loop)  # what is kept of their output: files, tails
         self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
         self._ids = itertools.count(1)
         self._scan_due = False  # a scan for orphans is scheduled (see `_forget`)
@@ -88,6 +90,7 @@ class Children:
 
     def remove(self, slot: ChildSlot) -> None:
         self.slots.remove(slot)
+        self.logs.forget(slot.path)
 
     def find(self, child_id: str) -> ChildSlot | None:
         for slot in self.slots:
@@ -193,7 +196,8 @@ class Children:
     def _fork(self, slot: ChildSlot, hold: bool = False) -> None:
         # Workers' and programs' output is captured; a child supervisor's own log lines
         # go straight to our stderr (capturing them would wrap every line twice).
-        capture = Capture(slot.path) if slot.kind == "worker" else None
+        capture = Capture(slot.path, self.logs.get(slot.path)) if slot.kind == "worker" \
+            else None
         self.captures = {c for c in self.captures if c.partial}  # forget finished pipes
         keep = capture.child_fds() if capture is not None else []
         try:
@@ -260,6 +264,7 @@ class Children:
     def close_captures(self) -> None:
         for capture in list(self.captures):
             capture.close()  # log the last lines the stopped children wrote
+        self.logs.close()  # then close their files
 
     def _unwatch(self, slot: ChildSlot) -> None:
         if slot.ctrl is not None:

@@ -1,7 +1,11 @@
 """Log capture: a child's stdout and stderr, read by its supervisor and logged line by line.
 
-    child fd 1 ──pipe──▶ supervisor loop ──▶ loguru  (child=<path>, stream=stdout)
-    child fd 2 ──pipe──▶ supervisor loop ──▶ loguru  (child=<path>, stream=stderr)
+    child fd 1 ──pipe──▶ supervisor loop ──▶ ChildLog  (stream=stdout)
+    child fd 2 ──pipe──▶ supervisor loop ──▶ ChildLog  (stream=stderr, or a worker's own
+                                                         record: stream=log)
+
+The child's `ChildLog` (childlog.py) writes each line to the child's log file, to loguru
+(the tree's log, tagged ``child=<path>``) or both, and keeps the last ones for `logs`.
 
 The read ends are non-blocking and read from the supervisor's selector loop, so a chatty
 child never blocks it. A pipe is read until EOF, not until the child's exit is reaped: the
@@ -15,11 +19,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from loguru import logger
-
 from ..runtime.log import parse
 
 if TYPE_CHECKING:
+    from .childlog import ChildLog
     from .loop import Loop
 
 __all__ = ["Capture", "MAX_LINE"]
@@ -29,11 +32,12 @@ _LEVELS = {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}
 
 
 class Capture:
-    """The two pipes of one child process. Make it before fork; call `in_child()` in the
-    child and `in_parent(loop)` in the supervisor."""
+    """The two pipes of one child process, whose lines go to `log`. Make it before fork;
+    call `in_child()` in the child and `in_parent(loop)` in the supervisor."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, log: ChildLog) -> None:
         self.path = path
+        self.log = log
         self.out_r, self.out_w = os.pipe()
         try:
             self.err_r, self.err_w = os.pipe()
@@ -68,6 +72,7 @@ class Capture:
         os.close(self.out_w)
         os.close(self.err_w)
         self.loop = loop
+        self.log.attach()
         for fd in self.partial:
             os.set_blocking(fd, False)
             loop.add_reader(fd, lambda fd=fd: self._read(fd))
@@ -101,13 +106,15 @@ class Capture:
         if self.loop is not None:
             self.loop.remove_reader(fd)
         os.close(fd)
+        if not self.partial and self.loop is not None:
+            self.log.detach()
 
     def _log(self, fd: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
         stream = self.streams[fd]
         record = parse(text) if stream == "stderr" else None
         if record is None:  # plain output: logged as it is, at INFO
-            logger.bind(child=self.path, stream=stream).info("[{}] {}", self.path, text)
+            self.log.write(stream, "INFO", text)
             return
         # A record of the worker's own logger (`runtime.log`): its level and fields.
         message = record["message"]
@@ -115,8 +122,7 @@ class Capture:
             message = f"{message}\n{record['exception'].rstrip()}"
         extra = record.get("extra") if isinstance(record.get("extra"), dict) else {}
         level = record.get("level") if record.get("level") in _LEVELS else "INFO"
-        logger.bind(**{**extra, "child": self.path, "stream": "log"}).log(
-            level, "[{}] {}", self.path, message)
+        self.log.write("log", level, message, extra)
 
     def close(self) -> None:
         """The supervisor is leaving: log what can be read now, then drop both pipes."""

@@ -26,6 +26,7 @@ from strategies.matrix import ErrorCategory
 from ..errors import ConfigError
 from ..specs import ChildSpec, ProgramSpec, SupervisorSpec
 from ..wire import messages as P
+from . import childlog
 from .children import Children
 from .health import Monitors
 from .recovery import Recovery
@@ -66,6 +67,8 @@ class Requests:
                 self.shutdown("normal")
             case P.OpenChannel() | P.GetMetrics():
                 self._route(msg, origin, fd, to_worker=True)
+            case P.Logs():
+                childlog.route(self.children, self.uplink, msg, origin)
             case P.WhichChildren() | P.CountChildren() | P.GetStatus() | P.StartChild() | \
                     P.TerminateChild() | P.RestartChild() | P.DeleteChild() | P.ReportFailure() | \
                     P.SignalChild() | P.ReplaceChild() | P.RefreshCode():

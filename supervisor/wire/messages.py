@@ -41,6 +41,8 @@ Control channel (`ControlMessage`, `CONTROL_CODEC`): supervisor <-> child, App <
     Shutdown        z    App -> root               stop the whole tree
     Reload          H    client -> service root    re-read the tree file, apply the difference
     ApplySpec       U    supervisor -> child sup.  a reload: the child supervisor's new spec
+    Logs            L    App -> supervisor -> ...  the output a worker's or program's
+                         (down the tree)           supervisor kept: a `LogChunk` answer
     Response        y    supervisor -> App         the answer to request `id`
     ErrorResponse   Y    supervisor -> App         request `id` failed: error class name + fields
     Event           E    child/supervisor -> App   telemetry, forwarded up the tree
@@ -94,8 +96,12 @@ __all__ = [
     "Response",
     "ErrorResponse",
     "Event",
+    "Logs",
+    "LOGS_WAIT",
     "ControlMessage",
     "ChildInfo",
+    "LogLine",
+    "LogChunk",
     "CALL_CODEC",
     "CONTROL_CODEC",
 ]
@@ -420,6 +426,28 @@ class Event(_Message, tag="E"):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+LOGS_WAIT = 25.0
+"""Seconds a `Logs` request with `wait` is held at most before it is answered empty."""
+
+
+class Logs(_Message, tag="L"):
+    """The output kept of the worker or program at `path` (relative to the receiver),
+    answered with a `LogChunk` by the supervisor that captures it.
+
+    `after` < 0: the last `lines` lines. Otherwise the lines numbered `after` and later
+    (`after` is the `next` of the previous chunk) of the kept output `epoch` names; a
+    different epoch (the capturing supervisor was restarted) reads from its start. With
+    `wait`, an answer that would be empty waits for the next line (at most `LOGS_WAIT`
+    seconds, then it is sent empty and the reader asks again)."""
+
+    id: int
+    path: str
+    lines: int = 50
+    after: int = -1
+    wait: bool = False
+    epoch: str = ""
+
+
 ControlMessage = (
     Ready
     | StartFailed
@@ -448,6 +476,7 @@ ControlMessage = (
     | Response
     | ErrorResponse
     | Event
+    | Logs
 )
 
 
@@ -473,6 +502,30 @@ class ChildInfo(msgspec.Struct, frozen=True):
     circuit: str = "closed"
     retry_at: float | None = None
     reason: str | None = None
+
+
+class LogLine(msgspec.Struct, frozen=True, array_like=True):
+    """One captured line (not a message): its number in the kept output, `time.time()`
+    when it was read, `stream` (stdout, stderr, or log: a worker's own record), `level`,
+    the text."""
+
+    seq: int
+    time: float
+    stream: str
+    level: str
+    message: str
+
+
+class LogChunk(msgspec.Struct, frozen=True):
+    """The answer to `Logs` (a map inside `Response.value`; rebuild it with
+    ``msgspec.convert(value, LogChunk)``): `lines` in order, `next` (the `after` of the
+    next request), `dropped` (lines between the request's `after` and the first line here
+    that fell out of the kept tail before anyone read them) and the kept output's `epoch`."""
+
+    epoch: str
+    next: int
+    dropped: int = 0
+    lines: list[LogLine] = msgspec.field(default_factory=list)
 
 
 CALL_CODEC = Codec(CallMessage, name="call")

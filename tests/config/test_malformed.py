@@ -106,7 +106,7 @@ EXPECTED = {
         ': tree.children[0].template: template is only for simple_one_for_one, got '
         "strategy='one_for_all'",
     'top_level_unknown_table.toml':
-        ": server: unknown top-level key 'server'; expected one of tree, errors, metrics",
+        ": server: unknown top-level key 'server'; expected one of tree, errors, metrics, logs",
     'tree_array_of_tables.toml': ": tree: expected a table, got array [{'id': 'root'}]",
     'tree_not_table.toml': ": tree: expected a table, got string 'root'",
     'type_children_table.toml':

@@ -78,6 +78,7 @@ CONTROL_SAMPLES = [
     p.Response(_int(), [_payload(), fake.pyint()]),
     p.ErrorResponse(_int(), "NoSuchChild", fake.sentence(), {"path": _path()}),
     p.Event(["supervisor", "child", "restarted"], {"duration": fake.pyfloat()}, _payload()),
+    p.Logs(_int(), _path(), 50, _int(), True, _word()),
 ]
 
 
