@@ -43,6 +43,10 @@ CLOSE_GRACE = 2.0  # seconds a leaving worker waits for its callers to see its n
 def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
           matrix: Any = None) -> int:
     """Run a worker child to completion; returns the process exit code."""
+    if spec.backend == "ray":  # Ray is imported only here, in the child, never before fork
+        from .raybridge import serve as serve_bridge
+
+        return serve_bridge(spec, path, restarts, ctrl, matrix)
     ctrl.setblocking(True)
     worker = spec.worker_class()
     worker.id = spec.id

@@ -1,0 +1,41 @@
+"""Workers the Ray tests run on both backends (importable on the cluster's workers)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from supervisor import Worker
+
+
+class Counter(Worker):
+    def init(self, start: int = 0) -> None:
+        self.n = start
+
+    def incr(self, k: int = 1) -> int:
+        self.n += k
+        return self.n
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def boom(self, message: str = "bad input") -> None:
+        raise ValueError(message)
+
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def unencodable(self) -> object:
+        return object()
+
+    def restarts_seen(self) -> int:
+        return self.restarts
+
+    def quit(self, reason: str = "normal") -> None:
+        self.stop(reason)
+
+
+class FailingInit(Worker):
+    def init(self) -> None:
+        raise RuntimeError("no model file at /models/x")
