@@ -39,3 +39,16 @@ class Counter(Worker):
 class FailingInit(Worker):
     def init(self) -> None:
         raise RuntimeError("no model file at /models/x")
+
+
+def _signal_arrival(fifo: str) -> None:
+    with open(fifo, "w") as f:
+        f.write("x")
+
+
+class Slow(Counter):
+    def busy(self, fifo: str, seconds: float) -> str:
+        """Tell the test the call arrived (through a FIFO), then take `seconds`."""
+        _signal_arrival(fifo)
+        time.sleep(seconds)
+        return "done"
