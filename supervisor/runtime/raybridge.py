@@ -137,9 +137,13 @@ class Bridge:
         if not address:
             return ("initialization_error", "NoRayCluster",
                     "no Ray cluster to join: set ray_address on the tree (or RAY_ADDRESS)", "")
-        import ray
-        from ray.exceptions import RayError
-
+        try:
+            import ray
+            from ray.exceptions import RayError
+        except ImportError as exc:
+            return ("initialization_error", "ImportError",
+                    f"backend='ray' needs Ray here: pip install 'otp-supervisor[ray]' ({exc})",
+                    "")
         from .rayhost import CONCURRENCY_GROUPS, Host
 
         options = self.spec.ray_options
