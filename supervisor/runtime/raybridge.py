@@ -92,7 +92,9 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket, matrix: Any 
         send_frame(ctrl, P.CONTROL_CODEC.encode(P.StartFailed(
             path=path, category=category, type=kind, message=message, traceback=tb)))
         return 1
-    send_frame(ctrl, P.CONTROL_CODEC.encode(P.Ready(pid=os.getpid())))
+    node_id, node_ip, _ = bridge.node
+    send_frame(ctrl, P.CONTROL_CODEC.encode(P.Ready(pid=os.getpid(), node_ip=node_ip,
+                                                    node_id=node_id)))
     return bridge.run()
 
 

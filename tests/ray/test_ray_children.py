@@ -18,6 +18,7 @@ from supervisor import (
     CallTimeout,
     CommandError,
     EncodeError,
+    Pool,
     StartError,
     Supervisor,
     WorkerCrashed,
@@ -232,3 +233,17 @@ def test_stopping_the_tree_leaves_no_actor_alive(ray_cluster, start_tree):
     for name in names:
         assert ray_cluster.ctl("wait_dead", name=name)
     assert not set(names) & set(ray_cluster.ctl("names"))
+
+
+def test_a_pool_of_ray_workers_serves_pipelined_calls_and_reports_nodes(ray_cluster,
+                                                                        start_tree):
+    app = start_tree(tree(ray_cluster, Pool("models", Counter, size=2, backend="ray",
+                                            ray_options={"num_cpus": 0.5})))
+    pool = app.pool("models")
+    futures = [pool.submit("incr", 1) for _ in range(40)]
+    assert sorted(f.result(timeout=60) for f in futures)[-1] <= 40
+    assert sum(pool.map("incr", [0, 0])) >= 2
+    status = app.status()
+    workers = status["children"][0]["children"]
+    assert [(w["path"], w["node"]["ip"]) for w in workers] == [
+        ("models/models-0", "127.0.0.1"), ("models/models-1", "127.0.0.1")]
