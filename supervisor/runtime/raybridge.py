@@ -314,7 +314,10 @@ class Bridge:
             error = future.exception()
             if kind == "watch":
                 self._on_watch(error, future)
-                return
+                continue
+            if kind == "terminated":  # after a stop of its own: every earlier reply is in
+                self.exit = P.Exit(reason=data)
+                continue
             if kind == "pong":
                 if error is None:
                     self._send_control(P.Pong(seq=data, healthy=bool(future.result())))
@@ -336,11 +339,13 @@ class Bridge:
 
     def _on_watch(self, error: BaseException | None, future: Any) -> None:
         if error is None:
-            # The worker stopped itself (self.stop, sys.exit in a command): its terminate
-            # hook runs, then the actor is ended and we report its reason.
+            # The worker stopped itself (self.stop, sys.exit in a command), maybe in the
+            # middle of a command whose reply is not in yet. Its terminate hook is queued
+            # behind the calls already sent (an actor runs them in order), so once it is
+            # done every earlier reply has been forwarded; the actor answers calls that
+            # arrive meanwhile with NotRun, as a leaving local worker does.
             reason = future.result()
-            self._terminate(reason)
-            self.exit = P.Exit(reason=reason)
+            self._when_done("terminated", reason, self.actor.terminate.remote(reason))
             return
         category, kind, message, tb = classify(error)
         # ActorUnavailableError means "maybe alive" (its raylet is unreachable): kill it

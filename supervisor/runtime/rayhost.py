@@ -59,12 +59,14 @@ class Host:
     def handle(self, frame: bytes) -> bytes | None:
         """Run one Call or Cast frame; returns the reply frame (None for a cast)."""
         (msg,) = self.reader.feed(frame)
+        if self.worker.stopping.is_set():  # leaving: never run, safe to send elsewhere
+            return self.callers._not_run(msg, getattr(self.worker, "_stop_reason", "normal"))
         try:
             return self.callers._handle(msg)
         except SystemExit as exc:  # the worker leaves on its own: released through watch
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             self.worker.stop("normal" if code == 0 else f"exit_code_{code}")
-            return None if msg.id is None else P.CALL_CODEC.encode(P.Fail(
+            return None if not isinstance(msg, P.Call) else P.CALL_CODEC.encode(P.Fail(
                 id=msg.id, category="python_error", type="SystemExit",
                 message=f"the worker exited with code {code}", traceback=""))
 

@@ -46,7 +46,7 @@ def _group_alive(pgid: int) -> bool:
 
 def _end_group(pgid: int) -> None:
     """SIGTERM the session's process group, SIGKILL what is left after a grace."""
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:

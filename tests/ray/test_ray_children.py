@@ -247,3 +247,16 @@ def test_a_pool_of_ray_workers_serves_pipelined_calls_and_reports_nodes(ray_clus
     workers = status["children"][0]["children"]
     assert [(w["path"], w["node"]["ip"]) for w in workers] == [
         ("models/models-0", "127.0.0.1"), ("models/models-1", "127.0.0.1")]
+
+
+def test_a_ray_worker_that_stops_itself_exits_with_its_reason(ray_cluster, start_tree,
+                                                              events):
+    app = start_tree(tree(ray_cluster, child("remote", Slow, backend="ray",
+                                             restart="transient"),
+                          child("local", Counter)))
+    name = actor_of(app, "remote")
+    app.call("remote", "quit", "normal")
+    exited = events.wait_count("exited", 1, "remote", timeout=30)
+    assert (exited[0]["reason"], exited[0]["category"]) == ("normal", None)
+    assert {i.id: i.state for i in app.which_children()}["remote"] == "stopped"
+    assert ray_cluster.ctl("wait_dead", name=name)
