@@ -22,9 +22,8 @@ import time
 
 import pytest
 
-if importlib.util.find_spec("ray") is None:
-    pytest.skip("Ray is not installed (pip install 'otp-supervisor[ray]')",
-                allow_module_level=True)
+NO_RAY = importlib.util.find_spec("ray") is None
+NO_RAY_REASON = "Ray is not installed (pip install 'otp-supervisor[ray]')"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RAY_ENV = {

@@ -26,8 +26,10 @@ from supervisor import (
 )
 
 from ._workers import Counter, FailingInit, Slow
+from .conftest import NO_RAY, NO_RAY_REASON
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120),
+              pytest.mark.skipif(NO_RAY, reason=NO_RAY_REASON)]
 
 NAMESPACE = "otp-supervisor"
 

@@ -8,8 +8,10 @@ import json
 import pytest
 
 from .._service import ROOT, running
+from .conftest import NO_RAY, NO_RAY_REASON
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120),
+              pytest.mark.skipif(NO_RAY, reason=NO_RAY_REASON)]
 
 TREE = """
 [tree]
