@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from supervisor import Worker
+from supervisor import Worker, idempotent
 
 
 class Counter(Worker):
@@ -52,3 +52,14 @@ class Slow(Counter):
         _signal_arrival(fifo)
         time.sleep(seconds)
         return "done"
+
+    @idempotent
+    def slow_once(self, fifo: str, marker: str) -> str:
+        """The first call leaves a marker, says it arrived and hangs; a re-sent one returns."""
+        if os.path.exists(marker):
+            return "again"
+        with open(marker, "w"):
+            pass
+        _signal_arrival(fifo)
+        time.sleep(60)
+        return "first"

@@ -156,14 +156,14 @@ def test_intensity_counts_restarts_of_both_kinds_and_escalates(ray_cluster, star
 
 
 @pytest.fixture(params=["local", "ray"])
-def backend_app(request, start_tree):
-    """The same tree with its worker on either backend: calls behave the same."""
+def backend_app(request, ray_cluster, start_tree):
+    """The same tree with its worker on either backend: calls behave the same. (The
+    cluster is requested for both so it is up before any test's process check starts.)"""
     options = {}
+    address = None
     if request.param == "ray":
         options = {"backend": "ray"}
-        address = request.getfixturevalue("ray_cluster").address
-    else:
-        address = None
+        address = ray_cluster.address
     return start_tree(Supervisor("root", ray_address=address, children=[
         child("w", Slow, kwargs={"start": 10}, call_timeout=60.0, **options)]))
 
@@ -224,6 +224,30 @@ def test_a_call_in_flight_when_the_worker_dies_raises_worker_crashed(
     assert outcome["error"].category == "connection_error"
     events.wait_count("restarted", 1, "w", timeout=60)
     assert backend_app.call("w", "incr") == 11
+
+
+def test_an_idempotent_call_in_flight_is_re_sent_to_the_replacement(backend_app, events,
+                                                                     tmp_path):
+    worker_pid = backend_app.call("w", "pid")
+    fifo, marker = str(tmp_path / "arrived"), str(tmp_path / "marker")
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    outcome = {}
+
+    def call() -> None:
+        outcome["value"] = backend_app.call("w", "slow_once", fifo, marker, timeout=60)
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        ready, _, _ = select.select([fd], [], [], 30)
+        assert ready, "the call never reached the worker"
+    finally:
+        os.close(fd)
+    os.kill(worker_pid, signal.SIGKILL)
+    t.join(60)
+    assert outcome.get("value") == "again"  # re-sent, answered by the replacement
+    events.wait_count("restarted", 1, "w", timeout=60)
 
 
 def test_stopping_the_tree_leaves_no_actor_alive(ray_cluster, start_tree):
