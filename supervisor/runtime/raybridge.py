@@ -34,6 +34,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 from time import perf_counter
 from typing import Any
 
@@ -150,11 +151,19 @@ class Bridge:
 
         options = self.spec.ray_options
         timeout = options.start_timeout if options is not None else 60.0
+        # ray.init retries an unreachable cluster for minutes, and our supervisor waits
+        # for our Ready without a deadline of its own: the join gets `timeout` seconds,
+        # enforced from a timer thread (the main thread is inside Ray's C code then).
+        watchdog = threading.Timer(timeout, self._join_timed_out, args=(address, timeout))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                      configure_logging=False)
         except (ConnectionError, RayError, RuntimeError, ValueError) as exc:
+            watchdog.cancel()
             return "connection_error", type(exc).__name__, f"cannot join {address}: {exc}", ""
+        watchdog.cancel()
         # ray.init installed its own SIGTERM handler: a SIGTERM (the supervisor's stop
         # grace running out) must end this process at once; Ray then kills the actor of
         # the driver that died.
@@ -182,6 +191,14 @@ class Bridge:
         watch = self.actor.watch.remote()
         self._when_done("watch", None, watch)
         return None
+
+    def _join_timed_out(self, address: str, timeout: float) -> None:
+        """The timer thread: the cluster did not answer in time; report it and leave."""
+        send_frame(self.ctrl, P.CONTROL_CODEC.encode(P.StartFailed(
+            path=self.path, category="connection_error", type="RayJoinTimeout",
+            message=f"could not join the Ray cluster at {address} within {timeout:g} s "
+                    "(ray_options.start_timeout)")))
+        os._exit(1)
 
     def _when_done(self, kind: str, data: Any, ref: Any) -> None:
         """Queue `ref`'s outcome for the loop once Ray has it (called on Ray's thread)."""
@@ -359,7 +376,8 @@ class Bridge:
         from ray.exceptions import GetTimeoutError, RayError
 
         shutdown = self.spec.shutdown
-        timeout = None if shutdown == "infinity" else float(shutdown) / 2
+        # Within the first part of the grace: its supervisor sends SIGTERM at half of it.
+        timeout = None if shutdown == "infinity" else float(shutdown) * 0.4
         try:
             ray.get(self.actor.terminate.remote(reason), timeout=timeout)
         except (GetTimeoutError, RayError) as exc:  # gone or too slow: it is killed next

@@ -286,3 +286,12 @@ def test_a_ray_worker_that_stops_itself_exits_with_its_reason(ray_cluster, start
     assert (exited[0]["reason"], exited[0]["category"]) == ("normal", None)
     assert {i.id: i.state for i in app.which_children()}["remote"] == "stopped"
     assert ray_cluster.ctl("wait_dead", name=name)
+
+
+def test_an_unreachable_cluster_fails_the_start_within_the_start_timeout(start_tree):
+    # Nothing listens on port 1: ray.init alone would keep retrying for minutes.
+    with pytest.raises(StartError, match=r"^child 'remote' failed to start "
+                                         r"\(connection_error\): RayJoinTimeout: could not "
+                                         r"join the Ray cluster at 127\.0\.0\.1:1 within 3 s"):
+        start_tree(Supervisor("root", ray_address="127.0.0.1:1", children=[
+            child("remote", Counter, backend="ray", ray_options={"start_timeout": 3})]))
