@@ -35,9 +35,10 @@ class RayOptions:
     tree's import path to its ``env_vars`` PYTHONPATH so the Worker class imports on the
     cluster's workers); `scheduling_strategy` is ``"DEFAULT"`` or ``"SPREAD"``; `node_id`
     pins the actor to one node (node affinity; `soft` lets Ray place it elsewhere when that
-    node is gone). `start_timeout`: seconds the actor has to be scheduled and finish
-    `init`; past it the start fails as a resource_error (an actor that asks for more than
-    the cluster has stays pending forever otherwise).
+    node is gone). `start_timeout`: seconds to join the cluster (past it: a start failure,
+    connection_error), then seconds the actor has to be scheduled and finish `init` (past
+    it: a start failure, resource_error; an actor that asks for more than the cluster has
+    stays pending forever otherwise).
     """
 
     num_cpus: float | None = None
