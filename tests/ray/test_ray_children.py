@@ -295,3 +295,14 @@ def test_an_unreachable_cluster_fails_the_start_within_the_start_timeout(start_t
                                          r"join the Ray cluster at 127\.0\.0\.1:1 within 3 s"):
         start_tree(Supervisor("root", ray_address="127.0.0.1:1", children=[
             child("remote", Counter, backend="ray", ray_options={"start_timeout": 3})]))
+
+
+def test_a_bridge_killed_outright_takes_its_actor_with_it(ray_cluster, start_tree, events):
+    app = start_tree(tree(ray_cluster, child("remote", Counter, backend="ray")))
+    name = actor_of(app, "remote")
+    os.kill(pids(app)["remote"], signal.SIGKILL)  # no chance to ray.kill: Ray ends it
+    assert ray_cluster.ctl("wait_dead", name=name, timeout=20)
+    exited = events.wait_count("exited", 1, "remote", timeout=30)
+    assert (exited[0]["reason"], exited[0]["category"]) == ("killed", "connection_error")
+    events.wait_count("restarted", 1, "remote", timeout=60)
+    assert app.call("remote", "incr") == 1
