@@ -63,3 +63,10 @@ class Slow(Counter):
         _signal_arrival(fifo)
         time.sleep(60)
         return "first"
+
+
+class FailsWhenMarked(Counter):
+    def init(self, marker: str) -> None:
+        if os.path.exists(marker):
+            raise RuntimeError(f"{marker} says broken")
+        super().init()

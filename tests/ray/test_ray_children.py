@@ -16,6 +16,7 @@ import pytest
 
 from supervisor import (
     CallTimeout,
+    CircuitOpen,
     CommandError,
     EncodeError,
     Pool,
@@ -25,7 +26,7 @@ from supervisor import (
     child,
 )
 
-from ._workers import Counter, FailingInit, Slow
+from ._workers import Counter, FailingInit, FailsWhenMarked, Slow
 from .conftest import NO_RAY, NO_RAY_REASON
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120),
@@ -306,3 +307,23 @@ def test_a_bridge_killed_outright_takes_its_actor_with_it(ray_cluster, start_tre
     assert (exited[0]["reason"], exited[0]["category"]) == ("killed", "connection_error")
     events.wait_count("restarted", 1, "remote", timeout=60)
     assert app.call("remote", "incr") == 1
+
+
+def test_a_ray_child_whose_restarts_fail_opens_its_circuit_then_closes_it(
+        ray_cluster, start_tree, events, tmp_path):
+    marker = tmp_path / "broken"
+    app = start_tree(tree(ray_cluster, child(
+        "f", FailsWhenMarked, backend="ray", kwargs={"marker": str(marker)},
+        stable_after=0.5, circuit_timeout=1.0,
+        errors={"initialization_error": {"max_retries": 1, "backoff": "none"}}),
+        child("local", Counter), max_restarts=10, max_seconds=60))
+    local = pids(app)["local"]
+    marker.touch()
+    ray_cluster.ctl("kill", name=actor_of(app, "f"))
+    events.wait_count("circuit_opened", 1, "f", timeout=60)
+    with pytest.raises(CircuitOpen, match=r"circuit of 'f' is open"):
+        app.call("f", "incr", retry=False)
+    assert pids(app)["local"] == local  # siblings untouched
+    marker.unlink()
+    events.wait_count("circuit_closed", 1, "f", timeout=60)
+    assert app.call("f", "incr") == 1
