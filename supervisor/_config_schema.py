@@ -134,6 +134,8 @@ _WORKER_OPTIONS = {
     "serializer": STRING,
     **_STABILITY,
     "env": TABLE,
+    "backend": STRING,
+    "ray_options": TABLE,
 }
 
 _SUPERVISOR_KEYS = {
@@ -149,6 +151,7 @@ _SUPERVISOR_KEYS = {
     "auto_shutdown": STRING,
     "significant": BOOLEAN,
     "errors": TABLE,
+    "ray_address": STRING,
 }
 
 WORKER = Kind(

@@ -412,12 +412,15 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def format_status(tree: dict[str, Any]) -> str:
-    """The status tree as a table: one row per node (and a REASON column, when a child
-    was abandoned, saying why)."""
+    """The status tree as a table: one row per node (a NODE column when a child runs on
+    a Ray cluster, and a REASON column, when a child was abandoned, saying why)."""
     from .observe.status import circuit_text, duration, walk
 
     header = ("PATH", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "CIRCUIT")
     nodes = list(walk(tree, 0))
+    placed = any(node.get("node") for node, _ in nodes)
+    if placed:
+        header += ("NODE",)
     reasons = any(node.get("reason") for node, _ in nodes)
     if reasons:
         header += ("REASON",)
@@ -430,6 +433,9 @@ def format_status(tree: dict[str, Any]) -> str:
             str(node.get("restarts", 0)), "-" if memory is None else f"{memory:.1f}M",
             circuit_text(node),
         )
+        if placed:
+            where = node.get("node")
+            row += (f"{where['ip']} {where['id'][:12]}" if where else "-",)
         rows.append(row + (node.get("reason") or "-",) if reasons else row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))

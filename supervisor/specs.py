@@ -37,6 +37,7 @@ from ._validate import (
     reject_unknown,
 )
 from .errors import ConfigError
+from .rayspec import RayOptions, check_backend, ray_options
 
 __all__ = [
     "ChildSpec",
@@ -121,6 +122,8 @@ class ChildSpec:
     circuit_timeout: float = 60.0
     env: Mapping[str, str] | None = None
     autostart: bool = True
+    backend: str = "local"
+    ray_options: RayOptions | None = attrs.field(default=None, converter=ray_options)
     # The resolved Worker class; derived from `worker`, never given by the user.
     worker_class: type = attrs.field(init=False, eq=False, repr=False)
 
@@ -151,6 +154,7 @@ class ChildSpec:
         check_number("stable_after", self.stable_after, minimum=0)
         check_number("circuit_timeout", self.circuit_timeout, minimum=0)
         check_errors(self.errors)
+        check_backend(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -232,6 +236,9 @@ class SupervisorSpec:
     auto_shutdown: str = "never"
     significant: bool = False
     errors: Mapping[str, Any] | None = None
+    # The Ray cluster its backend="ray" descendants join (RAY_ADDRESS for its subtree);
+    # None: the RAY_ADDRESS the supervisor inherited.
+    ray_address: str | None = None
 
     kind = "supervisor"
 
@@ -248,6 +255,11 @@ class SupervisorSpec:
         check_choice("auto_shutdown", self.auto_shutdown, AUTO_SHUTDOWN)
         check_significant(self.significant, self.restart)
         check_errors(self.errors)
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or
+                                             not self.ray_address):
+            raise ConfigError(f"expected a Ray address such as 'host:6379', got "
+                              f"{self.ray_address!r}", field="ray_address",
+                              value=self.ray_address)
         self._check_children()
 
     def _check_children(self) -> None:
@@ -351,15 +363,18 @@ def child(id: str, worker: type | str, *, args: Sequence[Any] = (),
           on_timeout: str = "restart", fallback: str | None = None,
           serializer: str = "msgpack", stable_after: float = 5.0,
           circuit_timeout: float = 60.0, env: Mapping[str, str] | None = None,
-          autostart: bool = True, **unknown: Any) -> ChildSpec:
+          autostart: bool = True, backend: str = "local",
+          ray_options: RayOptions | Mapping[str, Any] | None = None,
+          **unknown: Any) -> ChildSpec:
     """A worker child spec.
 
     `worker` is a Worker subclass or ``"package.module:Class"``; `args`/`kwargs` go to its
     `init`. `restart`: permanent | transient | temporary. `shutdown`: seconds of grace,
     ``"brutal_kill"`` or ``"infinity"``. `env` is added to the environment the worker
     inherits from its supervisor. `autostart=False`: declared, but started only by
-    `restart_child` (``python -m supervisor start PATH``). Raises ConfigError for any
-    invalid or unknown field.
+    `restart_child` (``python -m supervisor start PATH``). `backend="ray"` runs the worker
+    as a Ray actor placed by `ray_options` (see `RayOptions`), still supervised here.
+    Raises ConfigError for any invalid or unknown field.
     """
     reject_unknown(unknown, _CHILD_KEYS)
     return ChildSpec(
@@ -369,6 +384,7 @@ def child(id: str, worker: type | str, *, args: Sequence[Any] = (),
         call_timeout=call_timeout, on_timeout=on_timeout, fallback=fallback,
         serializer=serializer, stable_after=stable_after, circuit_timeout=circuit_timeout,
         env=dict(env) if env is not None else None, autostart=autostart,
+        backend=backend, ray_options=ray_options,
     )
 
 
@@ -404,7 +420,7 @@ def Supervisor(id: str, children: Sequence[Any] = (), *, strategy: str = "one_fo
                shutdown: float | str = "infinity", template: ChildSpec | None = None,
                max_children: int | None = None, auto_shutdown: str = "never",
                significant: bool = False, errors: Mapping[str, Any] | None = None,
-               **unknown: Any) -> SupervisorSpec:
+               ray_address: str | None = None, **unknown: Any) -> SupervisorSpec:
     """A supervisor spec (the root of a tree, or a nested supervisor process).
 
     Raises ConfigError for duplicate child ids, an unknown strategy, a missing template for
@@ -416,7 +432,7 @@ def Supervisor(id: str, children: Sequence[Any] = (), *, strategy: str = "one_fo
         id=id, children=tuple(children), strategy=strategy, max_restarts=max_restarts,
         max_seconds=max_seconds, restart=restart, shutdown=shutdown, template=template,
         max_children=max_children, auto_shutdown=auto_shutdown, significant=significant,
-        errors=errors,
+        errors=errors, ray_address=ray_address,
     )
 
 

@@ -44,12 +44,15 @@ def _node(request: Request, path: str, raws: dict[str, dict[str, Any]]) -> dict[
             sub["restarts"] = info.restarts
             node["children"].append(sub)
             continue
-        node["children"].append({
+        entry = {
             "id": info.id, "path": info.path, "kind": info.kind, "state": info.state,
             "pid": info.pid, "restarts": info.restarts, "memory_mb": rss_mb(info.pid),
             "uptime": (time.time() - info.started_at) if info.started_at else None,
             "circuit": info.circuit, "retry_at": info.retry_at, "reason": info.reason,
-        })
+        }
+        if info.node_ip is not None:  # a Ray child: where its actor runs
+            entry["node"] = {"ip": info.node_ip, "id": info.node_id}
+        node["children"].append(entry)
     return node
 
 

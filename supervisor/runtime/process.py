@@ -84,6 +84,10 @@ def serve(spec: Any, path: str, restarts: int, ctrl: socket.socket,
     ctrl.setblocking(True)
     if hold and not _await_begin(ctrl):
         return 0  # let go of before its turn: it never ran init, nothing to report
+    if spec.backend == "ray":  # Ray is imported only here, in the child, never before fork
+        from .raybridge import serve as serve_bridge
+
+        return serve_bridge(spec, path, restarts, ctrl, matrix)
     worker = spec.worker_class()
     worker.id = spec.id
     worker.path = path

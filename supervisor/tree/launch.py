@@ -255,6 +255,7 @@ def await_ready(slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:
             match msg:
                 case P.Ready():
                     slot.ctrl.setblocking(False)
+                    slot.node = (msg.node_ip, msg.node_id) if msg.node_ip else None
                     # Frames read with the Ready are the running child's: a worker whose
                     # run() raises at once sends its Exit right behind it.
                     for later in msgs[index + 1:]:

@@ -91,6 +91,8 @@ class SupervisorProcess:
         self.parent = parent
         self.parent_reader = FrameReader(P.CONTROL_CODEC)
         self.root = root
+        if spec.ray_address is not None:  # inherited by the Ray bridges forked below us
+            os.environ["RAY_ADDRESS"] = spec.ray_address
         self.exit_detail: str | None = None
         # Called with the exit detail when the supervisor starts stopping (the service
         # root tells systemd); before any child is stopped.

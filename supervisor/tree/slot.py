@@ -104,6 +104,9 @@ class ChildSlot:
     # Why the matrix gave up on it: (category of that failure, a line for people). Set
     # exactly while the state is `abandoned`.
     abandoned: tuple[str, str] | None = None
+    # (node IP, Ray node id) of a backend="ray" child's actor: set from its Ready, None
+    # for a local child and whenever no process exists.
+    node: tuple[str, str] | None = None
 
     @property
     def id(self) -> str:
@@ -169,7 +172,7 @@ class ChildSlot:
             timer.cancel()
         self.timers.clear()
         self.last_run = time.monotonic() - self.ran_since if self.ran_since is not None else 0.0
-        self.pid = self.ctrl = self.reader = self.pidfd = None
+        self.pid = self.ctrl = self.reader = self.pidfd = self.node = None
         self.started_at = self.ran_since = None
 
     def info(self) -> P.ChildInfo:
@@ -178,7 +181,9 @@ class ChildSlot:
                            kind=self.kind, state=str(self.state), restarts=self.restarts,
                            path=self.path, started_at=self.started_at, circuit=self.circuit,
                            retry_at=self.retry_at,
-                           reason=self.abandoned[1] if self.abandoned else None)
+                           reason=self.abandoned[1] if self.abandoned else None,
+                           node_ip=self.node[0] if running and self.node else None,
+                           node_id=self.node[1] if running and self.node else None)
 
 
 @attrs.frozen

@@ -200,9 +200,14 @@ RESERVED_METHODS = frozenset({END_SESSION, BATCH})
 
 
 class Ready(_Message, tag="R"):
-    """The child at the other end finished `init` (a supervisor: all its children are up)."""
+    """The child at the other end finished `init` (a supervisor: all its children are up).
+
+    A ``backend="ray"`` child's bridge adds where its actor runs (node IP and Ray node id).
+    """
 
     pid: int
+    node_ip: str | None = None
+    node_id: str | None = None
 
 
 class StartFailed(_Message, tag="S"):
@@ -488,7 +493,8 @@ class ChildInfo(msgspec.Struct, frozen=True):
     not running; `started_at` is the `time.time()` of its last start; `circuit` is "closed",
     "open" or "half_open", and `retry_at` the `time.time()` of the next half-open trial while
     it is open; `reason` says why the matrix gave up on it while it is abandoned (None
-    otherwise). Rebuild from a decoded `Response.value` with
+    otherwise); `node_ip` / `node_id` say where a running ``backend="ray"`` child's actor
+    runs (None for a local child). Rebuild from a decoded `Response.value` with
     ``msgspec.convert(value, ChildInfo)`` (raises `msgspec.ValidationError` on a bad shape).
     """
 
@@ -502,6 +508,8 @@ class ChildInfo(msgspec.Struct, frozen=True):
     circuit: str = "closed"
     retry_at: float | None = None
     reason: str | None = None
+    node_ip: str | None = None
+    node_id: str | None = None
 
 
 class LogLine(msgspec.Struct, frozen=True, array_like=True):

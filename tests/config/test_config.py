@@ -100,13 +100,17 @@ def full_tree() -> SupervisorSpec:
         group="root", umask="027",
     )
     jobs = full_jobs()
-    workers = Supervisor("workers", [child("one", ECHO)], strategy="one_for_all", shutdown=60,
-                         auto_shutdown="all_significant")
+    one = child("one", ECHO, backend="ray", ray_options={
+        "num_cpus": 0.5, "num_gpus": 0, "memory": 1_000_000, "resources": {"accel": 1},
+        "runtime_env": {"env_vars": {"MODE": "ray"}}, "scheduling_strategy": "DEFAULT",
+        "node_id": "0123abcd", "soft": True, "start_timeout": 30})
+    workers = Supervisor("workers", [one], strategy="one_for_all", shutdown=60,
+                         auto_shutdown="all_significant", ray_address="ray-head.example:6379")
     pool = full_pool()
     return Supervisor(
         "root", [echo, sleeper, jobs, workers, pool], strategy="rest_for_one", max_restarts=7,
         max_seconds=12.5, restart="transient", shutdown=30, max_children=10,
-        auto_shutdown="any_significant", significant=False,
+        auto_shutdown="any_significant", significant=False, ray_address="127.0.0.1:6379",
         errors={"timeout_error": {"severity": "minor", "recovery": "immediate_retry",
                                   "max_retries": 4, "backoff": "fibonacci"},
                 "connection_error": {"backoff": [0.5, 1, 2.5]}},
@@ -163,11 +167,14 @@ def test_full_file_uses_every_key_of_every_kind():
     tables = _tables_of_kind(document)
     used = {kind: set().union(*map(set, group)) for kind, group in tables.items()}
     assert used["worker"] == set(WORKER.keys)
-    assert used["template"] == set(TEMPLATE.keys)
+    # A Ray child cannot take max_calls / max_memory_mb, which the template and the pool
+    # use: only the worker "one" shows backend and ray_options.
+    ray_keys = {"backend", "ray_options"}
+    assert used["template"] == set(TEMPLATE.keys) - ray_keys
     assert used["program"] == set(PROGRAM.keys)
     assert used["supervisor"] == set(SUPERVISOR.keys)
     # A pool cannot be significant (see the note at the top of full.toml).
-    assert used["pool"] == set(POOL.keys) - {"significant"}
+    assert used["pool"] == set(POOL.keys) - {"significant"} - ray_keys
     # The root's errors come from the top-level [errors] tables.
     assert used["root"] == set(ROOT.keys) - {"errors", "template"}
     assert set(document["errors"]) == {"timeout_error", "connection_error"}

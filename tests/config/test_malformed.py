@@ -131,13 +131,14 @@ EXPECTED = {
         ": tree.children[0].children[0].children[0].colour: unknown key 'colour'; expected one "
         'of id, type, worker, args, kwargs, restart, shutdown, significant, errors, heartbeat, '
         'heartbeat_timeout, max_memory_mb, max_calls, call_timeout, on_timeout, fallback, '
-        'serializer, stable_after, circuit_timeout, env, autostart',
+        'serializer, stable_after, circuit_timeout, env, backend, ray_options, autostart',
     'unknown_key_pool.toml':
         ": tree.children[0].strategy: unknown key 'strategy'; expected one of id, type, "
         'worker, size, max_overflow, checkout_timeout, max_restarts, max_seconds, args, '
         'kwargs, restart, shutdown, '
         'significant, errors, heartbeat, heartbeat_timeout, max_memory_mb, max_calls, '
-        'call_timeout, on_timeout, fallback, serializer, stable_after, circuit_timeout, env',
+        'call_timeout, on_timeout, fallback, serializer, stable_after, circuit_timeout, env, '
+        'backend, ray_options',
     'unknown_key_program.toml':
         ": tree.children[0].args: unknown key 'args'; expected one of id, type, command, cwd, "
         'env, stop_signal, restart, shutdown, significant, errors, stable_after, '
@@ -145,21 +146,21 @@ EXPECTED = {
     'unknown_key_root.toml':
         ": tree.max_restart: unknown key 'max_restart'; expected one of id, children, "
         'strategy, max_restarts, max_seconds, restart, shutdown, template, max_children, '
-        'auto_shutdown, significant, errors, directory',
+        'auto_shutdown, significant, errors, ray_address, directory',
     'unknown_key_supervisor.toml':
         ": tree.children[0].worker: unknown key 'worker'; expected one of id, type, children, "
         'strategy, max_restarts, max_seconds, restart, shutdown, template, max_children, '
-        'auto_shutdown, significant, errors',
+        'auto_shutdown, significant, errors, ray_address',
     'unknown_key_template.toml':
         ": tree.children[0].template.command: unknown key 'command'; expected one of id, "
         'worker, args, kwargs, restart, shutdown, significant, errors, heartbeat, '
         'heartbeat_timeout, max_memory_mb, max_calls, call_timeout, on_timeout, fallback, '
-        'serializer, stable_after, circuit_timeout, env',
+        'serializer, stable_after, circuit_timeout, env, backend, ray_options',
     'unknown_key_worker.toml':
         ": tree.children[0].restrat: unknown key 'restrat'; expected one of id, type, worker, "
         'args, kwargs, restart, shutdown, significant, errors, heartbeat, heartbeat_timeout, '
         'max_memory_mb, max_calls, call_timeout, on_timeout, fallback, serializer, '
-        'stable_after, circuit_timeout, env, autostart',
+        'stable_after, circuit_timeout, env, backend, ray_options, autostart',
     'unknown_restart.toml':
         ': tree.children[1].restart: expected one of permanent, transient, temporary, got '
         "'sometimes'",

@@ -186,6 +186,8 @@ def test_child_info_round_trips_as_a_map_inside_a_response():
         "circuit": "closed",
         "retry_at": None,
         "reason": None,
+        "node_ip": None,
+        "node_id": None,
     }
     assert infos == msgspec.convert(decoded.value, list[p.ChildInfo])
 
