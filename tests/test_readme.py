@@ -39,3 +39,23 @@ def test_the_tour_runs_as_written(tmp_path):
     done = subprocess.run([sys.executable, str(script)], cwd=README.parent, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_command_table_lists_every_command_with_an_example():
+    """Every subcommand of the command line has a row in the README's command table, and
+    every row ends with an example of that command through the console script."""
+    from supervisor.cli import _parser
+
+    text = README.read_text()
+    start = text.index("| command | what it does | example |\n")
+    rows = text[start:text.index("\n\n", start)].splitlines()[2:]
+    listed = set()
+    for row in rows:
+        command = re.match(r"^\| `python -m supervisor ([a-z-]+)", row)[1]
+        example = re.search(r"\| `otp-supervisor ([a-z-]+)[^`]*` \|$", row)
+        assert example is not None, row
+        names = {command, *re.findall(r"\\\|([a-z]+)", row.split("`")[1])}
+        assert example[1] in names, row
+        listed |= names
+    subcommands = next(a for a in _parser()._actions if a.dest == "command").choices
+    assert set(subcommands) <= listed
