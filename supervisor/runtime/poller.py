@@ -7,8 +7,7 @@ falls back to `selectors` with the same interface.
 
 `poll` rather than `epoll`: a worker polls a handful of descriptors (its control channel
 and one channel per calling process), where the two cost the same per wake-up, and `poll`
-needs no descriptor of its own, which a thousand idle workers would each hold. (`epoll`
-stays available as `EpollPoller`.)
+needs no descriptor of its own, which a thousand idle workers would each hold.
 """
 
 from __future__ import annotations
@@ -17,50 +16,10 @@ import select
 import selectors
 from typing import Any
 
-__all__ = ["Poller", "EpollPoller", "READ", "WRITE"]
+__all__ = ["Poller", "READ", "WRITE"]
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
-
-
-class _EpollPoller:
-    def __init__(self) -> None:
-        self.epoll = select.epoll()
-        self.data: dict[int, Any] = {}
-
-    @staticmethod
-    def _mask(events: int) -> int:
-        return (select.EPOLLIN if events & READ else 0) | (
-            select.EPOLLOUT if events & WRITE else 0)
-
-    def register(self, fd: int, events: int, data: Any) -> None:
-        self.epoll.register(fd, self._mask(events))
-        self.data[fd] = data
-
-    def modify(self, fd: int, events: int, data: Any) -> None:
-        self.epoll.modify(fd, self._mask(events))
-        self.data[fd] = data
-
-    def unregister(self, fd: int) -> None:
-        if self.data.pop(fd, _MISSING) is not _MISSING:
-            self.epoll.unregister(fd)
-
-    def poll(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        ready = []
-        # Errors and hang-ups are reported as readable: the read sees EOF or the error.
-        for fd, mask in self.epoll.poll(-1 if timeout is None else timeout):
-            data = self.data.get(fd, _MISSING)
-            if data is not _MISSING:
-                events = (READ if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
-                          else 0) | (WRITE if mask & select.EPOLLOUT else 0)
-                ready.append((fd, data, events))
-        return ready
-
-    def values(self) -> list[Any]:
-        return list(self.data.values())
-
-    def registered(self, fd: int, data: Any) -> bool:
-        return self.data.get(fd, _MISSING) is data
 
 
 class _PollPoller:
@@ -134,5 +93,4 @@ class _SelectorPoller:
 _MISSING = object()
 _POLL_READ = (select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
               if hasattr(select, "poll") else 0)
-EpollPoller = _EpollPoller if hasattr(select, "epoll") else _SelectorPoller
 Poller = _PollPoller if hasattr(select, "poll") else _SelectorPoller

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,57 +82,77 @@ def _pids(app, path: str) -> dict[str, int]:
     return {c.id: c.pid for c in app.which_children(path)}
 
 
+class Load:
+    """One thread per step, each running ``step(n)`` for n = 1, 2, ... until the block
+    ends; a step that raises ends its thread and is kept in `failures`. `went_round()`
+    waits (on a condition, never a sleep) until every thread has finished one more step
+    since the call, or one failed."""
+
+    def __init__(self, *steps: Callable[[int], None]) -> None:
+        self.steps = steps
+        self.counts = [0] * len(steps)
+        self.failures: list[BaseException] = []
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True)
+                        for i in range(len(steps))]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+    def _loop(self, i: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                self.steps[i](n)
+            except BaseException as exc:  # every failure is the test's finding
+                with self.cond:
+                    self.failures.append(exc)
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.counts[i] += 1
+                self.cond.notify_all()
+
+    def went_round(self) -> None:
+        with self.cond:
+            since = list(self.counts)
+            assert self.cond.wait_for(lambda: self.failures or all(
+                c > s for c, s in zip(self.counts, since, strict=True)), timeout=60)
+
+
 def test_a_pool_under_load_is_replaced_one_at_a_time_without_a_failed_call(start_tree, code):
     app = start_tree(Supervisor("root", children=[Pool("p", code.worker, size=4)]))
     pool = app.pool("p")
     reassigning = pool.options(on_lost="reassign")
     before = _pids(app, "p")
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    counts = {"submit": 0, "call": 0, "map": 0, "session": 0}
-    progress = threading.Condition()
 
-    def every_loop_went_round(since: dict[str, int]) -> None:
-        with progress:
-            assert progress.wait_for(
-                lambda: failures or all(counts[k] > since[k] for k in counts), timeout=60)
+    def submit(n: int) -> None:
+        futures = [pool.submit("echo", (n, i)) for i in range(200)]
+        assert [f.result(30) for f in futures] == [[n, i] for i in range(200)]
 
-    def loop(kind: str) -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                if kind == "submit":
-                    futures = [pool.submit("echo", (n, i)) for i in range(200)]
-                    assert [f.result(30) for f in futures] == [[n, i] for i in range(200)]
-                elif kind == "call":
-                    assert pool.call("echo", n) == n
-                elif kind == "map":
-                    assert list(pool.map("echo", range(40), timeout=30)) == list(range(40))
-                else:  # a session moved to a live worker keeps going (fresh state there)
-                    assert n in reassigning.call("tally", n, session="s1")
-            except BaseException as exc:  # every failure is the test's finding
-                with progress:
-                    failures.append(exc)
-                    progress.notify_all()
-                return
-            with progress:
-                counts[kind] += 1
-                progress.notify_all()
+    def call(n: int) -> None:
+        assert pool.call("echo", n) == n
 
-    threads = [threading.Thread(target=loop, args=(kind,), daemon=True)
-               for kind in ("submit", "submit", "call", "call", "map", "session")]
-    for t in threads:
-        t.start()
-    try:
-        every_loop_went_round(dict.fromkeys(counts, 0))  # the load runs ...
+    def map_(n: int) -> None:
+        assert list(pool.map("echo", range(40), timeout=30)) == list(range(40))
+
+    def session(n: int) -> None:  # moved to a live worker, it keeps going (fresh state)
+        assert n in reassigning.call("tally", n, session="s1")
+
+    with Load(submit, submit, call, call, map_, session) as load:
+        load.went_round()  # the load runs ...
         replaced = app.rolling_restart("p")  # ... through the whole roll ...
-        every_loop_went_round(dict(counts))  # ... and on after it, on the new workers
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not failures, failures
+        load.went_round()  # ... and on after it, on the new workers
+    assert not load.failures, load.failures
     after = _pids(app, "p")
     assert [r[0] for r in replaced] == [f"p/p-{i}" for i in range(4)]  # start order
     assert {path: old for path, old, _ in replaced} == {f"p/{k}": v for k, v in before.items()}
@@ -243,42 +264,13 @@ def test_threads_calling_one_worker_directly_lose_nothing_when_it_is_replaced(st
     thread that reads NotRun first lets the channel go; the others' replies (or NotRun)
     are still read for them, never turned into WorkerCrashed."""
     app = start_tree(Supervisor("root", children=[child("w", code.worker)]))
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    counts = [0] * 4
-    progress = threading.Condition()
 
-    def loop(i: int) -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            try:
-                assert app.call("w", "echo", (i, n)) == [i, n]
-            except BaseException as exc:
-                with progress:
-                    failures.append(exc)
-                    progress.notify_all()
-                return
-            with progress:
-                counts[i] += 1
-                progress.notify_all()
+    def call(n: int) -> None:
+        assert app.call("w", "echo", n) == n
 
-    def went_round(since: list[int]) -> None:
-        with progress:
-            assert progress.wait_for(
-                lambda: failures or all(c > s for c, s in zip(counts, since, strict=True)),
-                timeout=60)
-
-    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with Load(call, call, call, call) as load:
         for _ in range(3):
-            went_round(list(counts))
+            load.went_round()
             app.rolling_restart("w")
-        went_round(list(counts))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
-    assert not failures, failures
+        load.went_round()
+    assert not load.failures, load.failures
