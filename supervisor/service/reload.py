@@ -57,6 +57,8 @@ class Reloader:
         setting that cannot change while the tree runs; the tree is then unchanged."""
         file = self.source.path
         spec, metrics = load_service(file)
+        if self.sup.local_ray is not None:
+            spec = self.sup.local_ray.apply(spec)  # the same local Ray head, if any
         try:
             check_live(self.sup.spec, spec)
             if self.source.metrics_in_effect and metrics != self.source.metrics:

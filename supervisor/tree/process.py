@@ -60,6 +60,7 @@ from .launch import ProcessLauncher
 from .logsink import stderr_sink
 from .loop import Loop
 from .proc import raise_fd_limit, set_subreaper, set_title
+from .rayhead import LocalRay
 from .reconfigure import Reconfigure
 from .recovery import Recovery
 from .requests import Requests
@@ -86,6 +87,10 @@ class SupervisorProcess:
 
     def __init__(self, spec: Any, path: str, parent: socket.socket | None, *,
                  root: bool = False, matrix: Any = None) -> None:
+        # The root of a tree with Ray children and no cluster named runs a local head.
+        self.local_ray = LocalRay() if root else None
+        if self.local_ray is not None:
+            spec = self.local_ray.apply(spec)
         self.spec = spec
         self.path = path
         self.parent = parent
@@ -127,6 +132,8 @@ class SupervisorProcess:
             return self._serve()
         finally:
             sink.detach()
+            if self.local_ray is not None:
+                self.local_ray.close()
 
     def _serve(self) -> int:
         set_subreaper()
