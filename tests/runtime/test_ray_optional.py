@@ -43,9 +43,12 @@ def test_the_core_and_a_tree_without_ray_children_never_import_ray(tmp_path):
 
 
 def test_a_ray_child_without_a_cluster_fails_its_start_clearly(start_tree, monkeypatch):
+    """Where the root cannot add a local Ray head (a simple_one_for_one root has no static
+    children), a Ray child with no cluster named fails its start saying so."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(StartError, match=r"^child 'remote' failed to start "
-                                         r"\(initialization_error\): NoRayCluster: no Ray "
-                                         r"cluster to join: set ray_address on the tree"):
-        start_tree(Supervisor("root", children=[child("local", Echo),
-                                                child("remote", Echo, backend="ray")]))
+    app = start_tree(Supervisor("root", strategy="simple_one_for_one",
+                                template=child("remote", Echo, backend="ray")))
+    with pytest.raises(StartError, match=r"^child 'remote-1' failed to start "
+                                      r"\(initialization_error\): NoRayCluster: no Ray "
+                                      r"cluster to join: set ray_address on the tree"):
+        app.start_child("")
