@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -139,6 +139,11 @@ class PoolState:
         self.queued = threading.Condition(self.lock)  # notified when a caller queues
         self.slots: list[Slot] = []
         self.waiters: deque[Waiter] = deque()
+        # What the queued callers want, kept as they queue and leave (so that `serve` and
+        # `plan` need not scan them): how many are tied to a session's worker, and how
+        # many want each `limit` (a view's max_in_flight).
+        self.session_waiters = 0
+        self.waiter_limits: Counter[int] = Counter()
         self.pending: deque[Job] = deque()  # async calls (a map chunk is one) not sent yet
         self.sessions = Sessions(self.usable)
         self.size = self.max_overflow = 0
@@ -196,35 +201,70 @@ class PoolState:
         waiter = Waiter(session, limit, on_lost, threading.Condition(self.lock), cid, frame,
                         wake)
         self.waiters.append(waiter)
+        self.session_waiters += session is not None
+        self.waiter_limits[limit] += 1
         self.queued.notify_all()
         return waiter
 
     def waiter_gives_up(self, waiter: Waiter) -> None:
         if waiter.slot is None and waiter in self.waiters:
             self.waiters.remove(waiter)
+            self._left(waiter)
+
+    def _left(self, waiter: Waiter) -> None:
+        self.session_waiters -= waiter.session is not None
+        self.waiter_limits[waiter.limit] -= 1
+        if not self.waiter_limits[waiter.limit]:
+            del self.waiter_limits[waiter.limit]
 
     def serve(self, fx: Effects) -> None:
         """Hand free capacity to queued callers, first come first served; the frames to
-        write for them go to `fx.presend`."""
-        if not self.waiters:
+        write for them go to `fx.presend`.
+
+        When no queued caller is tied to a session's worker and all want the same room,
+        the first one that finds no slot means no later one would either: serving stops
+        there, so a check-in costs the same with ten thousand callers queued as with one.
+        Otherwise each queued caller is looked at (one tied to a free session worker may
+        go ahead of one that waits for any)."""
+        waiters = self.waiters
+        if not waiters:
             return
-        for waiter in list(self.waiters):
+        if not self.session_waiters and len(self.waiter_limits) == 1:
+            while waiters:
+                waiter = waiters[0]
+                slot = self._pick(None, waiter.limit, waiter.on_lost)
+                if slot is None:
+                    return
+                waiters.popleft()
+                self._left(waiter)
+                self._hand(waiter, slot, fx)
+            return
+        for waiter in list(waiters):
             try:
                 slot = self._pick(waiter.session, waiter.limit, waiter.on_lost)
             except SessionLost as exc:
                 waiter.error = exc
+                slot = None
             else:
                 if slot is None:
                     continue
-                waiter.slot = self._assign(slot, waiter.session)
-                waiter.sent = self._register_on(slot, waiter.session, waiter.cid,
-                                                waiter.wake)
-                if waiter.sent is not None:
-                    link, entry = waiter.sent
-                    entry.unsent = True  # until `PoolIO.presend` has written it
-                    fx.add("presend", Presend(link, waiter.frame, waiter.cid, entry))
-            self.waiters.remove(waiter)
-            _notify(waiter)
+            waiters.remove(waiter)
+            self._left(waiter)
+            if slot is None:
+                _notify(waiter)  # its session is lost: it raises
+            else:
+                self._hand(waiter, slot, fx)
+
+    def _hand(self, waiter: Waiter, slot: Slot, fx: Effects) -> None:
+        """Give a queued caller its slot (and write its frame for it when the slot's
+        channel is open), then wake it."""
+        waiter.slot = self._assign(slot, waiter.session)
+        waiter.sent = self._register_on(slot, waiter.session, waiter.cid, waiter.wake)
+        if waiter.sent is not None:
+            link, entry = waiter.sent
+            entry.unsent = True  # until `PoolIO.presend` has written it
+            fx.add("presend", Presend(link, waiter.frame, waiter.cid, entry))
+        _notify(waiter)
 
     def exhausted(self, session: str | None) -> PoolExhausted:
         busy = sum(1 for s in self.slots if s.load and not s.retiring)
@@ -294,7 +334,7 @@ class PoolState:
         pending = self.pending
         if not pending or self.gone:
             return
-        if self.waiters and any(w.session is None for w in self.waiters):
+        if len(self.waiters) > self.session_waiters:  # some queued caller wants any worker
             return  # queued blocking callers first: let a slot drain to them
         gather = not force
         slots = [s for s in self.slots if not (gather and s.load) and self.usable(s)]
