@@ -41,8 +41,10 @@ def test_top_shows_the_tree_follows_a_kill_and_restarts_on_a_key(service, tmp_pa
     term = Tmux(tmp_path, ["sh", "-c", f"{command}; echo $? > {shlex.quote(str(status))}"],
                 cwd=ROOT)
     try:
-        screen = term.wait_for(lambda s: rows(s).get("jobs/calc", [""] * 4)[3] == str(calc),
-                               "every node")
+        # The table and the events pane are drawn from two answers: wait for both.
+        screen = term.wait_for(lambda s: rows(s).get("jobs/calc", [""] * 4)[3] == str(calc)
+                               and "child.started jobs/calc" in s,
+                               "every node and the kept events")
         table = rows(screen)
         assert list(table) == PATHS
         assert table["jobs"][2:4] == ["running", str(pid_of(svc, "jobs"))]
