@@ -17,8 +17,9 @@ The load: a thread submits `echo(1)` and takes results oldest first, keeping 256
 flight; every completion time is recorded (perf_counter_ns, outside the timed work only an
 append). Per round: failed calls, the roll's duration, throughput during the roll as a
 share of the 0.5 s before it, and the longest gap between two completions during the roll
-(the stall a caller sees). Nothing is asserted: numbers go to the table and to
-``benchmarks/results/rolling.json``.
+(the stall a caller sees), and per round a timeline of completions per 10 ms around the
+roll (``python -m benchmarks.plot`` draws the median round's as rolling_restart.png).
+Nothing is asserted: numbers go to the table and to ``benchmarks/results/rolling.json``.
 
 Run: ``python -m benchmarks.bench_rolling [--quick]``.
 """
@@ -38,6 +39,7 @@ NAME = "rolling"
 IN_FLIGHT = 256
 SIZE = 4
 BEFORE = 0.5  # seconds of load measured before the roll (the baseline)
+BUCKET_MS = 10  # the chart's time step
 
 
 class Load:
@@ -90,9 +92,15 @@ def _measure(load: Load, roll: Callable[[], Any]) -> dict[str, float]:
     rate_during = len(during) / ((t1 - t0) / 1e9)
     edges = [t0, *during, t1]
     gap = max(b - a for a, b in zip(edges, edges[1:], strict=False))
+    # Completions per BUCKET_MS from 0.2 s before the roll to 0.2 s after it (for the chart).
+    start, width = t0 - 200_000_000, BUCKET_MS * 1_000_000
+    timeline = [0] * int((t1 + 200_000_000 - start) // width + 1)
+    for t in done:
+        if start <= t < start + width * len(timeline):
+            timeline[(t - start) // width] += 1
     return {"failed": len(load.failed) - failed_before, "roll_s": (t1 - t0) / 1e9,
             "rate_before": rate_before, "share_during": rate_during / rate_before,
-            "longest_gap_ms": gap / 1e6}
+            "longest_gap_ms": gap / 1e6, "timeline": timeline}
 
 
 def ours(rounds: int, rolling: bool) -> list[dict[str, float]]:
@@ -142,8 +150,8 @@ def ppe_swap(rounds: int) -> list[dict[str, float]]:
         current[0].shutdown(wait=True, cancel_futures=True)
 
 
-def _summary(samples: list[dict[str, float]]) -> dict[str, float]:
-    keys = samples[0].keys()
+def _summary(samples: list[dict[str, Any]]) -> dict[str, float]:
+    keys = [k for k in samples[0] if k != "timeline"]
     out = {f"{k}_median": statistics.median(s[k] for s in samples) for k in keys}
     out["failed_total"] = sum(s["failed"] for s in samples)
     out["longest_gap_ms_max"] = max(s["longest_gap_ms"] for s in samples)
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsummary: rolling_restart failed {ours_r['failed_total']} calls in {rounds} "
           f"rolls; throughput during the roll {ours_r['share_during_median']:.0%} of before")
     write_json(NAME, {"quick": args.quick, "rounds": rounds, "in_flight": IN_FLIGHT,
-                      "size": SIZE, "results": results})
+                      "size": SIZE, "bucket_ms": BUCKET_MS, "results": results})
     report_leftovers()
     return 0
 

@@ -5,6 +5,7 @@ Writes, from ``benchmarks/results/`` (a full run's file when there is one, else 
 one's):
     call_latency.png     tiny call round trip p50 and p99 per contender, per placement
     restart_latency.png  SIGKILL to the replacement serving, p50 and p99 per contender
+    rolling_restart.png  throughput around a rolling restart, per contender
 Each chart draws ours and the raw floor in their own colours, the peers in grey, on a
 logarithmic axis (the peers are up to 100x apart).
 """
@@ -108,7 +109,42 @@ def plot(out_dir: str | Path, results_dir: Path = RESULTS_DIR) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, out / "restart_latency.png"))
         plt.close(fig)
+    rolling = _latest("rolling", results_dir)
+    if rolling is None:
+        print("no rolling results: run python -m benchmarks rolling first")
+    else:
+        data, quick = rolling
+        written.append(_rolling(plt, data, quick, out / "rolling_restart.png"))
     return written
+
+
+def _rolling(plt: Any, data: dict[str, Any], quick: bool, path: Path) -> Path:
+    """Calls completed per second around a roll (its median-length round), per contender,
+    each as a share of its own rate before the roll; the roll's span shaded."""
+    bucket = data.get("bucket_ms", 10)
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    for name, result in data["results"].items():
+        rounds = sorted(result["samples"], key=lambda r: r["roll_s"])
+        median = rounds[len(rounds) // 2]
+        line = median["timeline"]
+        rate = median["rate_before"] * bucket / 1000  # completions per bucket, before
+        xs = [i * bucket - 200 for i in range(len(line))]
+        label = f"{name} (roll {median['roll_s'] * 1000:.0f} ms, {median['failed']} failed)"
+        ours = name.startswith("ours: rolling")
+        ax.plot(xs, [n / rate for n in line], label=label,
+                color=OURS_COLOR if ours else None, linewidth=1.6 if ours else 1.0)
+        ax.axvspan(0, median["roll_s"] * 1000, color=_color(name), alpha=0.06)
+    ax.axhline(1.0, color="#555", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("ms from the start of the roll")
+    ax.set_ylabel("throughput / before")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.25)
+    ax.set_title(_title(f"Replacing all {data.get('size', 4)} pool workers under load",
+                        data, quick), fontsize=11)
+    fig.tight_layout()
+    saved = _save(fig, path)
+    plt.close(fig)
+    return saved
 
 
 def _title(what: str, data: dict[str, Any], quick: bool) -> str:
