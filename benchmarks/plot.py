@@ -131,9 +131,11 @@ def _rolling(plt: Any, data: dict[str, Any], quick: bool, path: Path) -> Path:
         xs = [i * bucket - 200 for i in range(len(line))]
         label = f"{name} (roll {median['roll_s'] * 1000:.0f} ms, {median['failed']} failed)"
         ours = name.startswith("ours: rolling")
-        ax.plot(xs, [n / rate for n in line], label=label,
-                color=OURS_COLOR if ours else None, linewidth=1.6 if ours else 1.0)
-        ax.axvspan(0, median["roll_s"] * 1000, color=_color(name), alpha=0.06)
+        color = OURS_COLOR if ours else "#ff7f0e" if name.startswith("ours") else PEER_COLOR
+        ax.plot(xs, [n / rate for n in line], label=label, color=color,
+                linewidth=1.8 if ours else 1.0)
+        if ours:
+            ax.axvspan(0, median["roll_s"] * 1000, color=OURS_COLOR, alpha=0.08)
     ax.axhline(1.0, color="#555", linewidth=0.6, linestyle=":")
     ax.set_xlabel("ms from the start of the roll")
     ax.set_ylabel("throughput / before")
