@@ -510,5 +510,9 @@ class PoolIO:
             why = f"send failed: {exc}"
             self.decide(lambda fx: self.state.not_sent(link, calls, why, fx))
             return
+        # Written: from now on a dead link means these calls were in flight. Until this
+        # point a reader that saw the link die (a leaving worker closes the channel once
+        # we stopped writing) left them alone: a frame not yet written never ran.
+        self.decide(lambda fx: self.state.written(link, calls, fx))
         if status is BUFFERED:
             self.wake_io(link)

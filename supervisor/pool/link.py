@@ -109,7 +109,7 @@ class Job:
     """
 
     __slots__ = ("method", "args", "kwargs", "sink", "index", "owner", "cap", "attempt",
-                 "started", "batch", "timeout")
+                 "started", "batch", "timeout", "sending")
 
     def __init__(self, method: str, args: Any, kwargs: dict | None, sink: Any,
                  index: int, owner: Any, cap: int, batch: Batch = Batch.NONE,
@@ -125,6 +125,9 @@ class Job:
         self.started = False
         self.batch = batch
         self.timeout = timeout
+        # Registered on a link, its frame not yet handed to the kernel: a dead link then
+        # says nothing about it (the writer settles it, see `PoolState.written`).
+        self.sending = False
 
 
 @attrs.define(eq=False)

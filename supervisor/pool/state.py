@@ -418,6 +418,7 @@ class PoolState:
         waiting = link.waiting
         for cid, job in calls:
             waiting[cid] = job
+            job.sending = True  # until `written` or `not_sent`
             if job.batch and len(job.args) > link.chunk:
                 link.chunk = len(job.args)
             if job.timeout is not None:
@@ -439,6 +440,8 @@ class PoolState:
         """Not one byte of these async calls' frames left: they never ran, so they go
         elsewhere. Only those still registered, though: a reader that saw the link die
         meanwhile has settled the others already (they were in flight when it died)."""
+        for _, job in calls:
+            job.sending = False
         mine = [job for cid, job in calls if link.waiting.pop(cid, None) is job]
         link.async_count -= len(mine)
         link.slot.load -= len(mine)
@@ -446,6 +449,16 @@ class PoolState:
             self.requeue(mine)
         self.write_failed(link, why, fx)
         self.refresh(fx)
+
+    def written(self, link: Link, calls: list[tuple[int, Job]], fx: Effects) -> None:
+        """These async calls' frames were handed to the kernel. If the link died while they
+        were being written, they were in flight: settled as `_in_flight_lost` settles
+        calls in flight (a reader that saw the death left them to us)."""
+        for _, job in calls:
+            job.sending = False
+        if link.closed is not None:
+            self._in_flight_lost(link, link.closed, WorkerCrashed, "connection_error", fx)
+            self.refresh(fx)
 
     def write_failed(self, link: Link, why: str, fx: Effects) -> None:
         """A write to `link` failed: the worker stopped reading (it is leaving, or dead).
@@ -592,8 +605,8 @@ class PoolState:
         delays = link.policy.retries.get(row, ())
         failed, again = [], []
         for cid, entry in list(link.waiting.items()):
-            if type(entry) is SyncCall:
-                continue
+            if type(entry) is SyncCall or entry.sending:
+                continue  # a frame still being written: its writer settles it
             del link.waiting[cid]
             slot.load -= 1
             if entry.method in link.idempotent and entry.attempt <= len(delays):

@@ -112,3 +112,34 @@ def test_a_frame_that_left_before_the_link_died_is_in_flight(pool):
     _, entry = waiter.sent
     with pytest.raises(WorkerCrashed, match="died while the call was in flight"):
         io.await_reply(link, entry, 2, time.monotonic() + 30)
+
+
+class _Owner:
+    count = 0
+
+    def done(self, n: int = 1) -> None:
+        self.count -= n
+
+
+def test_async_calls_not_yet_written_when_the_worker_leaves_go_back_to_the_queue(pool):
+    """The same race for `submit`: calls registered on a link, their frame not yet written,
+    when a reader sees the leaving worker close the channel. They never left: the failed
+    write puts them back in the queue; they are never failed as in flight."""
+    from concurrent.futures import Future
+
+    from supervisor.pool.link import Job
+
+    state, io, slot, link, worker = pool
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+    job = Job("echo", (1,), None, future, -1, _Owner(), 128)
+    job.started = True
+    frame = P.CALL_CODEC.encode(P.Call(id=7, method="echo", args=(1,)))
+    with state.lock:
+        slot.load += 1
+        assert state.sent(link, [(7, job)])
+    _read_the_worker_gone(io, link, worker)
+    slot.down_gen = 1  # its replacement has not started yet: nothing is sent meanwhile
+    assert not future.done()  # left to its writer
+    io._write(link, [(7, job)], frame)  # the socket is gone: the write fails
+    assert not future.done() and list(state.pending) == [job] and slot.load == 0
