@@ -512,7 +512,13 @@ class PoolIO:
             return
         # Written: from now on a dead link means these calls were in flight. Until this
         # point a reader that saw the link die (a leaving worker closes the channel once
-        # we stopped writing) left them alone: a frame not yet written never ran.
-        self.decide(lambda fx: self.state.written(link, calls, fx))
+        # we stopped writing) left them alone: a frame not yet written never ran. The
+        # marks are cleared before `closed` is read, so a reader that skipped one set
+        # `closed` first and we settle it; one that comes later settles it itself. The
+        # lock is taken only then, not on every write.
+        for _, job in calls:
+            job.sending = False
+        if link.closed is not None:
+            self.decide(lambda fx: self.state.written(link, fx))
         if status is BUFFERED:
             self.wake_io(link)

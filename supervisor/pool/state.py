@@ -450,15 +450,12 @@ class PoolState:
         self.write_failed(link, why, fx)
         self.refresh(fx)
 
-    def written(self, link: Link, calls: list[tuple[int, Job]], fx: Effects) -> None:
-        """These async calls' frames were handed to the kernel. If the link died while they
-        were being written, they were in flight: settled as `_in_flight_lost` settles
-        calls in flight (a reader that saw the death left them to us)."""
-        for _, job in calls:
-            job.sending = False
-        if link.closed is not None:
-            self._in_flight_lost(link, link.closed, WorkerCrashed, "connection_error", fx)
-            self.refresh(fx)
+    def written(self, link: Link, fx: Effects) -> None:
+        """Async calls' frames were handed to the kernel (their `sending` marks cleared)
+        while the link died: they were in flight, settled as `_in_flight_lost` settles
+        calls in flight (a reader that saw the death left them to their writer)."""
+        self._in_flight_lost(link, link.closed, WorkerCrashed, "connection_error", fx)
+        self.refresh(fx)
 
     def write_failed(self, link: Link, why: str, fx: Effects) -> None:
         """A write to `link` failed: the worker stopped reading (it is leaving, or dead).
