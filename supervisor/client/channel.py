@@ -54,7 +54,11 @@ class CallChannel:
         self.pickle_ok = policy.serializer == "pickle"
         self.reader = FrameReader(P.CALL_CODEC)
         self.send_lock = threading.Lock()
-        self.cond = threading.Condition(threading.Lock())
+        # `lock` guards the state below; `cond` (on the same lock) wakes waiting callers.
+        # The lone caller's path (`call`) takes `lock` directly: threading.Condition's
+        # enter, exit and notify are Python code, a good part of a tiny call's cost.
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.reading = False
         self.results: dict[int, Any] = {}
         self.waiting: set[int] = set()
@@ -65,32 +69,85 @@ class CallChannel:
         self.retired = False  # let go by the router: closed once no call waits on it
         self._ids = itertools.count(1)
 
+    def call(self, method: str, args: tuple, kwargs: dict[str, Any] | None,
+             session: str | None, deadline: float | None) -> Any:
+        """Send a Call and wait for its reply (Reply, Fail or NotRun): `send` then `wait`
+        in one. Raises what those two raise.
+
+        When no other thread is reading the channel, this caller takes the reader's role
+        before it sends and reads its own reply straight off the socket: one lock round
+        before the send and one after, no Condition, nobody woken. Callers that come
+        meanwhile wait as in `wait`, and get their turn (or their reply) when this one
+        hands the role back.
+        """
+        cid = next(self._ids)
+        frame = P.CALL_CODEC.encode(P.Call(id=cid, method=method, args=args, kwargs=kwargs,
+                                           session=session))
+        with self.lock:
+            if self.closed is not None or self.draining is not None:
+                raise NotSent(self.closed or self.draining)
+            self.waiting.add(cid)
+            lone = not self.reading
+            if lone:
+                self.reading = True
+        if not lone:
+            self._send(cid, frame)
+            return self.wait(cid, deadline)
+        try:
+            self._send(cid, frame)
+        except NotSent:
+            with self.cond:
+                self.reading = False
+                self.cond.notify_all()
+            raise
+        msgs, why_closed = self._read(None if deadline is None else deadline - time.monotonic())
+        if why_closed is None and len(msgs) == 1 and getattr(msgs[0], "id", None) == cid:
+            with self.lock:
+                self.waiting.discard(cid)
+                self.reading = False
+                others = bool(self.waiting)
+            if others:  # one of them takes over reading
+                with self.cond:
+                    self.cond.notify_all()
+            if self.retired:
+                self._close_if_idle()
+            return msgs[0]
+        # Anything else (another caller's reply, a Closing, EOF, nothing yet): filed as the
+        # reader files it; then this call waits like any other.
+        with self.cond:
+            self.reading = False
+            self._file(msgs, why_closed)
+        return self.wait(cid, deadline)
+
     def send(self, msg_for_id: Any, expect_reply: bool = True) -> int:
         """Encode and send; returns the call id. Raises EncodeError or NotSent."""
         cid = next(self._ids)
         frame = P.CALL_CODEC.encode(msg_for_id(cid))
-        with self.cond:
+        with self.lock:
             if self.closed is not None or self.draining is not None:
                 raise NotSent(self.closed or self.draining)
             if expect_reply:
                 self.waiting.add(cid)
+        self._send(cid, frame)
+        return cid
+
+    def _send(self, cid: int, frame: bytes) -> None:
         try:
             with self.send_lock:
                 self.sock.sendall(frame)
         except OSError as exc:
             # The worker stopped reading (it is leaving, or dead): this frame never left
             # whole. Calls sent before may still be answered: they are read to the end.
-            with self.cond:
+            with self.lock:
                 self.waiting.discard(cid)
                 if self.draining is None:
                     self.draining = f"send failed: {exc}"
             raise NotSent(str(exc)) from exc
-        return cid
 
     def retire(self) -> None:
         """Take no new call; close once no call waits on the channel any more (the
         replies of calls in flight, or NotRun, are still read for their callers)."""
-        with self.cond:
+        with self.lock:
             self.retired = True
             if self.draining is None:
                 self.draining = "let go by the caller"
@@ -105,10 +162,13 @@ class CallChannel:
             return self._wait(cid, deadline)
         finally:
             if self.retired:
-                with self.cond:
-                    idle = not self.waiting
-                if idle:
-                    self.close()
+                self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        with self.lock:
+            idle = not self.waiting
+        if idle:
+            self.close()
 
     def _wait(self, cid: int, deadline: float | None) -> Any:
         with self.cond:
@@ -135,23 +195,29 @@ class CallChannel:
                 finally:
                     self.cond.acquire()
                     self.reading = False
-                for msg in msgs:
-                    if type(msg) is P.Closing:
-                        self._closing(msg)
-                        continue
-                    if msg.id in self.waiting:
-                        self.waiting.discard(msg.id)
-                        self.results[msg.id] = msg
-                if why_closed is not None and self.closed is None:
-                    self.closed = why_closed
-                self.cond.notify_all()
+                self._file(msgs, why_closed)
+
+    def _file(self, msgs: list[Any], why_closed: str | None) -> None:
+        """File what the reader read for the callers it belongs to, and wake them (the
+        reader's role is free again). Called with `cond` held."""
+        for msg in msgs:
+            if type(msg) is P.Closing:
+                self._closing(msg)
+                continue
+            if msg.id in self.waiting:
+                self.waiting.discard(msg.id)
+                self.results[msg.id] = msg
+        if why_closed is not None and self.closed is None:
+            self.closed = why_closed
+        self.cond.notify_all()
 
     def _read(self, timeout: float | None) -> tuple[list[Any], str | None]:
         # The socket stays in blocking mode (Python's timeout mode would add a poll to
         # every send and receive); the wait is bounded by SO_RCVTIMEO, changed only when
         # this call's deadline is nearer than the current setting, so the common case
         # costs one recv. A read that times out returns EAGAIN and the caller re-checks.
-        self._bound_wait(timeout)
+        if self.rcvtimeo != _WAIT_SLICE or (timeout is not None and timeout < _WAIT_SLICE):
+            self._bound_wait(timeout)  # else: the slice in force is the one wanted
         try:
             n = self.sock.recv_into(self.buffer)
         except BlockingIOError:
@@ -161,10 +227,13 @@ class CallChannel:
         if not n:
             return [], "the channel closed"
         try:
-            msgs, why = screen(self.reader.feed(memoryview(self.buffer)[:n]), self.pickle_ok)
+            msgs = self.reader.feed(memoryview(self.buffer)[:n])
         except ProtocolError as exc:
             self._shutdown_socket()
             return [], f"bad frame from the worker: {exc}"
+        if len(msgs) == 1 and (type(msgs[0]) is not P.Reply or not msgs[0].pickled):
+            return msgs, None  # the common case: nothing to screen
+        msgs, why = screen(msgs, self.pickle_ok)
         if why is not None:
             self._shutdown_socket()
         return msgs, why

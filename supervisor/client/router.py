@@ -85,22 +85,21 @@ class Router:
         started = time.monotonic()
         deadline = started + (timeout if timeout is not None else DEFAULT_CALL_TIMEOUT)
         while True:
-            chan = self.channel(path, deadline, retry)
+            chan = self.channels.get(path)  # a dict read needs no lock; `channel` takes it
+            if chan is None or chan.closed is not None:
+                chan = self.channel(path, deadline, retry)
             attempt.policy = chan.policy
             if timeout is None:
                 limit = chan.policy.call_timeout
                 deadline = None if limit is None else started + limit
             try:
-                cid = chan.send(lambda i: P.Call(id=i, method=method, args=args,
-                                                 kwargs=kwargs or None, session=session))
+                reply = chan.call(method, args, kwargs or None, session, deadline)
             except NotSent:
                 self.drop(chan)
                 if not retry:
                     raise WorkerCrashed(f"the channel to {path!r} is closed",
                                         path=path) from None
                 continue
-            try:
-                reply = chan.wait(cid, deadline)
             except TimeoutError:
                 raise timed_out(method, chan.path, deadline - started, chan.policy,
                                 self.link.report_timeout,

@@ -44,17 +44,12 @@ class _PollPoller:
         if self.data.pop(fd, _MISSING) is not _MISSING:
             self.poller.unregister(fd)
 
-    def poll(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        ready = []
-        # Errors, hang-ups and a descriptor closed under us are reported as readable: the
-        # read sees EOF or the error.
-        for fd, mask in self.poller.poll(None if timeout is None else timeout * 1000):
-            data = self.data.get(fd, _MISSING)
-            if data is not _MISSING:
-                events = (READ if mask & _POLL_READ else 0) | (
-                    WRITE if mask & select.POLLOUT else 0)
-                ready.append((fd, data, events))
-        return ready
+    def poll(self, timeout: float | None = None) -> list[tuple[int, Any, int]]:
+        # One comprehension, the events looked up by mask: this runs once per call served.
+        data = self.data
+        return [(fd, data[fd], _EVENTS[mask & _EVENT_BITS])
+                for fd, mask in self.poller.poll(None if timeout is None else timeout * 1000)
+                if fd in data]
 
     def values(self) -> list[Any]:
         return list(self.data.values())
@@ -93,4 +88,10 @@ class _SelectorPoller:
 _MISSING = object()
 _POLL_READ = (select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
               if hasattr(select, "poll") else 0)
+_POLL_WRITE = select.POLLOUT if hasattr(select, "poll") else 0
+# Errors, hang-ups and a descriptor closed under us are reported as readable: the read sees
+# EOF or the error. `_EVENTS[mask & _EVENT_BITS]` is the selectors-style events of a mask.
+_EVENT_BITS = _POLL_READ | _POLL_WRITE | getattr(select, "POLLPRI", 0)
+_EVENTS = [(READ if mask & _POLL_READ else 0) | (WRITE if mask & _POLL_WRITE else 0)
+           for mask in range(_EVENT_BITS + 1)]
 Poller = _PollPoller if hasattr(select, "poll") else _SelectorPoller

