@@ -168,6 +168,7 @@ def measure(contenders: list[Contender], n: int, warmup: int, blocks: int
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv)
     n, warmup, blocks = (500, 50, 5) if args.quick else (5000, 300, 10)
+    per_thread = 200 if args.quick else 2000
     cpus = sorted(os.sched_getaffinity(0))
     modes = ["free", "same", "split"] if len(cpus) > 1 else ["free", "same"]
     skipped: dict[str, str] = {}
@@ -187,16 +188,101 @@ def main(argv: list[str] | None = None) -> int:
                   f" interleaved in {blocks} blocks; CPUs {placement[mode]}", flush=True)
             samples[mode] = measure(contenders, n, warmup, blocks)
         place("free", cpus)
+        print(f"[threads] {THREADS} caller threads, {per_thread} calls each, {ROUNDS} rounds "
+              "per contender, alternating", flush=True)
+        threaded = measure_threads([c for c in contenders if c.name in THREADED],
+                                   per_thread, ROUNDS)
     report_leftovers()
     stats: dict[str, dict[str, dict[str, Any]]] = {}
     summary: dict[str, dict[str, float | None]] = {}
     for mode in modes:
         stats[mode] = {name: summarize(s) for name, s in samples[mode].items()}
         summary[mode] = _report(mode, stats[mode], n, contenders)
+    summary["threads"] = _report_threads(threaded, per_thread)
     write_json(NAME, {"quick": args.quick, "calls": n, "warmup": warmup, "blocks": blocks,
                       "placement": placement, "results": stats, "summary": summary,
-                      "skipped": skipped})
+                      "threads": threaded, "skipped": skipped})
     return 0
+
+
+THREADS, ROUNDS = 4, 3
+# The contenders measured with several caller threads: the floor (its one socketpair shared
+# under a lock: one call at a time, the least a shared channel can cost), ours (one shared
+# direct channel, replies filed by whichever caller reads), and the best peer.
+THREADED = (FLOOR, OURS, PPE)
+
+
+def measure_threads(contenders: list[Contender], per_thread: int, rounds: int
+                    ) -> dict[str, dict[str, Any]]:
+    """`THREADS` threads each make `per_thread` calls through one contender at once; the
+    contenders take turns, `rounds` times. Per contender: the calls/s of its median round
+    and the latency percentiles of all its calls."""
+    import threading
+
+    results: dict[str, dict[str, Any]] = {}
+    rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+    samples: dict[str, list[int]] = {c.name: [] for c in contenders}
+    for _ in range(rounds):
+        for c in contenders:
+            call = _serialized(c.call) if c.name == FLOOR else c.call
+            per: list[list[int]] = [[] for _ in range(THREADS)]
+            go = threading.Barrier(THREADS + 1)
+
+            def run(out: list[int], call: Callable[[], Any] = call,
+                    go: threading.Barrier = go) -> None:
+                clock = time.perf_counter_ns
+                go.wait()
+                for _ in range(per_thread):
+                    t0 = clock()
+                    call()
+                    out.append(clock() - t0)
+
+            threads = [threading.Thread(target=run, args=(out,)) for out in per]
+            for t in threads:
+                t.start()
+            go.wait()  # every thread is started: the window opens when they all may go
+            t0 = time.perf_counter()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - t0
+            rates[c.name].append(THREADS * per_thread / elapsed)
+            for out in per:
+                samples[c.name].extend(out)
+    for c in contenders:
+        results[c.name] = {**summarize(samples[c.name]),
+                           "calls_per_s": sorted(rates[c.name])[len(rates[c.name]) // 2],
+                           "rounds_calls_per_s": rates[c.name]}
+    return results
+
+
+def _serialized(call: Callable[[], Any]) -> Callable[[], Any]:
+    import threading
+
+    lock = threading.Lock()
+
+    def locked() -> Any:
+        with lock:
+            return call()
+    return locked
+
+
+def _report_threads(results: dict[str, dict[str, Any]], per_thread: int
+                    ) -> dict[str, float | None]:
+    floor = results.get(FLOOR, {})
+    rows = []
+    for name, r in results.items():
+        r["rate_vs_floor"] = ratio(r["calls_per_s"], floor.get("calls_per_s"))
+        rows.append([name, f"{r['calls_per_s']:,.0f}", fmt_ratio(r["rate_vs_floor"]),
+                     fmt_us(r["p50_us"]), fmt_us(r["p99_us"])])
+    print_table(f"[threads] {THREADS} caller threads at once, {per_thread} calls each, free "
+                "placement (calls/s: higher is better; median of the rounds)",
+                ["contender", "calls/s", "vs floor", "p50", "p99"], rows)
+    ours, ppe = results.get(OURS, {}), results.get(PPE, {})
+    summary = {"ours_vs_floor_rate": ours.get("rate_vs_floor"),
+               "ours_vs_ppe_rate": ratio(ours.get("calls_per_s"), ppe.get("calls_per_s"))}
+    print(f"summary [threads]: ours/floor calls/s {fmt_ratio(summary['ours_vs_floor_rate'])}; "
+          f"ours/ProcessPoolExecutor {fmt_ratio(summary['ours_vs_ppe_rate'])}")
+    return summary
 
 
 PLACEMENT_TITLE = {"free": "free placement (the scheduler decides)",

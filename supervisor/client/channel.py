@@ -6,7 +6,11 @@ by call id and wakes their callers; when its own reply is in it hands the readin
 A lone caller therefore sends its frame and reads its own reply itself, with no thread
 hand-off on the path, which is where peers lose most of their per-call time.
 
-Writes take `send_lock`, reads happen outside the condition's lock: a writer blocked on a
+A caller that waits while another reads sleeps on a lock of its own (its bell). The reader
+rings exactly the bells of the calls whose replies it filed, and a caller leaving with its
+reply rings one sleeper to take over reading: nobody is woken to find nothing for it.
+
+Writes take `send_lock`, reads happen outside `lock`: a writer blocked on a
 full socket never stops the reader from draining replies (the worker may be blocked writing
 those replies, waiting for us to read them).
 """
@@ -54,14 +58,13 @@ class CallChannel:
         self.pickle_ok = policy.serializer == "pickle"
         self.reader = FrameReader(P.CALL_CODEC)
         self.send_lock = threading.Lock()
-        # `lock` guards the state below; `cond` (on the same lock) wakes waiting callers.
-        # The lone caller's path (`call`) takes `lock` directly: threading.Condition's
-        # enter, exit and notify are Python code, a good part of a tiny call's cost.
-        self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
-        self.reading = False
-        self.results: dict[int, Any] = {}
-        self.waiting: set[int] = set()
+        self.lock = threading.Lock()  # guards the state below
+        self.reading = False  # a caller holds the reader's role
+        self.results: dict[int, Any] = {}  # replies filed for callers not yet back
+        self.waiting: set[int] = set()  # calls sent whose replies are not filed yet
+        # Callers asleep while another reads, by call id: each waits to acquire its own
+        # held lock, released (rung) once, by whoever pops it from here.
+        self.sleepers: dict[int, threading.Lock] = {}
         self.buffer = bytearray(65536)  # read into, reused: no allocation per read
         self.rcvtimeo = float("inf")  # the SO_RCVTIMEO in force, in seconds
         self.closed: str | None = None  # why the channel is dead, once it is
@@ -76,9 +79,8 @@ class CallChannel:
 
         When no other thread is reading the channel, this caller takes the reader's role
         before it sends and reads its own reply straight off the socket: one lock round
-        before the send and one after, no Condition, nobody woken. Callers that come
-        meanwhile wait as in `wait`, and get their turn (or their reply) when this one
-        hands the role back.
+        before the send and one after, nobody woken. Callers that come meanwhile sleep as
+        in `wait`, and get their reply or the reader's role when this one is done.
         """
         cid = next(self._ids)
         frame = P.CALL_CODEC.encode(P.Call(id=cid, method=method, args=args, kwargs=kwargs,
@@ -95,26 +97,26 @@ class CallChannel:
             return self.wait(cid, deadline)
         try:
             self._send(cid, frame)
-        except NotSent:
-            with self.cond:
+            msgs, why_closed = self._read(None if deadline is None
+                                          else deadline - time.monotonic())
+        except BaseException:  # NotSent, or an interrupt: give the reader's role back
+            with self.lock:
+                self.waiting.discard(cid)
                 self.reading = False
-                self.cond.notify_all()
+                self._pass_reading()
             raise
-        msgs, why_closed = self._read(None if deadline is None else deadline - time.monotonic())
         if why_closed is None and len(msgs) == 1 and getattr(msgs[0], "id", None) == cid:
             with self.lock:
                 self.waiting.discard(cid)
                 self.reading = False
-                others = bool(self.waiting)
-            if others:  # one of them takes over reading
-                with self.cond:
-                    self.cond.notify_all()
+                if self.sleepers:
+                    self._pass_reading()
             if self.retired:
                 self._close_if_idle()
             return msgs[0]
         # Anything else (another caller's reply, a Closing, EOF, nothing yet): filed as the
         # reader files it; then this call waits like any other.
-        with self.cond:
+        with self.lock:
             self.reading = False
             self._file(msgs, why_closed)
         return self.wait(cid, deadline)
@@ -171,35 +173,56 @@ class CallChannel:
             self.close()
 
     def _wait(self, cid: int, deadline: float | None) -> Any:
-        with self.cond:
-            while True:
+        while True:
+            with self.lock:
                 reply = self.results.pop(cid, None)
                 if reply is not None:
+                    self._pass_reading()
                     return reply
                 if self.closed is not None:
                     self.waiting.discard(cid)
+                    self._pass_reading()
                     raise WorkerCrashed(
                         f"worker {self.path!r} (pid {self.pid}) died while the call was in "
                         f"flight ({self.closed})", path=self.path)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     self.waiting.discard(cid)
+                    self._pass_reading()
                     raise TimeoutError
                 if self.reading:
-                    self.cond.wait(remaining)
-                    continue
-                self.reading = True
-                self.cond.release()
-                try:
-                    msgs, why_closed = self._read(remaining)
-                finally:
-                    self.cond.acquire()
+                    bell = self.sleepers[cid] = threading.Lock()
+                    bell.acquire()
+                else:
+                    bell = None
+                    self.reading = True
+            if bell is not None:
+                # Rung when our reply is filed, when the reader's role is ours to take, or
+                # when the channel closes; else the deadline (or the slice) ends the nap.
+                bell.acquire(True, _WAIT_SLICE if remaining is None
+                             else min(remaining, _WAIT_SLICE))
+                with self.lock:
+                    if self.sleepers.get(cid) is bell:  # not rung: the nap ran out
+                        del self.sleepers[cid]
+                continue
+            try:
+                msgs, why_closed = self._read(remaining)
+            except BaseException:  # an interrupt: never leave the reader's role taken
+                with self.lock:
+                    self.waiting.discard(cid)
                     self.reading = False
+                    self._pass_reading()
+                raise
+            with self.lock:
+                self.reading = False
                 self._file(msgs, why_closed)
 
     def _file(self, msgs: list[Any], why_closed: str | None) -> None:
-        """File what the reader read for the callers it belongs to, and wake them (the
-        reader's role is free again). Called with `cond` held."""
+        """File what the reader read for the callers it belongs to and ring their bells;
+        all of them once the channel is closed. Called with `lock` held, the reader's role
+        already given up (the reader loops to collect its own reply or take the role
+        again, so it needs no bell)."""
+        sleepers = self.sleepers
         for msg in msgs:
             if type(msg) is P.Closing:
                 self._closing(msg)
@@ -207,9 +230,26 @@ class CallChannel:
             if msg.id in self.waiting:
                 self.waiting.discard(msg.id)
                 self.results[msg.id] = msg
+                bell = sleepers.pop(msg.id, None)
+                if bell is not None:
+                    bell.release()
         if why_closed is not None and self.closed is None:
             self.closed = why_closed
-        self.cond.notify_all()
+        if self.closed is not None:
+            self._ring_all()
+
+    def _pass_reading(self) -> None:
+        """A caller is leaving `_wait` (with its reply, or an error): if nobody reads and
+        callers sleep, ring one of them to take the reader's role. Called with `lock`
+        held."""
+        if not self.reading and self.sleepers:
+            _, bell = self.sleepers.popitem()
+            bell.release()
+
+    def _ring_all(self) -> None:
+        while self.sleepers:
+            _, bell = self.sleepers.popitem()
+            bell.release()
 
     def _read(self, timeout: float | None) -> tuple[list[Any], str | None]:
         # The socket stays in blocking mode (Python's timeout mode would add a poll to
@@ -258,10 +298,10 @@ class CallChannel:
             pass
 
     def _mark_closed(self, why: str) -> None:
-        with self.cond:
+        with self.lock:
             if self.closed is None:
                 self.closed = why
-            self.cond.notify_all()
+            self._ring_all()
         self._shutdown_socket()
 
     def _shutdown_socket(self) -> None:
