@@ -198,7 +198,6 @@ class Children:
         # go straight to our stderr (capturing them would wrap every line twice).
         capture = Capture(slot.path, self.logs.get(slot.path)) if slot.kind == "worker" \
             else None
-        self.captures = {c for c in self.captures if c.partial}  # forget finished pipes
         keep = capture.child_fds() if capture is not None else []
         try:
             slot.launcher.fork(slot, keep, capture, hold)
@@ -207,7 +206,9 @@ class Children:
                 capture.discard()
             raise
         if capture is not None:
-            capture.in_parent(self.loop)
+            # Forgotten once both its pipes are finished (not by a scan of every child's
+            # capture at each fork: that made starting n children cost n^2).
+            capture.in_parent(self.loop, self.captures.discard)
             self.captures.add(capture)
 
     def stop(self, slot: ChildSlot, reason: str, scan: bool = True) -> None:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 from ..runtime.log import parse
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .childlog import ChildLog
     from .loop import Loop
 
@@ -33,7 +35,7 @@ _LEVELS = {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}
 
 class Capture:
     """The two pipes of one child process, whose lines go to `log`. Make it before fork;
-    call `in_child()` in the child and `in_parent(loop)` in the supervisor."""
+    call `in_child()` in the child and `in_parent(loop, done)` in the supervisor."""
 
     def __init__(self, path: str, log: ChildLog) -> None:
         self.path = path
@@ -48,6 +50,7 @@ class Capture:
         self.partial: dict[int, bytes] = {self.out_r: b"", self.err_r: b""}
         self.streams = {self.out_r: "stdout", self.err_r: "stderr"}
         self.loop: Loop | None = None
+        self.done: Callable[[Capture], None] | None = None
 
     def discard(self) -> None:
         """The fork failed: close all four ends."""
@@ -68,10 +71,12 @@ class Capture:
         for fd in (self.out_r, self.err_r, self.out_w, self.err_w):
             os.close(fd)
 
-    def in_parent(self, loop: Loop) -> None:
+    def in_parent(self, loop: Loop, done: Callable[[Capture], None]) -> None:
+        """Read both pipes from `loop`; `done(self)` once both are finished."""
         os.close(self.out_w)
         os.close(self.err_w)
         self.loop = loop
+        self.done = done
         self.log.attach()
         for fd in self.partial:
             os.set_blocking(fd, False)
@@ -108,6 +113,7 @@ class Capture:
         os.close(fd)
         if not self.partial and self.loop is not None:
             self.log.detach()
+            self.done(self)
 
     def _log(self, fd: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
