@@ -268,6 +268,7 @@ def _wait_to_become(sock: socket.socket, title: str, known: dict[str, tuple[Any,
             os.close(fd)
         return 71
     ctrl, out_w, err_w = fds
+    os.set_inheritable(ctrl, False)  # as a forked worker's (received without CLOEXEC)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.close(out_w)
