@@ -10,6 +10,8 @@
                     `on_exit` (the supervisor's recovery) once the whole pass is recorded
     forward(...)    a request for a descendant or a worker, sent down its channel; the
                     answer comes back through `on_message` and is relayed to the requester
+    standby         once a worker was restarted, the next worker process, forked ahead:
+                    a restart of a worker is handed to it instead of forking (standby.py)
 
 Messages from a child (`on_message`): its Exit report, a heartbeat's Pong (to the
 monitors), an answer to a forwarded request, a telemetry Event (passed up).
