@@ -120,7 +120,6 @@ class Standby:
         self.wanted = False  # a worker of this supervisor was restarted: keep a standby
         self.closed = False
         self._timer: Timer | None = None
-        self.used = 0  # restarts handed to a standby (for tests and benchmarks)
 
     @property
     def pid(self) -> int | None:
@@ -164,7 +163,6 @@ class Standby:
         self._unwatch(spare)
         spare.sock.close()
         slot.attach(spare.pid, mine)
-        self.used += 1
         return True
 
     # ------------------------------------------------------------------ the next one
