@@ -162,6 +162,8 @@ class Standby:
             theirs.close()
         self._unwatch(spare)
         spare.sock.close()
+        if spare.pidfd is not None:
+            os.close(spare.pidfd)  # the slot opens its own (`attach`)
         slot.attach(spare.pid, mine)
         return True
 

@@ -156,9 +156,13 @@ def test_a_restart_is_handed_to_the_standby(start_tree, events):
     assert app.call("w", "fds") == forked_fds
     assert [c.pid for c in app.which_children("") if c.id == "other"]  # untouched
 
-    # A new standby is made after that restart, and the one after uses it.
+    # A new standby is made after that restart, and the one after uses it; each use
+    # leaves the supervisor with the descriptors it had.
     following = _wait_standby(app.pid, other_than=standby)
+    fds = psutil.Process(app.pid).num_fds()
     assert _kill_and_wait_restart(app, events, "w", count=3) == following
+    _wait_standby(app.pid, other_than=following)
+    assert psutil.Process(app.pid).num_fds() == fds
     assert events.named("start_failed") == []
 
 
