@@ -170,6 +170,7 @@ def test_a_killed_standby_is_not_used_the_restart_forks(start_tree, events):
     app = start_tree(Supervisor("root", max_restarts=10, children=[child("w", Probe, stable_after=0)]))
     _kill_and_wait_restart(app, events, "w", count=1)
     standby = _wait_standby(app.pid)
+    fds = psutil.Process(app.pid).num_fds()
     os.kill(standby, signal.SIGKILL)
     assert wait_gone([standby], timeout=10) == []
     # Killed, then the worker at once: whether the supervisor has reaped the dead standby
@@ -182,6 +183,7 @@ def test_a_killed_standby_is_not_used_the_restart_forks(start_tree, events):
     # The dead standby was reaped (no zombie), and a new one is made after that restart.
     following = _wait_standby(app.pid, other_than=standby)
     assert standby not in {p.pid for p in psutil.Process(app.pid).children()}
+    assert psutil.Process(app.pid).num_fds() == fds
     assert _kill_and_wait_restart(app, events, "w", count=3) == following
 
 
