@@ -200,8 +200,13 @@ class Standby:
             theirs.close()
         spare = _Spare(pid=pid, sock=mine, pidfd=pidfd_open(pid), known=known,
                        inherited=inherited)
-        if spare.pidfd is not None:
-            self.loop.add_reader(spare.pidfd, self._died)
+        if spare.pidfd is None:
+            # No pidfds here: a standby's death would go unnoticed while it waits (and,
+            # listed as ours, it would hold up the reaping of orphans). No standby, then.
+            self._discard(spare)
+            self.closed = True
+            return
+        self.loop.add_reader(spare.pidfd, self._died)
         self.spare = spare
 
     def _died(self) -> None:
