@@ -10,6 +10,8 @@
                     `on_exit` (the supervisor's recovery) once the whole pass is recorded
     forward(...)    a request for a descendant or a worker, sent down its channel; the
                     answer comes back through `on_message` and is relayed to the requester
+    standby         once a worker was restarted, the next worker process, forked ahead:
+                    a restart of a worker is handed to it instead of forking (standby.py)
 
 Messages from a child (`on_message`): its Exit report, a heartbeat's Pong (to the
 monitors), an answer to a forwarded request, a telemetry Event (passed up).
@@ -37,6 +39,7 @@ from .loop import Loop
 from .output import Capture
 from .proc import kill_quietly, kill_strays
 from .slot import ChildSlot, ChildState, StartFailure, reason_of
+from .standby import Standby
 from .uplink import Uplink
 
 __all__ = ["Children", "join", "child_matrix"]
@@ -76,6 +79,8 @@ class Children:
         self.forwarded: dict[int, tuple[socket.socket, int, ChildSlot]] = {}
         self._ids = itertools.count(1)
         self._scan_due = False  # a scan for orphans is scheduled (see `_forget`)
+        # The next worker process, forked ahead once a worker was restarted (standby.py).
+        self.standby = Standby(path, loop, lambda: self.slots, processes, self.reap)
 
     # ------------------------------------------------------------------ the slots
     def new_slot(self, spec: Any) -> ChildSlot:
@@ -100,6 +105,13 @@ class Children:
 
     def running_pids(self) -> Iterable[int]:
         return (s.pid for s in self.slots if s.pid is not None)
+
+    def own_pids(self) -> set[int]:
+        """The children's processes and the standby's: what is ours, not an orphan."""
+        pids = set(self.running_pids())
+        if self.standby.pid is not None:
+            pids.add(self.standby.pid)
+        return pids
 
     # ------------------------------------------------------------------ start and stop
     def start(self, slot: ChildSlot) -> StartFailure | None:
@@ -200,7 +212,9 @@ class Children:
             else None
         keep = capture.child_fds() if capture is not None else []
         try:
-            slot.launcher.fork(slot, keep, capture, hold)
+            # A restart of a worker goes to the standby when one fits (see standby.py).
+            if hold or not self.standby.hand_over(slot, capture):
+                slot.launcher.fork(slot, keep, capture, hold)
         except OSError:
             if capture is not None:
                 capture.discard()
@@ -257,6 +271,7 @@ class Children:
     def stop_all(self) -> None:
         """The supervisor stops: every child in reverse start order, then the orphans."""
         self.closing = True
+        self.standby.close()
         for slot in reversed(self.slots):
             slot.cancel_timers()
             self.stop(slot, "shutdown", scan=False)
@@ -295,7 +310,7 @@ class Children:
 
     def _kill_strays(self) -> None:
         self._scan_due = False
-        kill_strays(self.running_pids())
+        kill_strays(self.own_pids())
 
     # ------------------------------------------------------------------ child events
     def _on_channel(self, slot: ChildSlot) -> None:
@@ -340,7 +355,7 @@ class Children:
                 slot.become(ChildState.STOPPED)
             elif slot in self.slots and slot.pid is None:
                 self.on_exit(slot, reason, category, recycled, detail)
-        known = set(self.running_pids())
+        known = self.own_pids()  # a dead standby is reaped by its own pidfd's handler
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)

@@ -38,7 +38,7 @@ __all__ = ["ProcessLauncher", "ProgramLauncher", "launcher_for", "drain"]
 
 OnMessage = Callable[[ChildSlot, Any], None]
 
-_MAX_PLANS = 256  # worker plans a launcher keeps (see `ProcessLauncher._plan`)
+_MAX_PLANS = 256  # worker plans a launcher keeps (see `ProcessLauncher.plan_for`)
 
 
 class ProcessLauncher:
@@ -50,7 +50,7 @@ class ProcessLauncher:
     def __init__(self, run_supervisor: Callable[[Any, str, socket.socket, Any], int]) -> None:
         self.run_supervisor = run_supervisor
         # Worker plans by `plan_key`, with the matrix each was made under (kept alive, so
-        # its id in the key stays its own). See `_plan`.
+        # its id in the key stays its own). See `plan_for`.
         self._plans: dict[tuple[Any, ...], tuple[Any, WorkerPlan]] = {}
 
     def fork(self, slot: ChildSlot, keep: list[int], capture: Capture | None,
@@ -63,17 +63,13 @@ class ProcessLauncher:
             def run() -> int:
                 return self.run_supervisor(spec, path, theirs, matrix)
         else:
-            worker_plan = self._plan(slot)
+            worker_plan = self.plan_for(spec, matrix)
             prepare_log()  # once: the worker's log handler, added before fork
 
             def run() -> int:
-                set_title(f"worker: {path}")
-                if spec.env:
-                    os.environ.update(spec.env)  # the supervisor's environment, plus these
                 capture.in_child()
-                log_to_supervisor()  # self.log records go up whole: one stamp, one level
-                sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
-                return serve(spec, path, restarts, theirs, matrix, worker_plan, hold)
+                return self.run_worker(spec, path, restarts, theirs, matrix, worker_plan,
+                                       hold)
         try:
             pid = fork_child(run, keep)
         except OSError:
@@ -83,15 +79,27 @@ class ProcessLauncher:
             theirs.close()
         slot.attach(pid, mine)
 
-    def _plan(self, slot: ChildSlot) -> WorkerPlan | None:
-        """The slot's worker plan, made once per class, matrix and call options (restarts
-        and siblings of one class reuse it)."""
-        key = plan_key(slot.spec, slot.matrix)
+    @staticmethod
+    def run_worker(spec: Any, path: str, restarts: int, ctrl: socket.socket, matrix: Any,
+                   worker_plan: WorkerPlan | None, hold: bool = False) -> int:
+        """A worker's life, in its forked process (a fresh fork or a standby) once its
+        stdout and stderr are the supervisor's pipes; returns its exit code."""
+        set_title(f"worker: {path}")
+        if spec.env:
+            os.environ.update(spec.env)  # the supervisor's environment, plus these
+        log_to_supervisor()  # self.log records go up whole: one stamp, one level
+        sys.stdout.reconfigure(line_buffering=True)  # a pipe: flush per line
+        return serve(spec, path, restarts, ctrl, matrix, worker_plan, hold)
+
+    def plan_for(self, spec: Any, matrix: Any) -> WorkerPlan | None:
+        """The worker plan of `spec` under `matrix`, made once per class, matrix and call
+        options (restarts and siblings of one class reuse it)."""
+        key = plan_key(spec, matrix)
         cached = self._plans.get(key)
-        if cached is not None and cached[0] is slot.matrix:
+        if cached is not None and cached[0] is matrix:
             return cached[1]
         try:
-            made = plan(slot.spec, slot.matrix)
+            made = plan(spec, matrix)
         except Exception:  # noqa: BLE001 - the user's class, inspected: the child says why
             # A class whose attributes raise when read (a descriptor that fails on the
             # class): the child builds its plan itself and fails to start with the error,
@@ -99,7 +107,7 @@ class ProcessLauncher:
             return None
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()  # dynamic children with matrices of their own: stay small
-        self._plans[key] = (slot.matrix, made)
+        self._plans[key] = (matrix, made)
         return made
 
     def await_start(self, slot: ChildSlot, on_message: OnMessage) -> StartFailure | None:

@@ -19,7 +19,16 @@ import attrs
 
 from ..specs import ChildSpec, PoolSpec, SupervisorSpec
 
-__all__ = ["Reimport", "ReimportError"]
+__all__ = ["Reimport", "ReimportError", "generation"]
+
+# Modules re-imported in this process so far: what a process forked before a re-import
+# runs may be stale (a pre-forked standby checks it, see `tree.standby`).
+_generation = 0
+
+
+def generation() -> int:
+    """How many times a module was (or began to be) re-imported in this process."""
+    return _generation
 
 
 class ReimportError(Exception):
@@ -64,6 +73,10 @@ class Reimport:
             return cls
         module = self._done.get(name)
         if module is None:
+            global _generation
+            # Counted before the reload runs: a module whose new code raises half way is
+            # changed all the same (its namespace is updated in place).
+            _generation += 1
             try:
                 module = importlib.reload(sys.modules[name])
             except Exception as exc:  # the new code's own error (SyntaxError, ImportError...)
