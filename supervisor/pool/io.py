@@ -39,7 +39,7 @@ from ..errors import (
 from ..wire import messages as P
 from ..wire.policy import decode_policy
 from .link import BUFFERED, STAR, Job, Link, Slot, SyncCall
-from .results import settle, settle_all
+from .results import settle, settle_all, start_all
 from .state import Effects, PoolState, Presend, Waiter
 from .threads import Timers, Watcher
 
@@ -462,22 +462,22 @@ class PoolIO:
 
     def _start(self, slot: Slot, jobs: list[Job]) -> list[Job]:
         """Mark the calls running; drop those cancelled meanwhile (they are never sent)."""
-        live = []
-        dropped = 0
-        for job in jobs:
-            if not job.started:
-                job.started = True
-                sink = job.sink
-                if not (sink.set_running_or_notify_cancel() if job.index < 0
-                        else not sink.cancelled):
-                    dropped += 1
-                    job.owner.done()
-                    continue
-            live.append(job)
-        if dropped:
-            with self.state.lock:
-                self.state.unload(slot, dropped)
-        return live
+        slow = start_all(jobs)  # the common case, in bulk
+        if slow is None:
+            return jobs
+        dropped = set()
+        for job in slow:
+            job.started = True
+            sink = job.sink
+            if not (sink.set_running_or_notify_cancel() if job.index < 0
+                    else not sink.cancelled):
+                dropped.add(id(job))
+                job.owner.done()
+        if not dropped:
+            return jobs
+        with self.state.lock:
+            self.state.unload(slot, len(dropped))
+        return [job for job in jobs if id(job) not in dropped]
 
     def _encode(self, slot: Slot, live: list[Job]) -> tuple[list[tuple[int, Job]], bytes]:
         ids = self.state.ids

@@ -37,7 +37,7 @@ from ..errors import ProtocolError, WorkerError
 from ..wire import messages as P
 from .link import Job
 
-__all__ = ["PoolFuture", "MapResults", "Tracker", "settle", "settle_all"]
+__all__ = ["PoolFuture", "MapResults", "Tracker", "settle", "settle_all", "start_all"]
 
 _CREATE = threading.Lock()  # creating a Condition vs. a change made without one
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
@@ -133,10 +133,15 @@ def settle(job: Job, outcome: Any, path: str) -> None:
 
 def settle_all(done: Any) -> None:
     """`settle` for many calls: a map's results go in per batch, and calls are counted
-    done once per client view (one lock each, not one per call)."""
+    done once per client view (one lock each, not one per call).
+
+    The common case, a plain Reply to a `PoolFuture` nobody waits on, is settled for the
+    whole batch under one acquisition of `_CREATE` (see `_finish_quietly`); the rest go
+    the ordinary way afterwards, outside that lock (they may run callbacks)."""
+    rest = _finish_quietly(done)
     owner, count = None, 0
     table, batch = None, []
-    for job, outcome, path in done:
+    for job, outcome, path in rest:
         value, exc = _outcome(job, outcome, path)
         if job.index < 0:
             _finish(job, value, exc)
@@ -151,15 +156,64 @@ def settle_all(done: Any) -> None:
                 batch.append((job.index, [], exc))
             else:
                 batch.append((job.index, *_chunk(job, value, path)))
+    if batch:
+        table.settle_many(batch)
+    for job, _, _ in done:  # counted done after every settlement (shutdown(wait) waits)
         if job.owner is not owner:
             if owner is not None:
                 owner.done(count)
             owner, count = job.owner, 0
         count += 1
-    if batch:
-        table.settle_many(batch)
     if owner is not None:
         owner.done(count)
+
+
+def _finish_quietly(done: Any) -> Any:
+    """Settle, under one acquisition of `_CREATE`, every call of `done` whose outcome is a
+    plain Reply and whose sink is a running PoolFuture without a Condition; return the
+    others, in order (an empty tuple when none are left).
+
+    As `PoolFuture._quietly` does for one future: no Condition exists, and none can be
+    made while we hold `_CREATE`, so nobody is waiting and no callback is registered;
+    a waiter that comes later makes the Condition and finds the final state. `_result`
+    is stored before `_state`, so a lock-free `result()` that sees FINISHED sees it."""
+    rest = None
+    with _CREATE:
+        for item in done:
+            job, outcome, _ = item
+            fut = job.sink
+            if type(outcome) is P.Reply and type(fut) is PoolFuture and fut._cond is None \
+                    and fut._state == RUNNING and not outcome.pickled:
+                fut._result = outcome.value
+                fut._state = FINISHED
+            elif rest is None:
+                rest = [item]
+            else:
+                rest.append(item)
+    return () if rest is None else rest
+
+
+def start_all(jobs: list[Job]) -> list[Job] | None:
+    """Mark the calls of a batch running before their frames are written, the common case
+    (a fresh PoolFuture nobody waits on) under one acquisition of `_CREATE` (as
+    `_finish_quietly`: no waiter exists, none can appear meanwhile). Returns None when
+    that was all of them, else the calls whose sinks must go the ordinary way (outside
+    that lock: `set_running_or_notify_cancel` takes it, and notifies waiters), in order.
+    A Job not yet `started` and left out is for the caller to start."""
+    slow = None
+    with _CREATE:
+        for job in jobs:
+            if job.started:
+                continue
+            fut = job.sink
+            if type(fut) is PoolFuture and fut._cond is None and fut._state == PENDING:
+                fut._state = RUNNING
+                job.started = True
+            elif slow is None:
+                slow = [job]
+            else:
+                slow.append(job)
+    return slow
 
 
 def _outcome(job: Job, outcome: Any, path: str) -> tuple[Any, BaseException | None]:
