@@ -37,7 +37,8 @@ from ..errors import ProtocolError, WorkerError
 from ..wire import messages as P
 from .link import Job
 
-__all__ = ["PoolFuture", "MapResults", "Tracker", "settle", "settle_all", "start_all"]
+__all__ = ["PoolFuture", "MapResults", "Tracker", "settle", "settle_all", "settle_filed",
+           "start_all"]
 
 _CREATE = threading.Lock()  # creating a Condition vs. a change made without one
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
@@ -133,15 +134,10 @@ def settle(job: Job, outcome: Any, path: str) -> None:
 
 def settle_all(done: Any) -> None:
     """`settle` for many calls: a map's results go in per batch, and calls are counted
-    done once per client view (one lock each, not one per call).
-
-    The common case, a plain Reply to a `PoolFuture` nobody waits on, is settled for the
-    whole batch under one acquisition of `_CREATE` (see `_finish_quietly`); the rest go
-    the ordinary way afterwards, outside that lock (they may run callbacks)."""
-    rest = _finish_quietly(done)
+    done once per client view (one lock each, not one per call)."""
     owner, count = None, 0
     table, batch = None, []
-    for job, outcome, path in rest:
+    for job, outcome, path in done:
         value, exc = _outcome(job, outcome, path)
         if job.index < 0:
             _finish(job, value, exc)
@@ -156,28 +152,32 @@ def settle_all(done: Any) -> None:
                 batch.append((job.index, [], exc))
             else:
                 batch.append((job.index, *_chunk(job, value, path)))
-    if batch:
-        table.settle_many(batch)
-    for job, _, _ in done:  # counted done after every settlement (shutdown(wait) waits)
         if job.owner is not owner:
             if owner is not None:
                 owner.done(count)
             owner, count = job.owner, 0
         count += 1
+    if batch:
+        table.settle_many(batch)
     if owner is not None:
         owner.done(count)
 
 
-def _finish_quietly(done: Any) -> Any:
-    """Settle, under one acquisition of `_CREATE`, every call of `done` whose outcome is a
-    plain Reply and whose sink is a running PoolFuture without a Condition; return the
-    others, in order (an empty tuple when none are left).
+def settle_filed(done: list[tuple[Job, Any, str]]) -> Any:
+    """Settle, as a reader files them, the calls of `done` whose outcome is a plain Reply
+    and whose sink is a running PoolFuture without a Condition (the common case under
+    `submit` load), all under one acquisition of `_CREATE`, and count them done; return
+    the others, in order, for `settle_all` outside the lock (an empty tuple if none).
 
-    As `PoolFuture._quietly` does for one future: no Condition exists, and none can be
-    made while we hold `_CREATE`, so nobody is waiting and no callback is registered;
-    a waiter that comes later makes the Condition and finds the final state. `_result`
-    is stored before `_state`, so a lock-free `result()` that sees FINISHED sees it."""
+    Runs under the pool's lock, which is every Tracker's lock (so the count needs no lock
+    of its own), and takes `_CREATE` inside it; nothing takes them the other way round
+    (`_CREATE` is only held for a few assignments). As `PoolFuture._quietly` for one
+    future: no Condition exists, and none can be made while we hold `_CREATE`, so nobody
+    waits and no callback is registered, and no callback runs here; a waiter that comes
+    later makes the Condition and finds the final state. `_result` is stored before
+    `_state`, so a lock-free `result()` that sees FINISHED sees it."""
     rest = None
+    owner, count = None, 0
     with _CREATE:
         for item in done:
             job, outcome, _ = item
@@ -186,17 +186,24 @@ def _finish_quietly(done: Any) -> Any:
                     and fut._state == RUNNING and not outcome.pickled:
                 fut._result = outcome.value
                 fut._state = FINISHED
+                if job.owner is not owner:
+                    if owner is not None:
+                        owner.done_locked(count)
+                    owner, count = job.owner, 0
+                count += 1
             elif rest is None:
                 rest = [item]
             else:
                 rest.append(item)
+    if owner is not None:
+        owner.done_locked(count)
     return () if rest is None else rest
 
 
 def start_all(jobs: list[Job]) -> list[Job] | None:
     """Mark the calls of a batch running before their frames are written, the common case
     (a fresh PoolFuture nobody waits on) under one acquisition of `_CREATE` (as
-    `_finish_quietly`: no waiter exists, none can appear meanwhile). Returns None when
+    `settle_filed`: no waiter exists, none can appear meanwhile). Returns None when
     that was all of them, else the calls whose sinks must go the ordinary way (outside
     that lock: `set_running_or_notify_cancel` takes it, and notifies waiters), in order.
     A Job not yet `started` and left out is for the caller to start."""
@@ -264,9 +271,13 @@ class Tracker:
 
     def done(self, n: int = 1) -> None:
         with self.lock:
-            self.count -= n
-            if not self.count:
-                self.idle.notify_all()
+            self.done_locked(n)
+
+    def done_locked(self, n: int) -> None:
+        """`done` by a caller that holds the pool state's lock."""
+        self.count -= n
+        if not self.count:
+            self.idle.notify_all()
 
     def wait_idle(self) -> None:
         with self.lock:

@@ -46,6 +46,7 @@ import attrs
 from ..errors import CallTimeout, PoolExhausted, SessionLost, WorkerCrashed
 from ..wire import messages as P
 from .link import NOT_SENT, Job, Link, Slot, SyncCall
+from .results import settle_filed
 from .sessions import Sessions
 
 __all__ = ["PoolState", "Waiter", "Effects", "Presend"]
@@ -527,13 +528,16 @@ class PoolState:
         """File what a reader read: blocking callers get their reply, async calls are
         settled, NotRun calls go back to the queue, freed capacity is planned again."""
         slot = link.slot
+        path = slot.path
+        waiting = link.waiting
         done: list[Any] = []
         again: list[Any] = []
         for msg in msgs:
-            if type(msg) is P.Closing:
+            kind = type(msg)
+            if kind is P.Closing:
                 self.drain(link, msg.reason, fx)
                 continue
-            entry = link.waiting.pop(msg.id, None)
+            entry = waiting.pop(msg.id, None)
             if entry is None:
                 continue  # its caller gave up (timeout)
             if type(entry) is SyncCall:
@@ -541,18 +545,22 @@ class PoolState:
                 if entry.wake is not None:
                     entry.wake()
                 continue
-            link.async_count -= 1
+            if kind is P.NotRun:
+                again.append(entry)
+            else:
+                done.append((entry, msg, path))
+        answered = len(done) + len(again)  # async calls: counted off once per read
+        if answered:
+            link.async_count -= answered
+            slot.load -= answered
             if not link.async_count:
                 link.chunk = 1
                 link.timed = None
-            slot.load -= 1
-            if type(msg) is P.NotRun:
-                again.append(entry)
-            else:
-                done.append((entry, msg, slot.path))
         if done:
             link.last_progress = time.monotonic()
-            fx.settled(done)
+            # Plain replies to futures nobody waits on are settled here, in bulk (no
+            # callback can run: see `settle_filed`); the rest outside the lock.
+            fx.settled(settle_filed(done))
         if again:
             self.requeue(again)
         if why is None and link.draining is not None and not link.waiting:
