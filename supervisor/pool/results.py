@@ -163,11 +163,12 @@ def settle_all(done: Any) -> None:
         owner.done(count)
 
 
-def settle_filed(done: list[tuple[Job, Any, str]]) -> Any:
-    """Settle, as a reader files them, the calls of `done` whose outcome is a plain Reply
-    and whose sink is a running PoolFuture without a Condition (the common case under
-    `submit` load), all under one acquisition of `_CREATE`, and count them done; return
-    the others, in order, for `settle_all` outside the lock (an empty tuple if none).
+def settle_filed(jobs: list[Job], replies: list[Any], path: str) -> Any:
+    """Settle, as a reader files them, the calls of `jobs` whose reply (the same index
+    of `replies`) is a plain Reply and whose sink is a running PoolFuture without a
+    Condition (the common case under `submit` load), all under one acquisition of
+    `_CREATE`, and count them done; return the others as (job, reply, path), in order,
+    for `settle_all` outside the lock (an empty tuple if none).
 
     Runs under the pool's lock, which is every Tracker's lock (so the count needs no lock
     of its own), and takes `_CREATE` inside it; nothing takes them the other way round
@@ -179,8 +180,7 @@ def settle_filed(done: list[tuple[Job, Any, str]]) -> Any:
     rest = None
     owner, count = None, 0
     with _CREATE:
-        for item in done:
-            job, outcome, _ = item
+        for job, outcome in zip(jobs, replies, strict=True):
             fut = job.sink
             if type(outcome) is P.Reply and type(fut) is PoolFuture and fut._cond is None \
                     and fut._state == RUNNING and not outcome.pickled:
@@ -192,9 +192,9 @@ def settle_filed(done: list[tuple[Job, Any, str]]) -> Any:
                     owner, count = job.owner, 0
                 count += 1
             elif rest is None:
-                rest = [item]
+                rest = [(job, outcome, path)]
             else:
-                rest.append(item)
+                rest.append((job, outcome, path))
     if owner is not None:
         owner.done_locked(count)
     return () if rest is None else rest

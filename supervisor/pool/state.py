@@ -530,7 +530,8 @@ class PoolState:
         slot = link.slot
         path = slot.path
         waiting = link.waiting
-        done: list[Any] = []
+        done: list[Job] = []  # answered async calls, and their replies (two lists:
+        replies: list[Any] = []  # no tuple per call for the cyclic GC to count)
         again: list[Any] = []
         for msg in msgs:
             kind = type(msg)
@@ -548,7 +549,8 @@ class PoolState:
             if kind is P.NotRun:
                 again.append(entry)
             else:
-                done.append((entry, msg, path))
+                done.append(entry)
+                replies.append(msg)
         answered = len(done) + len(again)  # async calls: counted off once per read
         if answered:
             link.async_count -= answered
@@ -560,7 +562,7 @@ class PoolState:
             link.last_progress = time.monotonic()
             # Plain replies to futures nobody waits on are settled here, in bulk (no
             # callback can run: see `settle_filed`); the rest outside the lock.
-            fx.settled(settle_filed(done))
+            fx.settled(settle_filed(done, replies, path))
         if again:
             self.requeue(again)
         if why is None and link.draining is not None and not link.waiting:

@@ -52,9 +52,10 @@ def test_settle_filed_settles_only_unwatched_running_futures_and_counts_them():
             (_job(table, owner, index=0), P.Reply(id=5, value=9), "p/p-0")]
     owner.count = len(done)
     with lock:
-        rest = settle_filed(done)
+        rest = settle_filed([job for job, _, _ in done], [msg for _, msg, _ in done], "p/p-0")
     assert quiet.done() and quiet.result() == 7
     assert [item[0].sink for item in rest] == [watched, failed, pickled, table]
+    assert [item[1] for item in rest] == [msg for _, msg, _ in done[1:]]
     assert not calls and watched._state == RUNNING  # left for settle_all, outside the lock
     assert owner.count == len(done) - 1  # only the one settled here is counted done
 
