@@ -14,6 +14,9 @@ the answers to those requests, and the pool's telemetry hook runs on that thread
 one thing done under it besides `notify` is its event-loop twin: a loop caller's `wake()`
 (Waiter, SyncCall), which only schedules a callback on that loop (``call_soon_threadsafe``:
 a non-blocking write to the loop's wake-up channel, no lock of the loop's taken).
+Settling is done under it in one case: a plain reply to a `PoolFuture` nobody waits on
+(no Condition, so no waiter and no callback), which `results.settle_filed` settles as it
+is filed, a batch at a time; every other outcome goes to `Effects`.
 
 Busy. A blocking caller needs ``load < max_in_flight`` (1 by default: one caller per
 worker at a time, as in a classic checkout pool, so a long call never queues another
