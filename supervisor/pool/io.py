@@ -507,20 +507,22 @@ class PoolIO:
         encode_into, limit, call = codec.encoder.encode_into, codec.max_frame, P.Call
         buf = bytearray()
         calls: list[tuple[int, Job]] = []
+        pack_into, append = _LENGTH.pack_into, calls.append
+        start = 0
         try:
             # One pass, as `Codec.encode_many` does it (each body encoded in place after a
             # gap for its length), without a list of messages and a second list of ids.
             for job in live:
                 cid = next(ids)
-                start = len(buf)
                 encode_into(call(cid, P.BATCH, (job.method, job.args, job.batch == STAR))
                             if job.batch else call(cid, job.method, job.args, job.kwargs),
                             buf, start + HEADER)
-                size = len(buf) - start - HEADER
-                if size > limit:
+                end = len(buf)
+                if end - start - HEADER > limit:
                     break
-                _LENGTH.pack_into(buf, start, size)
-                calls.append((cid, job))
+                pack_into(buf, start, end - start - HEADER)
+                append((cid, job))
+                start = end
             else:
                 return calls, buf
         except _ENCODE_ERRORS:

@@ -366,19 +366,21 @@ class PoolState:
         pending = self.pending
         if _alone(slot):
             return jobs
-        while pending and (load < level or not load):
+        # `level` >= 1 whenever calls are queued (see `plan`), so an idle slot may take one.
+        popleft, append = pending.popleft, jobs.append
+        for _ in range(min(len(pending), level - load)):
             head = pending[0]
             if head.timeout is not None:
                 # A call with its own timeout runs alone on an idle worker (when it times
                 # out, that worker is replaced: nothing else may be lost with it).
                 if not load:
-                    jobs.append(pending.popleft())
+                    append(popleft())
                     load = 1
                     slot.alone = True
                 break
             if load >= head.cap:
                 break
-            jobs.append(pending.popleft())
+            append(popleft())
             load += 1
         slot.load = load
         return jobs
