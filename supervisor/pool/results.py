@@ -4,7 +4,9 @@
         job.index < 0  ─▶ its PoolFuture (submit)
         job.index >= 0 ─▶ its MapResults unit (map), a chunk's results at once
 
-Settling runs futures' callbacks, so it never happens under the pool's lock.
+Settling runs futures' callbacks, so it never happens under the pool's lock, with one
+exception that runs none: `settle_filed`, a reader's batch of plain replies to futures
+nobody waits on (no Condition: no waiter, no callback), settled as they are filed.
 
 `PoolFuture` is a `concurrent.futures.Future` that builds its lock only when needed.
 
@@ -266,7 +268,8 @@ class Tracker:
     """Counts one client view's outstanding async calls, for ``shutdown(wait=True)``.
 
     `count` is guarded by the pool state's lock: `enqueue` adds under the lock it takes
-    anyway, so a submit pays no lock of its own; `done` runs outside that lock.
+    anyway, so a submit pays no lock of its own; `done` runs outside that lock, and
+    `done_locked` under it (a reader counting the calls it settled as it filed them).
     """
 
     def __init__(self, lock: threading.Lock) -> None:
