@@ -507,13 +507,13 @@ class PoolIO:
         encode_into, limit, call = codec.encoder.encode_into, codec.max_frame, P.Call
         buf = bytearray()
         calls: list[tuple[int, Job]] = []
-        pack_into, append = _LENGTH.pack_into, calls.append
+        pack_into, append, next_id = _LENGTH.pack_into, calls.append, ids.__next__
         start = 0
         try:
             # One pass, as `Codec.encode_many` does it (each body encoded in place after a
             # gap for its length), without a list of messages and a second list of ids.
             for job in live:
-                cid = next(ids)
+                cid = next_id()
                 encode_into(call(cid, P.BATCH, (job.method, job.args, job.batch == STAR))
                             if job.batch else call(cid, job.method, job.args, job.kwargs),
                             buf, start + HEADER)

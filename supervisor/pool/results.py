@@ -186,11 +186,12 @@ def settle_filed(jobs: list[Job], replies: list[Any], path: str) -> Any:
     `_state`, so a lock-free `result()` that sees FINISHED sees it."""
     rest = None
     owner, count = None, 0
+    reply, future, running = P.Reply, PoolFuture, RUNNING  # bound once: a loop per reply
     with _CREATE:
         for job, outcome in zip(jobs, replies, strict=True):
             fut = job.sink
-            if type(outcome) is P.Reply and type(fut) is PoolFuture and fut._cond is None \
-                    and fut._state == RUNNING and not outcome.pickled:
+            if type(outcome) is reply and type(fut) is future and fut._cond is None \
+                    and fut._state == running and not outcome.pickled:
                 fut._result = outcome.value
                 fut._state = FINISHED
                 if job.owner is not owner:

@@ -538,24 +538,27 @@ class PoolState:
         done: list[Job] = []  # answered async calls, and their replies (two lists:
         replies: list[Any] = []  # no tuple per call for the cyclic GC to count)
         again: list[Any] = []
+        # Names bound once: this loop runs once per reply under `submit` load.
+        pop, closing, not_run = waiting.pop, P.Closing, P.NotRun
+        add_done, add_reply = done.append, replies.append
         for msg in msgs:
             kind = type(msg)
-            if kind is P.Closing:
+            if kind is closing:
                 self.drain(link, msg.reason, fx)
                 continue
-            entry = waiting.pop(msg.id, None)
+            entry = pop(msg.id, None)
+            if type(entry) is Job:  # an async call (the common case)
+                if kind is not_run:
+                    again.append(entry)
+                else:
+                    add_done(entry)
+                    add_reply(msg)
+                continue
             if entry is None:
                 continue  # its caller gave up (timeout)
-            if type(entry) is SyncCall:
-                entry.reply = msg
-                if entry.wake is not None:
-                    entry.wake()
-                continue
-            if kind is P.NotRun:
-                again.append(entry)
-            else:
-                done.append(entry)
-                replies.append(msg)
+            entry.reply = msg  # a blocking caller's SyncCall
+            if entry.wake is not None:
+                entry.wake()
         answered = len(done) + len(again)  # async calls: counted off once per read
         if answered:
             link.async_count -= answered
