@@ -280,6 +280,13 @@ class PoolClient:
         takes no other call. Without it, the worker's `call_timeout` bounds the wait for
         each reply of its pipelined calls.
         """
+        if timeout is None and type(method) is str and self._members.started:
+            # The common case in one frame (no checks to make, the pool known): a submit
+            # is the submitting thread's whole cost per call under load.
+            fut = PoolFuture()
+            self._io.enqueue_one(Job(method, args, kwargs or None, fut, -1, self._tracker,
+                                     self._pipeline))
+            return fut
         return self.submit_to(PoolFuture(), method, args, kwargs, timeout)
 
     def submit_to(self, sink: Any, method: Any, args: tuple, kwargs: dict[str, Any],

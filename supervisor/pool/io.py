@@ -16,6 +16,7 @@ lock, except where noted (a blocking caller waits on a condition of the lock).
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
@@ -37,13 +38,18 @@ from ..errors import (
     WorkerCrashed,
 )
 from ..wire import messages as P
+from ..wire.framing import HEADER
 from ..wire.policy import decode_policy
 from .link import BUFFERED, STAR, Job, Link, Slot, SyncCall
-from .results import settle, settle_all
+from .results import settle, settle_all, start_all
 from .state import Effects, PoolState, Presend, Waiter
 from .threads import Timers, Watcher
 
 __all__ = ["PoolIO"]
+
+# What msgspec raises for a value it cannot encode (Codec.encode turns them into EncodeError).
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError)
+_LENGTH = struct.Struct(">I")  # a frame's length prefix (see wire.framing)
 
 OPEN_TIMEOUT = 30.0  # seconds to get a channel from the tree (a control round trip)
 
@@ -414,6 +420,20 @@ class PoolIO:
         if plan:
             self.run(fx)
 
+    def enqueue_one(self, job: Job) -> None:
+        """`enqueue` of one submitted call; while calls are queued already, in one
+        section under the lock and nothing else (the common case under load)."""
+        state = self.state
+        with state.lock:
+            if state.pending and not state.gone:
+                # Calls queued before it mean every worker was busy (or down) when they
+                # came, and whoever frees one plans again: this one just waits behind
+                # them, as `PoolState.enqueue` decides for a batch.
+                job.owner.count += 1
+                state.pending.append(job)
+                return
+        self.enqueue([job], False)
+
     def _fail(self, jobs: list[Job]) -> None:
         exc = WorkerCrashed("the tree is not running", path=self.state.path)
         settle_all([(job, exc, self.state.path) for job in jobs])
@@ -462,25 +482,51 @@ class PoolIO:
 
     def _start(self, slot: Slot, jobs: list[Job]) -> list[Job]:
         """Mark the calls running; drop those cancelled meanwhile (they are never sent)."""
-        live = []
-        dropped = 0
-        for job in jobs:
-            if not job.started:
-                job.started = True
-                sink = job.sink
-                if not (sink.set_running_or_notify_cancel() if job.index < 0
-                        else not sink.cancelled):
-                    dropped += 1
-                    job.owner.done()
-                    continue
-            live.append(job)
-        if dropped:
-            with self.state.lock:
-                self.state.unload(slot, dropped)
-        return live
+        slow = start_all(jobs)  # the common case, in bulk
+        if slow is None:
+            return jobs
+        dropped = set()
+        for job in slow:
+            job.started = True
+            sink = job.sink
+            if not (sink.set_running_or_notify_cancel() if job.index < 0
+                    else not sink.cancelled):
+                dropped.add(id(job))
+                job.owner.done()
+        if not dropped:
+            return jobs
+        with self.state.lock:
+            self.state.unload(slot, len(dropped))
+        return [job for job in jobs if id(job) not in dropped]
 
-    def _encode(self, slot: Slot, live: list[Job]) -> tuple[list[tuple[int, Job]], bytes]:
+    def _encode(self, slot: Slot, live: list[Job]) -> tuple[list[tuple[int, Job]], Any]:
+        """The frames of `live` back to back (one write), and (call id, job) per frame.
+        A call whose arguments do not encode fails alone (EncodeError); the others go."""
         ids = self.state.ids
+        codec = P.CALL_CODEC
+        encode_into, limit, call = codec.encoder.encode_into, codec.max_frame, P.Call
+        buf = bytearray()
+        calls: list[tuple[int, Job]] = []
+        pack_into, append, next_id = _LENGTH.pack_into, calls.append, ids.__next__
+        start = 0
+        try:
+            # One pass, as `Codec.encode_many` does it (each body encoded in place after a
+            # gap for its length), without a list of messages and a second list of ids.
+            for job in live:
+                cid = next_id()
+                encode_into(call(cid, P.BATCH, (job.method, job.args, job.batch == STAR))
+                            if job.batch else call(cid, job.method, job.args, job.kwargs),
+                            buf, start + HEADER)
+                end = len(buf)
+                if end - start - HEADER > limit:
+                    break
+                pack_into(buf, start, end - start - HEADER)
+                append((cid, job))
+                start = end
+            else:
+                return calls, buf
+        except _ENCODE_ERRORS:
+            pass
         msgs = [P.Call(id=next(ids), method=P.BATCH,
                        args=(job.method, job.args, job.batch == STAR))
                 if job.batch

@@ -4,7 +4,9 @@
         job.index < 0  ─▶ its PoolFuture (submit)
         job.index >= 0 ─▶ its MapResults unit (map), a chunk's results at once
 
-Settling runs futures' callbacks, so it never happens under the pool's lock.
+Settling runs futures' callbacks, so it never happens under the pool's lock, with one
+exception that runs none: `settle_filed`, a reader's batch of plain replies to futures
+nobody waits on (no Condition: no waiter, no callback), settled as they are filed.
 
 `PoolFuture` is a `concurrent.futures.Future` that builds its lock only when needed.
 
@@ -37,7 +39,8 @@ from ..errors import ProtocolError, WorkerError
 from ..wire import messages as P
 from .link import Job
 
-__all__ = ["PoolFuture", "MapResults", "Tracker", "settle", "settle_all"]
+__all__ = ["PoolFuture", "MapResults", "Tracker", "settle", "settle_all", "settle_filed",
+           "start_all"]
 
 _CREATE = threading.Lock()  # creating a Condition vs. a change made without one
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
@@ -46,12 +49,17 @@ _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 class PoolFuture(Future):
     """A `concurrent.futures.Future`, cheaper to make and to settle unobserved."""
 
-    def __init__(self) -> None:  # Future.__init__ without the Condition and lists
-        self._state = PENDING
-        self._result = None
-        self._exception = None
-        self._cond: threading.Condition | None = None
-        self._lists: tuple[list[Any], list[Any]] | None = None
+    # Future.__init__ without the Condition and lists, and without a Python frame: the
+    # initial values are class attributes (immutable, so sharing them is safe; every
+    # change is an assignment, which lands on the instance), and the constructor is
+    # object's own. One future is made per `submit`: this halves its cost (0.21 -> 0.11
+    # us measured).
+    _state = PENDING
+    _result: Any = None
+    _exception: BaseException | None = None
+    _cond: threading.Condition | None = None
+    _lists: tuple[list[Any], list[Any]] | None = None
+    __init__ = object.__init__
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -162,6 +170,67 @@ def settle_all(done: Any) -> None:
         owner.done(count)
 
 
+def settle_filed(jobs: list[Job], replies: list[Any], path: str) -> Any:
+    """Settle, as a reader files them, the calls of `jobs` whose reply (the same index
+    of `replies`) is a plain Reply and whose sink is a running PoolFuture without a
+    Condition (the common case under `submit` load), all under one acquisition of
+    `_CREATE`, and count them done; return the others as (job, reply, path), in order,
+    for `settle_all` outside the lock (an empty tuple if none).
+
+    Runs under the pool's lock, which is every Tracker's lock (so the count needs no lock
+    of its own), and takes `_CREATE` inside it; nothing takes them the other way round
+    (`_CREATE` is only held for a few assignments). As `PoolFuture._quietly` for one
+    future: no Condition exists, and none can be made while we hold `_CREATE`, so nobody
+    waits and no callback is registered, and no callback runs here; a waiter that comes
+    later makes the Condition and finds the final state. `_result` is stored before
+    `_state`, so a lock-free `result()` that sees FINISHED sees it."""
+    rest = None
+    owner, count = None, 0
+    reply, future, running = P.Reply, PoolFuture, RUNNING  # bound once: a loop per reply
+    with _CREATE:
+        for job, outcome in zip(jobs, replies, strict=True):
+            fut = job.sink
+            if type(outcome) is reply and type(fut) is future and fut._cond is None \
+                    and fut._state == running and not outcome.pickled:
+                fut._result = outcome.value
+                fut._state = FINISHED
+                if job.owner is not owner:
+                    if owner is not None:
+                        owner.done_locked(count)
+                    owner, count = job.owner, 0
+                count += 1
+            elif rest is None:
+                rest = [(job, outcome, path)]
+            else:
+                rest.append((job, outcome, path))
+    if owner is not None:
+        owner.done_locked(count)
+    return () if rest is None else rest
+
+
+def start_all(jobs: list[Job]) -> list[Job] | None:
+    """Mark the calls of a batch running before their frames are written, the common case
+    (a fresh PoolFuture nobody waits on) under one acquisition of `_CREATE` (as
+    `settle_filed`: no waiter exists, none can appear meanwhile). Returns None when
+    that was all of them, else the calls whose sinks must go the ordinary way (outside
+    that lock: `set_running_or_notify_cancel` takes it, and notifies waiters), in order.
+    A Job not yet `started` and left out is for the caller to start."""
+    slow = None
+    with _CREATE:
+        for job in jobs:
+            if job.started:
+                continue
+            fut = job.sink
+            if type(fut) is PoolFuture and fut._cond is None and fut._state == PENDING:
+                fut._state = RUNNING
+                job.started = True
+            elif slow is None:
+                slow = [job]
+            else:
+                slow.append(job)
+    return slow
+
+
 def _outcome(job: Job, outcome: Any, path: str) -> tuple[Any, BaseException | None]:
     if type(outcome) is P.Reply and not outcome.pickled:
         return outcome.value, None  # the common case, without a call
@@ -200,7 +269,8 @@ class Tracker:
     """Counts one client view's outstanding async calls, for ``shutdown(wait=True)``.
 
     `count` is guarded by the pool state's lock: `enqueue` adds under the lock it takes
-    anyway, so a submit pays no lock of its own; `done` runs outside that lock.
+    anyway, so a submit pays no lock of its own; `done` runs outside that lock, and
+    `done_locked` under it (a reader counting the calls it settled as it filed them).
     """
 
     def __init__(self, lock: threading.Lock) -> None:
@@ -210,9 +280,13 @@ class Tracker:
 
     def done(self, n: int = 1) -> None:
         with self.lock:
-            self.count -= n
-            if not self.count:
-                self.idle.notify_all()
+            self.done_locked(n)
+
+    def done_locked(self, n: int) -> None:
+        """`done` by a caller that holds the pool state's lock."""
+        self.count -= n
+        if not self.count:
+            self.idle.notify_all()
 
     def wait_idle(self) -> None:
         with self.lock:

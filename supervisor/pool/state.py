@@ -14,6 +14,9 @@ the answers to those requests, and the pool's telemetry hook runs on that thread
 one thing done under it besides `notify` is its event-loop twin: a loop caller's `wake()`
 (Waiter, SyncCall), which only schedules a callback on that loop (``call_soon_threadsafe``:
 a non-blocking write to the loop's wake-up channel, no lock of the loop's taken).
+Settling is done under it in one case: a plain reply to a `PoolFuture` nobody waits on
+(no Condition, so no waiter and no callback), which `results.settle_filed` settles as it
+is filed, a batch at a time; every other outcome goes to `Effects`.
 
 Busy. A blocking caller needs ``load < max_in_flight`` (1 by default: one caller per
 worker at a time, as in a classic checkout pool, so a long call never queues another
@@ -46,6 +49,7 @@ import attrs
 from ..errors import CallTimeout, PoolExhausted, SessionLost, WorkerCrashed
 from ..wire import messages as P
 from .link import NOT_SENT, Job, Link, Slot, SyncCall
+from .results import settle_filed
 from .sessions import Sessions
 
 __all__ = ["PoolState", "Waiter", "Effects", "Presend"]
@@ -362,19 +366,21 @@ class PoolState:
         pending = self.pending
         if _alone(slot):
             return jobs
-        while pending and (load < level or not load):
+        # `level` >= 1 whenever calls are queued (see `plan`), so an idle slot may take one.
+        popleft, append = pending.popleft, jobs.append
+        for _ in range(min(len(pending), level - load)):
             head = pending[0]
             if head.timeout is not None:
                 # A call with its own timeout runs alone on an idle worker (when it times
                 # out, that worker is replaced: nothing else may be lost with it).
                 if not load:
-                    jobs.append(pending.popleft())
+                    append(popleft())
                     load = 1
                     slot.alone = True
                 break
             if load >= head.cap:
                 break
-            jobs.append(pending.popleft())
+            append(popleft())
             load += 1
         slot.load = load
         return jobs
@@ -527,32 +533,44 @@ class PoolState:
         """File what a reader read: blocking callers get their reply, async calls are
         settled, NotRun calls go back to the queue, freed capacity is planned again."""
         slot = link.slot
-        done: list[Any] = []
+        path = slot.path
+        waiting = link.waiting
+        done: list[Job] = []  # answered async calls, and their replies (two lists:
+        replies: list[Any] = []  # no tuple per call for the cyclic GC to count)
         again: list[Any] = []
+        # Names bound once: this loop runs once per reply under `submit` load.
+        pop, closing, not_run = waiting.pop, P.Closing, P.NotRun
+        add_done, add_reply = done.append, replies.append
         for msg in msgs:
-            if type(msg) is P.Closing:
+            kind = type(msg)
+            if kind is closing:
                 self.drain(link, msg.reason, fx)
                 continue
-            entry = link.waiting.pop(msg.id, None)
+            entry = pop(msg.id, None)
+            if type(entry) is Job:  # an async call (the common case)
+                if kind is not_run:
+                    again.append(entry)
+                else:
+                    add_done(entry)
+                    add_reply(msg)
+                continue
             if entry is None:
                 continue  # its caller gave up (timeout)
-            if type(entry) is SyncCall:
-                entry.reply = msg
-                if entry.wake is not None:
-                    entry.wake()
-                continue
-            link.async_count -= 1
+            entry.reply = msg  # a blocking caller's SyncCall
+            if entry.wake is not None:
+                entry.wake()
+        answered = len(done) + len(again)  # async calls: counted off once per read
+        if answered:
+            link.async_count -= answered
+            slot.load -= answered
             if not link.async_count:
                 link.chunk = 1
                 link.timed = None
-            slot.load -= 1
-            if type(msg) is P.NotRun:
-                again.append(entry)
-            else:
-                done.append((entry, msg, slot.path))
         if done:
             link.last_progress = time.monotonic()
-            fx.settled(done)
+            # Plain replies to futures nobody waits on are settled here, in bulk (no
+            # callback can run: see `settle_filed`); the rest outside the lock.
+            fx.settled(settle_filed(done, replies, path))
         if again:
             self.requeue(again)
         if why is None and link.draining is not None and not link.waiting:
