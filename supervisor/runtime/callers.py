@@ -36,7 +36,7 @@ from .poller import READ, WRITE, Poller
 __all__ = ["Callers", "describe"]
 
 END_SESSION, BATCH = P.END_SESSION, P.BATCH
-_encode, _Reply = P.CALL_CODEC.encode, P.Reply  # looked up once: the call path's
+_encode, _Reply, _Call = P.CALL_CODEC.encode, P.Reply, P.Call  # the call path's, looked up once
 
 
 def describe(exc: BaseException) -> tuple[str, str, str]:
@@ -182,21 +182,16 @@ class Callers:
         if len(msgs) == 1 and not caller.out and self.leaving() is None:
             # The common case, one call and nothing owed: answer it straight away. (Asked
             # again here: `close` reads through this method too, while leaving.)
-            msg = msgs[0]
-            if type(msg) is P.Call and msg.session is None and not msg.pickled \
-                    and self.worker.session is self.no_session:
-                frame = self._call(msg)  # a plain call: the shortest path
-            else:
-                frame = self._handle(msg)
+            frame = self._serve(msgs[0])
             if frame is not None:
                 self._send_now(caller, frame)
             return
+        leaving, serve, out = self.leaving, self._serve, caller.out
         for msg in msgs:
             # Received while leaving: never run; the caller may safely send it again.
-            frame = self._handle(msg) if (reason := self.leaving()) is None \
-                else self._not_run(msg, reason)
+            frame = serve(msg) if (reason := leaving()) is None else self._not_run(msg, reason)
             if frame is not None:
-                caller.out += frame
+                out += frame
         # Backpressure: a caller that does not read its replies stops being read, so it
         # can neither grow our memory without bound nor hold up the other callers.
         caller.paused = len(caller.out) > _HIGH_WATER
@@ -253,6 +248,13 @@ class Callers:
             self._run_command(None, msg.method, msg.args, msg.kwargs, msg.pickled)
             self.meter.observe(perf_counter() - started)
         return None  # replies and other kinds have no business on a worker's channel
+
+    def _serve(self, msg: Any) -> bytes | None:
+        """The reply frame to `msg` (None for a cast or a stray reply)."""
+        if type(msg) is _Call and msg.session is None and not msg.pickled \
+                and self.worker.session is self.no_session:
+            return self._call(msg)  # a plain call: the shortest path
+        return self._handle(msg)
 
     def _call(self, msg: Any) -> bytes | None:
         """`_handle` of a Call without a session or pickled arguments, while no session is

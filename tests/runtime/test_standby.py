@@ -134,7 +134,7 @@ def test_only_a_process_worker_restart_makes_a_standby(start_tree, events):
 def test_a_restart_is_handed_to_the_standby(start_tree, events):
     app = start_tree(Supervisor("root", max_restarts=10, children=[
         child("w", Probe, env={"STANDBY_TEST": "yes"}, stable_after=0), child("other", Echo)]))
-    forked = _kill_and_wait_restart(app, events, "w", count=1)  # the first: a plain fork
+    _kill_and_wait_restart(app, events, "w", count=1)  # the first: a plain fork
     forked_fds = app.call("w", "fds")
     standby = _wait_standby(app.pid)
     assert _titled(app.pid)[standby] == "standby: (root)"
