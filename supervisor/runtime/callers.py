@@ -182,14 +182,14 @@ class Callers:
         if len(msgs) == 1 and not caller.out and self.leaving() is None:
             # The common case, one call and nothing owed: answer it straight away. (Asked
             # again here: `close` reads through this method too, while leaving.)
-            frame = self._serve(msgs[0])
+            frame = self._handle(msgs[0])
             if frame is not None:
                 self._send_now(caller, frame)
             return
-        leaving, serve, out = self.leaving, self._serve, caller.out
+        leaving, handle, out = self.leaving, self._handle, caller.out
         for msg in msgs:
             # Received while leaving: never run; the caller may safely send it again.
-            frame = serve(msg) if (reason := leaving()) is None else self._not_run(msg, reason)
+            frame = handle(msg) if (reason := leaving()) is None else self._not_run(msg, reason)
             if frame is not None:
                 out += frame
         # Backpressure: a caller that does not read its replies stops being read, so it
@@ -225,7 +225,7 @@ class Callers:
 
     def _handle(self, msg: Any) -> bytes | None:
         kind = type(msg)
-        if kind is P.Call:
+        if kind is _Call:
             if msg.method == END_SESSION:
                 existed = self.sessions.pop(msg.session, None) is not None
                 return P.CALL_CODEC.encode(P.Reply(id=msg.id, value=existed))
@@ -248,35 +248,6 @@ class Callers:
             self._run_command(None, msg.method, msg.args, msg.kwargs, msg.pickled)
             self.meter.observe(perf_counter() - started)
         return None  # replies and other kinds have no business on a worker's channel
-
-    def _serve(self, msg: Any) -> bytes | None:
-        """The reply frame to `msg` (None for a cast or a stray reply)."""
-        if type(msg) is _Call and msg.session is None and not msg.pickled \
-                and self.worker.session is self.no_session:
-            return self._call(msg)  # a plain call: the shortest path
-        return self._handle(msg)
-
-    def _call(self, msg: Any) -> bytes | None:
-        """`_handle` of a Call without a session or pickled arguments, while no session is
-        entered: the same result in fewer steps (this is most calls)."""
-        fn = self.commands.get(msg.method)
-        if fn is None:  # END_SESSION, BATCH and unknown names
-            return self._handle(msg)
-        started = perf_counter()
-        self.calls += 1
-        try:
-            value = fn(*msg.args, **msg.kwargs) if msg.kwargs else fn(*msg.args)
-        except Exception as exc:  # the command's own error goes back to its caller
-            frame = self._fail(msg.id, "python_error", *describe(exc))
-        else:
-            try:
-                frame = self._reply(msg.id, value) if self.pickled \
-                    else _encode(_Reply(id=msg.id, value=value))
-            except _ENCODE_ERRORS as exc:
-                frame = self._fail(msg.id, "communication_error", "EncodeError",
-                                   f"cannot encode the result of {msg.method!r}: {exc}", "")
-        self.meter.observe(perf_counter() - started)
-        return frame
 
     def _enter_session(self, session: str | None) -> None:
         # `self.session` is the state of the call's session (a dict per session id that
@@ -308,8 +279,8 @@ class Callers:
     def _reply(self, cid: int, value: Any) -> bytes:
         """The Reply frame for `value`; raises one of _ENCODE_ERRORS if it cannot be sent."""
         if self.pickled:
-            return P.CALL_CODEC.encode(P.Reply(id=cid, value=pickle.dumps(value), pickled=True))
-        return P.CALL_CODEC.encode(P.Reply(id=cid, value=value))
+            return _encode(_Reply(id=cid, value=pickle.dumps(value), pickled=True))
+        return _encode(_Reply(id=cid, value=value))
 
     def _run_batch(self, cid: int, args: Any) -> bytes | None:
         if not (len(args) == 3 and isinstance(args[0], str) and isinstance(args[1], list)):

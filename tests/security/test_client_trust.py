@@ -366,8 +366,7 @@ def test_the_callers_own_runtime_dir_is_trusted_whatever_is_above_it(
 # ------------------------------------------------------------------ pickled replies
 class Forger(Worker):
     """A msgpack worker whose channel carries a pickled Reply: `forge` writes one for the
-    call being served (its id found on the stack of the serving loop) ahead of its real
-    reply."""
+    call being served (found on the stack of the serving loop) ahead of its real reply."""
 
     def forge(self, payload: bytes) -> str:
         frame, caller, cid = sys._getframe(), None, None
@@ -375,8 +374,6 @@ class Forger(Worker):
             found = frame.f_locals
             if cid is None and isinstance(found.get("cid"), int):
                 cid = found["cid"]
-            if cid is None and isinstance(found.get("msg"), P.Call):
-                cid = found["msg"].id  # the serving loop's short path for a plain call
             if caller is None and hasattr(found.get("caller"), "sock"):
                 caller = found["caller"]
             frame = frame.f_back
