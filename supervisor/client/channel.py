@@ -100,25 +100,16 @@ class CallChannel:
             msgs, why_closed = self._read(None if deadline is None
                                           else deadline - time.monotonic())
         except BaseException:  # NotSent, or an interrupt: give the reader's role back
-            with self.lock:
-                self.waiting.discard(cid)
-                self.reading = False
-                self._pass_reading()
+            self._stop_reading(cid)
             raise
         if why_closed is None and len(msgs) == 1 and getattr(msgs[0], "id", None) == cid:
-            with self.lock:
-                self.waiting.discard(cid)
-                self.reading = False
-                if self.sleepers:
-                    self._pass_reading()
+            self._stop_reading(cid)
             if self.retired:
                 self._close_if_idle()
             return msgs[0]
         # Anything else (another caller's reply, a Closing, EOF, nothing yet): filed as the
         # reader files it; then this call waits like any other.
-        with self.lock:
-            self.reading = False
-            self._file(msgs, why_closed)
+        self._done_reading(msgs, why_closed)
         return self.wait(cid, deadline)
 
     def send(self, msg_for_id: Any, expect_reply: bool = True) -> int:
@@ -208,20 +199,29 @@ class CallChannel:
             try:
                 msgs, why_closed = self._read(remaining)
             except BaseException:  # an interrupt: never leave the reader's role taken
-                with self.lock:
-                    self.waiting.discard(cid)
-                    self.reading = False
-                    self._pass_reading()
+                self._stop_reading(cid)
                 raise
-            with self.lock:
-                self.reading = False
-                self._file(msgs, why_closed)
+            self._done_reading(msgs, why_closed)
+
+    def _stop_reading(self, cid: int) -> None:
+        """The reader leaves with call `cid` settled (its reply in hand, or given up): it
+        waits no more, and a sleeper takes over reading."""
+        with self.lock:
+            self.waiting.discard(cid)
+            self.reading = False
+            self._pass_reading()
+
+    def _done_reading(self, msgs: list[Any], why_closed: str | None) -> None:
+        """The reader gives up its role and files what it read (it then loops: to collect
+        its own reply, or to take the role again)."""
+        with self.lock:
+            self.reading = False
+            self._file(msgs, why_closed)
 
     def _file(self, msgs: list[Any], why_closed: str | None) -> None:
         """File what the reader read for the callers it belongs to and ring their bells;
         all of them once the channel is closed. Called with `lock` held, the reader's role
-        already given up (the reader loops to collect its own reply or take the role
-        again, so it needs no bell)."""
+        already given up (so the reader itself needs no bell)."""
         sleepers = self.sleepers
         for msg in msgs:
             if type(msg) is P.Closing:
