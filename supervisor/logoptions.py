@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, UntrustedServer
-from .wire.trust import Trust, check_place, describe_uid
+from .wire.trust import Trust, check_place, describe_uid, missing_dirs
 
 __all__ = ["LogOptions", "child_file", "prepare_dir", "prepare", "format_line",
            "parse_size", "COMPRESSIONS", "FORMATS"]
@@ -173,18 +173,14 @@ def prepare_dir(directory: str | os.PathLike, mode: int = 0o700,
     can swap (`wire.trust.check_place`).
     """
     target = Path(os.path.abspath(directory))
-    missing = []
-    top = target
-    while not os.path.lexists(top):  # lexists: a dangling symlink is there, not missing
-        missing.append(top)
-        top = top.parent
+    place, missing = missing_dirs(target)
     try:
-        check_place(top if missing else target.parent, Trust.of())
+        check_place(place, Trust.of())
     except UntrustedServer as exc:
         raise ConfigError(exc.message, field=field) from None
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ConfigError(f"cannot use {target}: {exc.strerror or exc}", field=field) from None
-    for made in reversed(missing):
+    for made in missing:
         try:
             os.mkdir(made, mode)
         except FileExistsError:  # made by someone else meanwhile: checked below

@@ -41,6 +41,7 @@ from ..wire.trust import (
     describe_kind,
     describe_uid,
     is_live,
+    missing_dirs,
     peer_uid,
 )
 
@@ -74,14 +75,10 @@ def _private_dir(directory: Path) -> None:
     `wire.trust.check_place`.
     """
     directory = Path(os.path.abspath(directory))
-    missing = []
-    top = directory
-    while not os.path.lexists(top):  # lexists: a dangling symlink is there, not missing
-        missing.append(top)
-        top = top.parent
-    check_place(top if missing else directory.parent, Trust.of())
+    place, missing = missing_dirs(directory)
+    check_place(place, Trust.of())
     created = False
-    for made in reversed(missing):
+    for made in missing:
         try:
             os.mkdir(made, 0o700)
         except FileExistsError:  # made by someone else meanwhile: checked like any other

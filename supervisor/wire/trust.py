@@ -51,7 +51,7 @@ import attrs
 from ..errors import UntrustedServer
 
 __all__ = ["Trust", "check_socket", "check_directory", "check_place", "check_peer",
-           "describe_uid",
+           "describe_uid", "missing_dirs",
            "describe_kind", "default_dir", "default_socket", "is_live", "peer_uid", "peer_pid"]
 
 _MAX_LINKS = 40  # symlinks followed in one walk before it is a loop (the kernel's ELOOP)
@@ -138,6 +138,21 @@ def check_place(directory: str | os.PathLike, trust: Trust) -> None:
         raise _foreign(where, info.st_uid, trust)
     if stat.S_IMODE(info.st_mode) & _SHARED and not info.st_mode & stat.S_ISVTX:
         raise _open_to_others(where, info)
+
+
+def missing_dirs(directory: str | os.PathLike) -> tuple[Path, list[Path]]:
+    """The directories of absolute `directory` that do not exist yet, outermost first, and
+    the one whose place decides whether they may be made (for `check_place`): the nearest
+    existing directory above them, or `directory`'s parent when none is missing. A dangling
+    symlink exists (`lexists`): it is refused by the checks, never created through."""
+    target = Path(os.path.abspath(directory))
+    missing = []
+    top = target
+    while not os.path.lexists(top):
+        missing.append(top)
+        top = top.parent
+    missing.reverse()
+    return (top if missing else target.parent), missing
 
 
 def check_peer(uid: int, path: str | os.PathLike, trust: Trust) -> None:
