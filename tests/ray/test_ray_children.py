@@ -198,46 +198,12 @@ def test_a_timed_out_call_raises_and_the_worker_is_replaced(backend_app, events)
     assert backend_app.call("w", "incr") == 11
 
 
-def test_a_call_in_flight_when_the_worker_dies_raises_worker_crashed(
-        backend_app, events, tmp_path):
-    worker_pid = backend_app.call("w", "pid")  # the actor's process, for Ray
-    fifo = str(tmp_path / "arrived")
+def _kill_mid_call(app, fifo: str, call, join_timeout: float) -> None:
+    """Run `call` in a thread; once the worker has opened `fifo` (the call reached it),
+    SIGKILL the worker's process; wait for the thread."""
+    worker_pid = app.call("w", "pid")  # the actor's process, for Ray
     os.mkfifo(fifo)
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    outcome = {}
-
-    def slow_call() -> None:
-        try:
-            backend_app.call("w", "busy", fifo, 30)
-        except WorkerCrashed as exc:
-            outcome["error"] = exc
-
-    t = threading.Thread(target=slow_call)
-    t.start()
-    try:
-        ready, _, _ = select.select([fd], [], [], 30)
-        assert ready, "the call never reached the worker"
-    finally:
-        os.close(fd)
-    os.kill(worker_pid, signal.SIGKILL)
-    t.join(30)
-    assert isinstance(outcome.get("error"), WorkerCrashed)
-    assert outcome["error"].category == "connection_error"
-    events.wait_count("restarted", 1, "w", timeout=60)
-    assert backend_app.call("w", "incr") == 11
-
-
-def test_an_idempotent_call_in_flight_is_re_sent_to_the_replacement(backend_app, events,
-                                                                     tmp_path):
-    worker_pid = backend_app.call("w", "pid")
-    fifo, marker = str(tmp_path / "arrived"), str(tmp_path / "marker")
-    os.mkfifo(fifo)
-    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    outcome = {}
-
-    def call() -> None:
-        outcome["value"] = backend_app.call("w", "slow_once", fifo, marker, timeout=60)
-
     t = threading.Thread(target=call)
     t.start()
     try:
@@ -246,7 +212,36 @@ def test_an_idempotent_call_in_flight_is_re_sent_to_the_replacement(backend_app,
     finally:
         os.close(fd)
     os.kill(worker_pid, signal.SIGKILL)
-    t.join(60)
+    t.join(join_timeout)
+
+
+def test_a_call_in_flight_when_the_worker_dies_raises_worker_crashed(
+        backend_app, events, tmp_path):
+    fifo = str(tmp_path / "arrived")
+    outcome = {}
+
+    def slow_call() -> None:
+        try:
+            backend_app.call("w", "busy", fifo, 30)
+        except WorkerCrashed as exc:
+            outcome["error"] = exc
+
+    _kill_mid_call(backend_app, fifo, slow_call, 30)
+    assert isinstance(outcome.get("error"), WorkerCrashed)
+    assert outcome["error"].category == "connection_error"
+    events.wait_count("restarted", 1, "w", timeout=60)
+    assert backend_app.call("w", "incr") == 11
+
+
+def test_an_idempotent_call_in_flight_is_re_sent_to_the_replacement(backend_app, events,
+                                                                     tmp_path):
+    fifo, marker = str(tmp_path / "arrived"), str(tmp_path / "marker")
+    outcome = {}
+
+    def call() -> None:
+        outcome["value"] = backend_app.call("w", "slow_once", fifo, marker, timeout=60)
+
+    _kill_mid_call(backend_app, fifo, call, 60)
     assert outcome.get("value") == "again"  # re-sent, answered by the replacement
     events.wait_count("restarted", 1, "w", timeout=60)
 
