@@ -23,7 +23,47 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class Service:
+class CollectedLines:
+    """The lines of a subprocess's text stream, collected by a reader thread as they come,
+    so a test waits for a line on a condition (`wait_for`), never with a sleep."""
+
+    def collect(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._collect, args=(stream,), daemon=True)
+        self.reader.start()
+
+    def _collect(self, stream: Any) -> None:
+        for line in stream:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:  # EOF: wake the waiters, no line will come any more
+            self.cond.notify_all()
+
+    def wait_for(self, matches: Callable[[str], Any], what: str, timeout: float,
+                 start: int = 0) -> int:
+        """Index of the first line from `start` on for which `matches` is true.
+
+        Raises AssertionError naming `what`, with the last lines, after `timeout` or as
+        soon as the stream is closed without such a line.
+        """
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for i in range(start, len(self.lines)):
+                    if matches(self.lines[i]):
+                        return i
+                remaining = deadline - time.monotonic()
+                # The reader appends under this lock, so once it is dead every line it will
+                # ever read has been searched above.
+                if remaining <= 0 or not self.reader.is_alive():
+                    tail = "\n".join(line[:200] for line in self.lines[-30:])
+                    raise AssertionError(f"no line {what}; last lines:\n{tail}")
+                self.cond.wait(remaining)
+
+
+class Service(CollectedLines):
     """One `supervisor run` of `tree` (TOML text, dedented) with its control socket in
     `tmp_path`; `extra` are more arguments for `run` (e.g. ``--log-json``).
 
@@ -40,8 +80,6 @@ class Service:
         self.toml.write_text(textwrap.dedent(tree))
         self.socket = None if socket is None else str(tmp_path / socket)
         self.env = env
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
         # stdout is not read by anyone: a pipe could fill and block the service. Workers'
         # output reaches us through the log on stderr. Undecodable bytes a worker wrote
         # must not kill the reader thread, hence errors="replace".
@@ -49,36 +87,12 @@ class Service:
             [sys.executable, "-m", "supervisor", "run", str(self.toml), *self._where(),
              *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, errors="replace", process_group=0 if own_group else None)
-        self.reader = threading.Thread(target=self._collect, daemon=True)
-        self.reader.start()
-
-    def _collect(self) -> None:
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:  # EOF: wake the waiters, no line will come any more
-            self.cond.notify_all()
+        self.collect(self.proc.stderr)
 
     def wait_line(self, text: str, timeout: float = 20.0, start: int = 0) -> int:
-        """Index of the first line from `start` on that contains `text`.
-
-        Raises AssertionError, with the last lines, after `timeout` or as soon as stderr
-        is closed without such a line.
-        """
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for i in range(start, len(self.lines)):
-                    if text in self.lines[i]:
-                        return i
-                remaining = deadline - time.monotonic()
-                # The reader appends under this lock, so once it is dead every line it will
-                # ever read has been searched above.
-                if remaining <= 0 or not self.reader.is_alive():
-                    tail = "\n".join(line[:200] for line in self.lines[-30:])
-                    raise AssertionError(f"no line with {text!r}; last lines:\n{tail}")
-                self.cond.wait(remaining)
+        """Index of the first line of the log (stderr) from `start` on that contains
+        `text` (see `wait_for`)."""
+        return self.wait_for(lambda line: text in line, f"with {text!r}", timeout, start)
 
     def _where(self) -> list[str]:
         return [] if self.socket is None else ["--socket", self.socket]

@@ -11,14 +11,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
 from supervisor.tree.childlog import TAIL_LINES, ChildLog
 from supervisor.wire import messages as P
-from tests._service import ROOT, running
+from tests._service import ROOT, CollectedLines, running
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| (\w+) +\| (\w+) +\| (.*)")
 
@@ -49,37 +47,18 @@ def service(tmp_path):
         yield start
 
 
-class Follower:
+class Follower(CollectedLines):
     """`logs ARGS` in a subprocess; its stdout lines collected by a thread."""
 
     def __init__(self, svc, *args: str) -> None:
-        self.lines: list[str] = []
-        self.cond = threading.Condition()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "logs", *args, "--socket", svc.socket],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.reader = threading.Thread(target=self._collect, daemon=True)
-        self.reader.start()
-
-    def _collect(self) -> None:
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
+        self.collect(self.proc.stdout)
 
     def wait_line(self, pattern: str, timeout: float = 20.0) -> int:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for i, line in enumerate(self.lines):
-                    if re.search(pattern, line):
-                        return i
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.reader.is_alive():
-                    raise AssertionError(f"no line matching {pattern!r}: {self.lines[-10:]}")
-                self.cond.wait(remaining)
+        return self.wait_for(lambda line: re.search(pattern, line), f"matching {pattern!r}",
+                             timeout)
 
     def close(self) -> None:
         if self.proc.poll() is None:
